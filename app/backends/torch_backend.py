@@ -1,0 +1,91 @@
+"""PyTorch backend: builds the network for a model folder and runs batches of preprocessed arrays."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from app.checkpoint import CheckpointError, ModelDir
+from app.nn.mobilevitv2 import MobileViTV2Config, MobileViTV2ForImageClassification
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read weights without ever unpickling arbitrary objects."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path} cannot be loaded safely (torch.load with weights_only=True refused it: {exc}). "
+            "This service never unpickles arbitrary objects; convert the checkpoint to safetensors."
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a flat state dict of tensors")
+    return state
+
+
+def build_network(model_dir: ModelDir) -> nn.Module:
+    """The nn.Module for a model folder, with its weights loaded strictly, in eval mode."""
+    cfg = MobileViTV2Config.from_dict(model_dir.config)
+    task = model_dir.task
+    if task == "image-classification":
+        module: nn.Module = MobileViTV2ForImageClassification(cfg, num_labels=len(model_dir.labels))
+    else:
+        raise CheckpointError(f"{model_dir.path}: task {task!r} is not supported by the PyTorch backend yet")
+    state = load_state_dict(model_dir.weights)
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        details = "; ".join(
+            f"{what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''} ({len(keys)})"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched))
+            if keys
+        )
+        raise CheckpointError(
+            f"{model_dir.weights} does not match a MobileViTv2 width {cfg.width_multiplier} {task} model: {details}"
+        )
+    module.load_state_dict(state, strict=True)
+    return module.eval()
+
+
+class TorchBackend:
+    """Runs an nn.Module on float32 NCHW batches; returns named NumPy outputs."""
+
+    name = "torch"
+
+    def __init__(self, module: nn.Module, device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.module = module.to(self.device).eval()
+
+    @property
+    def device_type(self) -> str:
+        return self.device.type
+
+    @torch.inference_mode()
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        pixels = torch.from_numpy(batch).to(self.device)
+        logits = self.module(pixels)
+        return {"logits": logits.float().cpu().numpy()}
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(max(1, threads))
+    with contextlib.suppress(RuntimeError):  # can only be set once per process
+        torch.set_num_interop_threads(1)
+
+
+def load_torch_backend(model_dir: ModelDir, device: str = "cpu") -> TorchBackend:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CheckpointError(f"device {device!r} requested but CUDA is not available to PyTorch")
+    return TorchBackend(build_network(model_dir), device)

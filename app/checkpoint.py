@@ -1,0 +1,155 @@
+"""Find a model folder (local path or Hugging Face Hub id) and read what describes it. No torch here.
+
+A model folder holds a Hugging Face-format checkpoint:
+
+    config.json               architecture, id2label
+    preprocessor_config.json  resize / crop / rescale / channel order
+    model.safetensors         weights (preferred), or pytorch_model.bin (loaded with weights_only=True)
+    manifest.json             optional, written by this project: task, random_weights, provenance
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+MANIFEST_FILE = "manifest.json"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+TASK_BY_ARCHITECTURE = {
+    "MobileViTV2ForImageClassification": "image-classification",
+    "MobileViTV2ForSemanticSegmentation": "image-segmentation",
+}
+
+
+class CheckpointError(Exception):
+    """A model folder that is missing, incomplete or not a MobileViTv2 checkpoint."""
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    path: Path
+    model_id: str
+    source: str
+    config: dict[str, Any]
+    preprocessor_config: dict[str, Any]
+    weights: Path
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        if "task" in self.manifest:
+            return str(self.manifest["task"])
+        for architecture in self.config.get("architectures") or []:
+            if architecture in TASK_BY_ARCHITECTURE:
+                return TASK_BY_ARCHITECTURE[architecture]
+        raise CheckpointError(
+            f"{self.path}: config.json names no supported architecture "
+            f"({', '.join(TASK_BY_ARCHITECTURE)}); got {self.config.get('architectures')!r}"
+        )
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(self.manifest.get("random_weights", False))
+
+    @property
+    def labels(self) -> list[str]:
+        id2label = self.config.get("id2label")
+        if not id2label:
+            raise CheckpointError(f"{self.path}: config.json has no id2label")
+        try:
+            by_index = {int(k): str(v) for k, v in id2label.items()}
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"{self.path}: config.json id2label has a non-integer key ({exc})"
+            ) from None
+        if sorted(by_index) != list(range(len(by_index))):
+            raise CheckpointError(f"{self.path}: config.json id2label keys are not 0..{len(by_index) - 1}")
+        return [by_index[i] for i in range(len(by_index))]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return data
+
+
+def read_model_dir(path: Path, source: str | None = None, model_id: str | None = None) -> ModelDir:
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a directory")
+    weights = next((path / name for name in WEIGHT_FILES if (path / name).is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"{path} has no weights: expected one of {', '.join(WEIGHT_FILES)}")
+    manifest = _read_json(path / MANIFEST_FILE) if (path / MANIFEST_FILE).is_file() else {}
+    return ModelDir(
+        path=path,
+        model_id=model_id or str(manifest.get("id") or path.name),
+        source=source or str(path),
+        config=_read_json(path / "config.json"),
+        preprocessor_config=_read_json(path / "preprocessor_config.json"),
+        weights=weights,
+        manifest=manifest,
+    )
+
+
+def hub_folder(repository: Path, repo_id: str) -> Path:
+    return repository / "hub" / repo_id.replace("/", "--")
+
+
+def download_from_hub(repo_id: str, repository: Path, revision: str | None = None) -> Path:
+    """Download a Hub checkpoint into the model repository (`models/hub/<org>--<name>`)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    target = hub_folder(repository, repo_id)
+
+    def fetch(filename: str) -> None:
+        hf_hub_download(repo_id, filename, revision=revision, local_dir=target)
+
+    try:
+        fetch("config.json")
+        fetch("preprocessor_config.json")
+        for name in WEIGHT_FILES:
+            try:
+                fetch(name)
+                break
+            except EntryNotFoundError:
+                continue
+        else:
+            raise CheckpointError(f"{repo_id} on the Hub has none of {', '.join(WEIGHT_FILES)}")
+    except CheckpointError:
+        raise
+    except Exception as exc:  # network, auth, missing repo: one clear line for the operator
+        raise CheckpointError(
+            f"could not download {repo_id!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}). "
+            "Check the network and the model id, or serve a local folder "
+            "(`mvit demo-models models/` writes offline demo models)."
+        ) from None
+    return target
+
+
+def resolve(source: str, repository: Path, revision: str | None = None) -> ModelDir:
+    """A local folder, a folder name inside the model repository, or a Hub id (downloaded once)."""
+    for candidate in (Path(source).expanduser(), repository / source):
+        if candidate.is_dir():
+            return read_model_dir(candidate, source)
+    if _HUB_ID.match(source):
+        cached = hub_folder(repository, source)
+        if cached.is_dir() and any((cached / name).is_file() for name in WEIGHT_FILES):
+            return read_model_dir(cached, source, model_id=source)
+        log.info("downloading %s from the Hugging Face Hub into %s", source, cached)
+        return read_model_dir(download_from_hub(source, repository, revision), source, model_id=source)
+    raise CheckpointError(f"{source!r} is neither a model folder nor a Hugging Face Hub id (org/name)")

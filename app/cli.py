@@ -1,0 +1,158 @@
+"""`mvit`: serve, demo-models, predict."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("mvit")
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
+    from app.config import Settings
+
+    overrides = {
+        key: value for key, value in vars(args).items() if key in Settings.model_fields and value is not None
+    }
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise SystemExit(f"mvit: invalid configuration: {problems}") from None
+
+
+async def _serve(settings: Any) -> int:
+    import uvicorn
+
+    from app.server import create_app
+
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    )
+    serving = asyncio.create_task(server.serve())
+    while not hasattr(app.state, "loader") and not serving.done():
+        await asyncio.sleep(0.02)
+    if hasattr(app.state, "loader"):
+        await asyncio.wait({app.state.loader, serving}, return_when=asyncio.FIRST_COMPLETED)
+    manager = app.state.manager
+    if manager.error:
+        log.error("mvit: stopping, a model could not be loaded: %s", manager.error)
+        server.should_exit = True
+    await serving
+    return 1 if manager.error else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    # Spinning OpenMP threads steal the cores that decode threads need; sleep when idle instead.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    settings = _settings(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return asyncio.run(_serve(settings))
+
+
+def cmd_demo_models(args: argparse.Namespace) -> int:
+    from app.demo import write_demo_classifier
+
+    for width in args.width:
+        for size in args.image_size:
+            path = write_demo_classifier(Path(args.directory), width=width, image_size=size, seed=args.seed)
+            print(path)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from app.checkpoint import CheckpointError
+    from app.errors import ApiError
+    from app.pipeline import predict
+    from app.registry import load_model
+
+    settings = _settings(args)
+    parameters = {"top_k": args.top_k, "function_to_apply": args.function_to_apply}
+    try:
+        data = Path(args.image).read_bytes()
+        model = load_model(settings.models[0], settings)
+        result = predict(
+            model, data, {k: v for k, v in parameters.items() if v is not None}, settings.max_image_pixels
+        )
+    except (OSError, CheckpointError) as exc:
+        print(f"mvit predict: {exc}", file=sys.stderr)
+        return 1
+    except ApiError as exc:
+        print(f"mvit predict: {exc.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mvit", description="MobileViTv2 inference service")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--model",
+            dest="models",
+            action="append",
+            metavar="FOLDER_OR_HUB_ID",
+            help="model folder or Hugging Face Hub id (repeat to serve several; env MVIT_MODELS, comma-separated)",
+        )
+        p.add_argument(
+            "--model-repository", type=Path, help="where downloads and demo models live (default models/)"
+        )
+        p.add_argument("--hub-revision", help="Hub branch, tag or commit to download")
+        p.add_argument("--backend", choices=["torch"], help="inference backend (default torch)")
+        p.add_argument("--device", help="PyTorch device, e.g. cpu or cuda")
+        p.add_argument("--max-image-pixels", type=int, help="larger images get 413 (default 50,000,000)")
+        p.add_argument("--inference-threads", type=int, help="intra-op threads (default: usable CPUs)")
+
+    serve = sub.add_parser("serve", help="run the HTTP service")
+    model_options(serve)
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--max-body-bytes", type=int, help="larger bodies get 413 (default 20 MiB)")
+    serve.add_argument("--max-batch-size", type=int, help="most requests per inference call (default 8)")
+    serve.add_argument("--decode-threads", type=int, help="decode/preprocess threads (default: usable CPUs)")
+    serve.add_argument("--log-level", help="debug, info, warning, error")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo-models", help="write random-weight models of the real architecture (offline)")
+    demo.add_argument("directory", help="where to write the model folders, e.g. models/")
+    demo.add_argument(
+        "--width", type=float, action="append", help="width multiplier, 0.5 to 2.0 (repeatable)"
+    )
+    demo.add_argument(
+        "--image-size", type=int, action="append", help="input size, a multiple of 32 (default 256)"
+    )
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo_models)
+
+    predict = sub.add_parser("predict", help="classify one image file without HTTP")
+    predict.add_argument("image", help="image file")
+    model_options(predict)
+    predict.add_argument("--top-k", type=int)
+    predict.add_argument("--function-to-apply", choices=["softmax", "sigmoid", "none"])
+    predict.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "demo-models":
+        args.width = args.width or [0.5]
+        args.image_size = args.image_size or [256]
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""Service configuration: `MVIT_*` environment variables, overridden by `mvit serve` flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.cpus import available_cpus
+
+DEFAULT_MODEL = "apple/mobilevitv2-1.0-imagenet1k-256"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MVIT_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [DEFAULT_MODEL],
+        description="Model folders or Hugging Face Hub ids to serve (comma-separated in MVIT_MODELS).",
+    )
+    model_repository: Path = Field(Path("models"), description="Where Hub downloads and demo models live.")
+    hub_revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to download.")
+    backend: Literal["torch"] = "torch"
+    device: str = Field("cpu", description="PyTorch device: cpu, cuda, cuda:1 ...")
+    max_body_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Larger bodies get 413.")
+    max_image_pixels: int = Field(
+        50_000_000, gt=0, description="Larger images get 413 (decompression bombs)."
+    )
+    max_batch_size: int = Field(8, ge=1, description="Most requests one inference call takes at once.")
+    inference_threads: int = Field(
+        default_factory=available_cpus, ge=1, description="torch intra-op threads."
+    )
+    decode_threads: int = Field(default_factory=available_cpus, ge=1, description="Decode/preprocess pool.")
+    log_level: str = "info"
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _at_least_one(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one model is required")
+        return value

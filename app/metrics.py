@@ -1,0 +1,52 @@
+"""Prometheus metrics, all under the `mvit_` prefix, on a registry owned by one app instance."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+
+# 1 ms .. 10 s, roughly three buckets per decade.
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+PHASES = ("decode", "preprocess", "queue", "inference", "postprocess")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_duration = Histogram(
+            "mvit_request_duration_seconds",
+            "Time from request received to response sent, by route, model and HTTP status.",
+            ("endpoint", "model", "status"),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.phase_duration = Histogram(
+            "mvit_phase_duration_seconds",
+            "Time one request spends in each phase: decode, preprocess, queue (wait for the worker), "
+            "inference (the batch it ran in), postprocess (task output and JSON).",
+            ("model", "phase"),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "mvit_requests_in_flight", "Requests being handled right now.", ("endpoint",), registry=r
+        )
+        self.batch_size = Histogram(
+            "mvit_batch_size",
+            "Requests per inference call.",
+            ("model",),
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        self.model_load_seconds = Gauge(
+            "mvit_model_load_seconds", "Time to load and warm up each model.", ("model",), registry=r
+        )
+        self.model_info = Gauge(
+            "mvit_model_info",
+            "Always 1; labels describe each served model.",
+            ("model", "task", "backend", "device", "width", "input_size", "random_weights"),
+            registry=r,
+        )
+        self.models_ready = Gauge(
+            "mvit_models_ready", "1 once every configured model is loaded and warmed up.", registry=r
+        )

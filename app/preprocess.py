@@ -1,0 +1,154 @@
+"""Image -> model input tensor, in PIL + NumPy (no torch, no transformers at serve time).
+
+`Preprocessing` is read from a checkpoint's `preprocessor_config.json`. The steps and their order
+reproduce `transformers`' `MobileViTImageProcessor`: shortest-edge resize with the configured PIL
+resample, center crop (zero padding when the image is smaller than the crop), rescale, optional
+normalisation, and the RGB->BGR channel flip that MobileViT checkpoints on the Hub were converted with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+_RESAMPLE_NAMES = {
+    Image.Resampling.NEAREST: "nearest",
+    Image.Resampling.BOX: "box",
+    Image.Resampling.BILINEAR: "bilinear",
+    Image.Resampling.HAMMING: "hamming",
+    Image.Resampling.BICUBIC: "bicubic",
+    Image.Resampling.LANCZOS: "lanczos",
+}
+
+
+def _size_field(value: Any, name: str) -> dict[str, int]:
+    """Normalise the legacy int form and the dict form of `size` / `crop_size`."""
+    if isinstance(value, int):
+        return {"shortest_edge": value} if name == "size" else {"height": value, "width": value}
+    if isinstance(value, dict):
+        return {k: int(v) for k, v in value.items() if v is not None}
+    raise ValueError(f"preprocessor_config.json: unsupported {name} {value!r}")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What turns a decoded RGB image into the float32 CHW array a model takes."""
+
+    resize_shortest_edge: int | None = None
+    resize_height_width: tuple[int, int] | None = None
+    resample: int = int(Image.Resampling.BILINEAR)
+    crop_height_width: tuple[int, int] | None = None
+    rescale_factor: float | None = 1 / 255
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    bgr: bool = True
+
+    @classmethod
+    def from_hf_config(cls, config: dict[str, Any]) -> Preprocessing:
+        """Build from a Hugging Face image processor config, with `MobileViTImageProcessor`'s defaults."""
+        shortest_edge = height_width = crop = None
+        if config.get("do_resize", True):
+            size = _size_field(config.get("size", {"shortest_edge": 224}), "size")
+            if "shortest_edge" in size:
+                shortest_edge = size["shortest_edge"]
+            elif "height" in size and "width" in size:
+                height_width = (size["height"], size["width"])
+            else:
+                raise ValueError(f"preprocessor_config.json: unsupported size {size!r}")
+        if config.get("do_center_crop", True):
+            crop_size = _size_field(config.get("crop_size", {"height": 256, "width": 256}), "crop_size")
+            crop = (crop_size["height"], crop_size["width"])
+        normalize = config.get("do_normalize", False)
+        return cls(
+            resize_shortest_edge=shortest_edge,
+            resize_height_width=height_width,
+            resample=int(config.get("resample", Image.Resampling.BICUBIC)),
+            crop_height_width=crop,
+            rescale_factor=float(config.get("rescale_factor", 1 / 255))
+            if config.get("do_rescale", True)
+            else None,
+            mean=tuple(config["image_mean"]) if normalize else None,
+            std=tuple(config["image_std"]) if normalize else None,
+            bgr=bool(config.get("do_flip_channel_order", True)),
+        )
+
+    def to_hf_config(self) -> dict[str, Any]:
+        """The inverse of `from_hf_config`, as a `MobileViTImageProcessor` config."""
+        config: dict[str, Any] = {
+            "image_processor_type": "MobileViTImageProcessor",
+            "do_resize": self.resize_shortest_edge is not None or self.resize_height_width is not None,
+            "resample": self.resample,
+            "do_center_crop": self.crop_height_width is not None,
+            "do_rescale": self.rescale_factor is not None,
+            "rescale_factor": self.rescale_factor if self.rescale_factor is not None else 1 / 255,
+            "do_normalize": self.mean is not None,
+            "do_flip_channel_order": self.bgr,
+        }
+        if self.resize_shortest_edge is not None:
+            config["size"] = {"shortest_edge": self.resize_shortest_edge}
+        elif self.resize_height_width is not None:
+            config["size"] = {"height": self.resize_height_width[0], "width": self.resize_height_width[1]}
+        if self.crop_height_width is not None:
+            config["crop_size"] = {"height": self.crop_height_width[0], "width": self.crop_height_width[1]}
+        if self.mean is not None:
+            config["image_mean"], config["image_std"] = list(self.mean), list(self.std or ())
+        return config
+
+    @property
+    def fixed_input_size(self) -> tuple[int, int] | None:
+        """(height, width) of every tensor this produces, or None when it follows the image's aspect."""
+        return self.crop_height_width or self.resize_height_width
+
+    def describe(self) -> dict[str, Any]:
+        info = asdict(self)
+        info["resample"] = _RESAMPLE_NAMES.get(Image.Resampling(self.resample), str(self.resample))
+        info["channel_order"] = "BGR" if self.bgr else "RGB"
+        del info["bgr"]
+        return info
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after the resize step, with transformers' rounding (the long side truncates)."""
+        if self.resize_height_width is not None:
+            return self.resize_height_width[1], self.resize_height_width[0]
+        if self.resize_shortest_edge is None:
+            return width, height
+        short, long = sorted((width, height))
+        new_short, new_long = self.resize_shortest_edge, int(self.resize_shortest_edge * long / short)
+        return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def _center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Center crop an HWC array; pad with zeros around it when it is smaller than the crop."""
+    h, w = pixels.shape[:2]
+    if h < height or w < width:
+        padded = np.zeros((max(h, height), max(w, width), pixels.shape[2]), dtype=pixels.dtype)
+        top, left = -(-(padded.shape[0] - h) // 2), -(-(padded.shape[1] - w) // 2)
+        padded[top : top + h, left : left + w] = pixels
+        pixels = padded
+        h, w = pixels.shape[:2]
+    top, left = (h - height) // 2, (w - width) // 2
+    return pixels[top : top + height, left : left + width]
+
+
+def preprocess(image: Image.Image, spec: Preprocessing) -> np.ndarray:
+    """RGB PIL image -> float32 array (3, H, W), ready to be stacked into a batch."""
+    if image.mode != "RGB":
+        raise ValueError(f"expected an RGB image, got mode {image.mode}")
+    size = spec.resized_size(*image.size)
+    if size != image.size:
+        image = image.resize(size, resample=Image.Resampling(spec.resample))
+    pixels = np.asarray(image)
+    if spec.crop_height_width is not None:
+        pixels = _center_crop(pixels, *spec.crop_height_width)
+    out = pixels.astype(np.float32)
+    if spec.rescale_factor is not None:
+        out *= np.float32(spec.rescale_factor)
+    if spec.mean is not None and spec.std is not None:
+        out -= np.asarray(spec.mean, dtype=np.float32)
+        out /= np.asarray(spec.std, dtype=np.float32)
+    if spec.bgr:
+        out = out[..., ::-1]
+    return np.ascontiguousarray(out.transpose(2, 0, 1))

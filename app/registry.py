@@ -1,0 +1,211 @@
+"""Loaded models and their lifecycle: loading in the background, warm-up, lookup by id or task."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from app.checkpoint import CheckpointError, ModelDir, resolve
+from app.config import Settings
+from app.errors import ApiError
+from app.metrics import Metrics
+from app.preprocess import Preprocessing
+from app.tasks import TASKS, TaskSpec
+from app.worker import InferenceWorker
+
+log = logging.getLogger(__name__)
+
+# Before any model has loaded there is nothing to measure; this is the guess for `estimated_time`.
+DEFAULT_LOAD_ESTIMATE_S = 10.0
+
+
+class Backend(Protocol):
+    name: str
+
+    @property
+    def device_type(self) -> str: ...
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+@dataclass
+class ServedModel:
+    id: str
+    task: TaskSpec
+    model_dir: ModelDir
+    backend: Backend
+    preprocessing: Preprocessing
+    labels: list[str]
+    width: float
+    worker: InferenceWorker | None = None
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        return self.preprocessing.fixed_input_size
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "task": self.task.name,
+            "route": self.task.route,
+            "backend": self.backend.name,
+            "device": self.backend.device_type,
+            "width_multiplier": self.width,
+            "input_size": list(self.input_size) if self.input_size else None,
+            "num_labels": len(self.labels),
+            "source": self.model_dir.source,
+            "path": str(self.model_dir.path),
+            "random_weights": self.model_dir.random_weights,
+            "preprocessing": self.preprocessing.describe(),
+        }
+
+
+def load_backend(model_dir: ModelDir, settings: Settings) -> Backend:
+    from app.backends.torch_backend import load_torch_backend, set_threads
+
+    set_threads(settings.inference_threads)
+    return load_torch_backend(model_dir, settings.device)
+
+
+def load_model(
+    source: str,
+    settings: Settings,
+    backend_loader: Callable[[ModelDir, Settings], Backend] = load_backend,
+) -> ServedModel:
+    """Resolve, load and warm up one model (blocking). The caller attaches a worker to serve it."""
+    model_dir = resolve(source, settings.model_repository, settings.hub_revision)
+    if model_dir.task not in TASKS:
+        raise CheckpointError(f"{model_dir.path}: task {model_dir.task!r} is not served by this version")
+    preprocessing = Preprocessing.from_hf_config(model_dir.preprocessor_config)
+    if preprocessing.fixed_input_size is None:
+        raise CheckpointError(f"{model_dir.path}: preprocessing must produce a fixed input size (crop)")
+    labels = model_dir.labels
+    backend = backend_loader(model_dir, settings)
+    height, width = preprocessing.fixed_input_size
+    backend.infer(np.zeros((1, 3, height, width), dtype=np.float32))  # warm-up: first call allocates
+    return ServedModel(
+        id=model_dir.model_id,
+        task=TASKS[model_dir.task],
+        model_dir=model_dir,
+        backend=backend,
+        preprocessing=preprocessing,
+        labels=labels,
+        width=float(model_dir.config.get("width_multiplier", 1.0)),
+    )
+
+
+class ModelManager:
+    """Owns the served models. Loading runs in the background so /health answers at once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        backend_loader: Callable[[ModelDir, Settings], Backend] = load_backend,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._backend_loader = backend_loader
+        self.models: dict[str, ServedModel] = {}
+        self.loading = True
+        self.error: str | None = None
+        self._load_started = time.monotonic()
+        self._load_times: list[float] = []
+
+    @property
+    def ready(self) -> bool:
+        return not self.loading and self.error is None
+
+    def estimated_time(self) -> float:
+        remaining = max(1, len(self.settings.models) - len(self.models))
+        per_model = max(self._load_times) if self._load_times else DEFAULT_LOAD_ESTIMATE_S
+        elapsed_on_current = time.monotonic() - self._load_started - sum(self._load_times)
+        return round(max(1.0, remaining * per_model - elapsed_on_current), 1)
+
+    def _loading_error(self, what: str) -> ApiError:
+        estimate = self.estimated_time()
+        return ApiError(
+            503,
+            f"Model {what} is currently loading",
+            headers={"Retry-After": str(max(1, round(estimate)))},
+            extra={"estimated_time": estimate},
+        )
+
+    def get(self, model_id: str) -> ServedModel:
+        if model_id in self.models:
+            return self.models[model_id]
+        if self.loading:
+            raise self._loading_error(model_id)
+        raise ApiError(
+            404, f"Model {model_id!r} is not served here. Served: {', '.join(self.models) or 'none'}."
+        )
+
+    def for_task(self, task: str) -> ServedModel:
+        for model in self.models.values():
+            if model.task.name == task:
+                return model
+        if self.loading:
+            raise self._loading_error(f"for {task}")
+        raise ApiError(404, f"No {task} model is served here. Served: {', '.join(self.models) or 'none'}.")
+
+    async def load_all(self) -> None:
+        """Load every configured model in order; stop at the first failure and keep its message."""
+        self._load_started = time.monotonic()
+        try:
+            for source in self.settings.models:
+                started = time.monotonic()
+                model = await asyncio.to_thread(load_model, source, self.settings, self._backend_loader)
+                if model.id in self.models:
+                    raise CheckpointError(f"two configured models have the id {model.id!r}")
+                model.worker = InferenceWorker(
+                    model.id,
+                    model.backend.infer,
+                    self.settings.max_batch_size,
+                    on_batch=self.metrics.batch_size.labels(model.id).observe,
+                )
+                model.worker.start()
+                self.models[model.id] = model
+                task, backend, model_dir, width = model.task, model.backend, model.model_dir, model.width
+                seconds = time.monotonic() - started
+                self._load_times.append(seconds)
+                self.metrics.model_load_seconds.labels(model.id).set(seconds)
+                self.metrics.model_info.labels(
+                    model=model.id,
+                    task=task.name,
+                    backend=backend.name,
+                    device=backend.device_type,
+                    width=str(width),
+                    input_size="x".join(map(str, model.input_size or ())),
+                    random_weights=str(model_dir.random_weights).lower(),
+                ).set(1)
+                log.info(
+                    "model %s ready: %s, %s on %s, width %s, loaded in %.2fs%s",
+                    model.id,
+                    task.name,
+                    backend.name,
+                    backend.device_type,
+                    width,
+                    seconds,
+                    " (RANDOM demo weights)" if model_dir.random_weights else "",
+                )
+        except CheckpointError as exc:
+            self.error = str(exc)
+        except Exception as exc:
+            log.exception("model loading failed")
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.loading = False
+        if self.error:
+            log.error("model loading failed: %s", self.error)
+        else:
+            self.metrics.models_ready.set(1)
+
+    async def close(self) -> None:
+        for model in self.models.values():
+            await model.worker.stop()

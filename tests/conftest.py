@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.config import Settings
+from app.demo import write_demo_classifier
+from app.server import create_app
+
+
+def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A smooth colour image with noise: varied enough that models and resizers disagree on mistakes."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack(
+        [
+            128 + 100 * np.sin(xx / (7 + 13 * rng.random()) + rng.random() * 6),
+            128 + 100 * np.cos(yy / (5 + 11 * rng.random()) + rng.random() * 6),
+            128 + 90 * np.sin((xx + yy) / (9 + 17 * rng.random())),
+        ],
+        axis=-1,
+    )
+    noisy = base + rng.normal(0, 12, base.shape)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smallest real MobileViTv2 classifier (width 0.5, 256 px) with seeded random weights."""
+    return write_demo_classifier(tmp_path_factory.mktemp("models"), width=0.5, image_size=256, seed=0)
+
+
+@pytest.fixture(scope="session")
+def jpeg_bytes() -> bytes:
+    return encode(photo_like(640, 480, seed=1), quality=90)
+
+
+def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/ready").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"service not ready: {client.get('/ready').json()}")
+
+
+def make_settings(model_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "models": [str(model_dir)],
+        "inference_threads": 2,
+        "decode_threads": 2,
+        "model_repository": model_dir.parent,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="module")
+def client(model_dir: Path) -> Iterator[TestClient]:
+    app = create_app(make_settings(model_dir, max_body_bytes=2_000_000, max_image_pixels=30_000_000))
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        wait_ready(test_client)
+        yield test_client
