@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +32,35 @@ def _settings(args: argparse.Namespace) -> Any:
         raise SystemExit(f"mvit: invalid configuration: {problems}") from None
 
 
+def _server_class() -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM after its graceful shutdown, so the exit status says "killed".
+        A clean drain should exit 0: handle the signals on the loop and just stop."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            loop = asyncio.get_running_loop()
+            signals = (signal.SIGINT, signal.SIGTERM)
+            for sig in signals:
+                loop.add_signal_handler(sig, self.handle_exit, sig, None)
+            try:
+                yield
+            finally:
+                for sig in signals:
+                    loop.remove_signal_handler(sig)
+
+    return Server
+
+
 async def _serve(settings: Any) -> int:
     import uvicorn
 
     from app.server import create_app
 
     app = create_app(settings)
-    server = uvicorn.Server(
+    server = _server_class()(
         uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
     )
     serving = asyncio.create_task(server.serve())

@@ -26,7 +26,7 @@ def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
     else:
         scaled = np.clip(pixels.astype(np.float64), 0, 65535) / 257.0
     grey = np.rint(scaled).astype(np.uint8)
-    return Image.fromarray(grey, "L").convert("RGB")
+    return Image.fromarray(grey).convert("RGB")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

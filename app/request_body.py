@@ -1,6 +1,7 @@
 """HTTP request -> (image bytes, raw parameters), for the three body forms the HF clients send.
 
-* raw image bytes, with any Content-Type or none;
+* raw image bytes, with any Content-Type or none (`curl --data-binary` labels them
+  application/x-www-form-urlencoded);
 * JSON `{"inputs": "<base64 or data: URL>", "parameters": {...}}` (`image` is an alias of `inputs`,
   `options` is ignored);
 * multipart/form-data with one file field (browser forms, `curl -F`); other fields are parameters.

@@ -1,0 +1,98 @@
+"""A real `mvit serve` process on loopback, driven by the real huggingface_hub InferenceClient."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from huggingface_hub import InferenceClient
+
+from tests.conftest import encode, photo_like
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(*args: str) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MVIT_INFERENCE_THREADS": "2"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_until_ready(process: subprocess.Popen[str], url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited early:\n{process.stdout.read() if process.stdout else ''}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server never became ready")
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path) -> Iterator[str]:
+    process, url = start_server("--model", str(model_dir))
+    try:
+        wait_until_ready(process, url)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+
+
+def test_inference_client_raw_bytes(server: str, tmp_path: Path) -> None:
+    client = InferenceClient(model=f"{server}/classify")
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(encode(photo_like(640, 480, seed=5)))
+    from_path = client.image_classification(str(image))
+    from_bytes = client.image_classification(image.read_bytes())
+    assert len(from_path) == 5
+    assert [(x.label, x.score) for x in from_path] == [(x.label, x.score) for x in from_bytes]
+    assert all(isinstance(x.label, str) and 0 <= x.score <= 1 for x in from_path)
+    assert [x.score for x in from_path] == sorted((x.score for x in from_path), reverse=True)
+
+
+def test_inference_client_json_with_parameters(server: str) -> None:
+    client = InferenceClient(model=f"{server}/classify")
+    data = encode(photo_like(500, 375, seed=6), "PNG")
+    top3 = client.image_classification(data, top_k=3, function_to_apply="sigmoid")
+    assert len(top3) == 3
+    plain = client.image_classification(data, top_k=3)
+    assert [x.label for x in top3] == [x.label for x in plain]
+    assert top3[0].score > plain[0].score  # sigmoid of the top logit exceeds its softmax share
+
+
+def test_inference_client_by_model_url_and_errors(server: str) -> None:
+    client = InferenceClient(model=f"{server}/models/mobilevitv2-0.5-imagenet1k-256-random")
+    assert len(client.image_classification(encode(photo_like(200, 200)), top_k=2)) == 2
+    with pytest.raises(Exception, match="not a recognised image"):
+        client.image_classification(b"definitely not an image")
+
+
+def test_a_model_that_cannot_load_stops_the_server_with_a_clear_message(tmp_path: Path) -> None:
+    process, _ = start_server("--model", str(tmp_path / "does-not-exist"))
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert "neither a model folder nor a Hugging Face Hub id" in output

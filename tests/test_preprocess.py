@@ -1,0 +1,54 @@
+"""Preprocessing against transformers' MobileViTImageProcessor (PIL backend), on the same PIL images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from transformers.models.mobilevit.image_processing_pil_mobilevit import MobileViTImageProcessorPil
+
+from app.preprocess import Preprocessing, preprocess
+from tests.conftest import photo_like
+
+HUB_STYLE_CONFIGS = [
+    # apple/mobilevitv2-*-imagenet1k-256 style, legacy int sizes
+    {"size": 288, "crop_size": 256, "resample": 2, "do_flip_channel_order": True},
+    # dict sizes, bicubic, 384 crop
+    {"size": {"shortest_edge": 384}, "crop_size": {"height": 384, "width": 384}, "resample": 3},
+    # segmentation style: 512 short side, 512 crop, bilinear
+    {"size": {"shortest_edge": 512}, "crop_size": {"height": 512, "width": 512}, "resample": 2},
+    # short side smaller than the crop: the crop pads with zeros
+    {"size": {"shortest_edge": 200}, "crop_size": {"height": 256, "width": 256}, "resample": 2},
+    # no channel flip, nearest
+    {"size": 288, "crop_size": 256, "resample": 0, "do_flip_channel_order": False},
+]
+
+
+@pytest.mark.parametrize("config", HUB_STYLE_CONFIGS)
+@pytest.mark.parametrize("size", [(640, 480), (480, 640), (333, 517), (97, 1203), (256, 256)])
+def test_matches_transformers_processor(config: dict, size: tuple[int, int]) -> None:
+    image = photo_like(*size, seed=size[0])
+    expected = MobileViTImageProcessorPil(**config)(image, return_tensors="np")["pixel_values"][0]
+    actual = preprocess(image, Preprocessing.from_hf_config(config))
+    assert actual.dtype == np.float32 and actual.flags.c_contiguous
+    assert actual.shape == expected.shape
+    assert np.abs(actual - expected).max() <= 1e-5
+    assert actual.std() > 0.05  # a real image, not a blank
+
+
+def test_bgr_flip_and_rgb() -> None:
+    image = Image.new("RGB", (300, 300), (255, 0, 0))
+    bgr = preprocess(image, Preprocessing(resize_shortest_edge=288, crop_height_width=(256, 256)))
+    rgb = preprocess(image, Preprocessing(resize_shortest_edge=288, crop_height_width=(256, 256), bgr=False))
+    assert bgr[2].min() == 1.0 and bgr[0].max() == 0.0
+    assert rgb[0].min() == 1.0 and rgb[2].max() == 0.0
+
+
+def test_hf_config_round_trip() -> None:
+    spec = Preprocessing(resize_shortest_edge=432, resample=3, crop_height_width=(384, 384))
+    assert Preprocessing.from_hf_config(spec.to_hf_config()) == spec
+
+
+def test_rejects_non_rgb() -> None:
+    with pytest.raises(ValueError, match="RGB"):
+        preprocess(Image.new("L", (10, 10)), Preprocessing())

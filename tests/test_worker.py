@@ -1,0 +1,104 @@
+"""The per-model queue and worker that the HTTP layer feeds."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from app.worker import InferenceWorker
+
+
+def doubling(batch: np.ndarray) -> dict[str, np.ndarray]:
+    return {"out": batch * 2, "sum": batch.reshape(len(batch), -1).sum(axis=1)}
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_slice() -> None:
+    sizes: list[int] = []
+    release = threading.Event()
+
+    def slow(batch: np.ndarray) -> dict[str, np.ndarray]:
+        release.wait(5)
+        return doubling(batch)
+
+    async def scenario() -> list:
+        worker = InferenceWorker("m", slow, max_batch_size=4, on_batch=sizes.append)
+        worker.start()
+        first = asyncio.ensure_future(worker.submit(np.full((2, 2), 0.0)))
+        await asyncio.sleep(0.05)  # the worker is now busy with `first`
+        rest = [asyncio.ensure_future(worker.submit(np.full((2, 2), float(i)))) for i in range(1, 7)]
+        await asyncio.sleep(0.05)
+        release.set()
+        results = await asyncio.gather(first, *rest)
+        await worker.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    assert sizes == [1, 4, 2]
+    for i, result in enumerate(results):
+        assert np.array_equal(result.outputs["out"], np.full((2, 2), 2.0 * i))
+        assert result.outputs["sum"] == 4.0 * i
+    assert results[1].batch_size == 4 and results[1].queue_seconds > 0.04
+
+
+def test_different_shapes_are_not_stacked() -> None:
+    sizes: list[int] = []
+
+    async def scenario() -> None:
+        worker = InferenceWorker("m", doubling, max_batch_size=8, on_batch=sizes.append)
+        worker.start()
+        shapes = [(2, 2), (2, 2), (3, 3), (3, 3), (2, 2)]
+        results = await asyncio.gather(*(worker.submit(np.ones(s)) for s in shapes))
+        assert [r.outputs["out"].shape for r in results] == shapes
+        await worker.stop()
+
+    asyncio.run(scenario())
+    assert sum(sizes) == 5 and len(sizes) >= 3
+
+
+def test_cancelled_work_is_never_computed() -> None:
+    computed: list[float] = []
+    release = threading.Event()
+
+    def record(batch: np.ndarray) -> dict[str, np.ndarray]:
+        release.wait(5)
+        computed.extend(batch[:, 0].tolist())
+        return {"out": batch}
+
+    async def scenario() -> None:
+        worker = InferenceWorker("m", record, max_batch_size=8)
+        worker.start()
+        busy = asyncio.ensure_future(worker.submit(np.array([0.0])))
+        await asyncio.sleep(0.05)
+        gone = asyncio.ensure_future(worker.submit(np.array([1.0])))
+        kept = asyncio.ensure_future(worker.submit(np.array([2.0])))
+        await asyncio.sleep(0.01)
+        gone.cancel()  # the client disconnected while queued
+        release.set()
+        await asyncio.gather(busy, kept)
+        await worker.stop()
+
+    asyncio.run(scenario())
+    assert computed == [0.0, 2.0]
+
+
+def test_backend_errors_reach_every_caller_and_the_worker_survives() -> None:
+    calls = {"n": 0}
+
+    def flaky(batch: np.ndarray) -> dict[str, np.ndarray]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return doubling(batch)
+
+    async def scenario() -> None:
+        worker = InferenceWorker("m", flaky)
+        worker.start()
+        with pytest.raises(RuntimeError, match="boom"):
+            await worker.submit(np.ones(1))
+        assert (await worker.submit(np.ones(1))).outputs["out"][0] == 2.0
+        await worker.stop()
+
+    asyncio.run(scenario())
