@@ -51,6 +51,14 @@ def wait_until_ready(process: subprocess.Popen[str], url: str, timeout: float = 
     raise AssertionError("server never became ready")
 
 
+@pytest.fixture(autouse=True)
+def loopback_is_not_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HF_HUB_OFFLINE=1 (set in CI to prove no test needs the Hub) also blocks the client from loopback."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "is_offline_mode", lambda: False)
+
+
 @pytest.fixture(scope="module")
 def server(model_dir: Path) -> Iterator[str]:
     process, url = start_server("--model", str(model_dir))
