@@ -1,4 +1,4 @@
-"""`mvit`: serve, demo-models, predict."""
+"""`mvit`: serve, demo-models, convert, predict."""
 
 from __future__ import annotations
 
@@ -86,13 +86,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(settings))
 
 
-def cmd_demo_models(args: argparse.Namespace) -> int:
-    from app.demo import write_demo_classifier
+TASK_NAMES = {"classification": "image-classification", "segmentation": "image-segmentation"}
 
-    for width in args.width:
-        for size in args.image_size:
-            path = write_demo_classifier(Path(args.directory), width=width, image_size=size, seed=args.seed)
-            print(path)
+
+def cmd_demo_models(args: argparse.Namespace) -> int:
+    from app.demo import write_demo_model
+
+    for task in args.task or ["classification"]:
+        for width in args.width or [0.5]:
+            for size in args.image_size or [None]:
+                path = write_demo_model(
+                    Path(args.directory), TASK_NAMES[task], width=width, image_size=size, seed=args.seed
+                )
+                print(path)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from app.checkpoint import CheckpointError
+    from app.convert import convert_cvnets_checkpoint
+
+    try:
+        path = convert_cvnets_checkpoint(Path(args.checkpoint), Path(args.directory), args.image_size)
+    except (OSError, CheckpointError) as exc:
+        print(f"mvit convert: {exc}", file=sys.stderr)
+        return 1
+    print(path)
     return 0
 
 
@@ -157,12 +176,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--width", type=float, action="append", help="width multiplier, 0.5 to 2.0 (repeatable)"
     )
     demo.add_argument(
-        "--image-size", type=int, action="append", help="input size, a multiple of 32 (default 256)"
+        "--image-size", type=int, action="append", help="input size, a multiple of 32 (default 256 / 512)"
+    )
+    demo.add_argument(
+        "--task", choices=sorted(TASK_NAMES), action="append", help="classification (default) or segmentation"
     )
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo_models)
 
-    predict = sub.add_parser("predict", help="classify one image file without HTTP")
+    convert = sub.add_parser("convert", help="convert an Apple ml-cvnets checkpoint into a model folder")
+    convert.add_argument("checkpoint", help="cvnets .pt (loaded with weights_only=True) or .safetensors")
+    convert.add_argument("directory", help="where to write the model folder, e.g. models/")
+    convert.add_argument(
+        "--image-size", type=int, help="model input size (default 256 classification, 512 segmentation)"
+    )
+    convert.set_defaults(func=cmd_convert)
+
+    predict = sub.add_parser("predict", help="run one image file through a model without HTTP")
     predict.add_argument("image", help="image file")
     model_options(predict)
     predict.add_argument("--top-k", type=int)
@@ -173,9 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "demo-models":
-        args.width = args.width or [0.5]
-        args.image_size = args.image_size or [256]
     return int(args.func(args))
 
 

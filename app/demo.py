@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from importlib import resources
 from pathlib import Path
 
 from app.checkpoint import MANIFEST_FILE
+from app.labels import read_labels
 from app.preprocess import Preprocessing
-
-
-def imagenet_labels() -> list[str]:
-    text = resources.files("app").joinpath("labels/imagenet1k.txt").read_text(encoding="utf-8")
-    return text.splitlines()
 
 
 def hf_config(width: float, image_size: int, labels: list[str], architecture: str) -> dict[str, object]:
@@ -37,34 +32,58 @@ def hf_config(width: float, image_size: int, labels: list[str], architecture: st
     }
 
 
-def write_demo_classifier(out_dir: Path, width: float = 0.5, image_size: int = 256, seed: int = 0) -> Path:
-    """Write `<out_dir>/mobilevitv2-<width>-imagenet1k-<size>-random/` and return its path."""
+def write_demo_model(
+    out_dir: Path,
+    task: str = "image-classification",
+    width: float = 0.5,
+    image_size: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write `<out_dir>/mobilevitv2-<width>-<imagenet1k-<size>|voc-deeplabv3>-random/` and return its path."""
     from safetensors.torch import save_file
 
-    from app.nn.mobilevitv2 import MobileViTV2Config, MobileViTV2ForImageClassification, randomize_weights
+    from app.nn.mobilevitv2 import (
+        MobileViTV2Config,
+        MobileViTV2ForImageClassification,
+        MobileViTV2ForSemanticSegmentation,
+        randomize_weights,
+    )
 
-    if image_size % 32:
-        raise ValueError(f"image size must be a multiple of 32, got {image_size}")
     width = float(width)
-    labels = imagenet_labels()
-    model = MobileViTV2ForImageClassification(MobileViTV2Config(width_multiplier=width), len(labels)).eval()
-    randomize_weights(model, seed, head_names=("classifier",))
+    if task == "image-classification":
+        size = image_size or 256
+        labels = read_labels("imagenet1k")
+        cfg = MobileViTV2Config(width_multiplier=width)
+        model = MobileViTV2ForImageClassification(cfg, len(labels))
+        head, architecture = "classifier", "MobileViTV2ForImageClassification"
+        name = f"mobilevitv2-{width}-imagenet1k-{size}-random"
+        # Hub classifiers resize the short side to 288 for a 256 crop; keep that ratio at other sizes.
+        short_side = size * 288 // 256
+    elif task == "image-segmentation":
+        size = image_size or 512
+        labels = read_labels("voc")
+        cfg = MobileViTV2Config(width_multiplier=width, output_stride=16)
+        model = MobileViTV2ForSemanticSegmentation(cfg, len(labels))
+        head, architecture = "segmentation_head.classifier.convolution", "MobileViTV2ForSemanticSegmentation"
+        name = f"mobilevitv2-{width}-voc-deeplabv3-{size}-random"
+        short_side = size  # as apple/mobilevitv2-1.0-voc-deeplabv3: short side to 512, center crop 512
+    else:
+        raise ValueError(f"unknown task {task!r}: image-classification or image-segmentation")
+    if size % 32:
+        raise ValueError(f"image size must be a multiple of 32, got {size}")
+    randomize_weights(model.eval(), seed, head_names=(head,))
 
-    name = f"mobilevitv2-{width}-imagenet1k-{image_size}-random"
     path = out_dir / name
     path.mkdir(parents=True, exist_ok=True)
-    # Hub checkpoints resize the short side to 288 for a 256 crop; keep that ratio at other sizes.
-    preprocessing = Preprocessing(
-        resize_shortest_edge=image_size * 288 // 256,
-        resample=2,
-        crop_height_width=(image_size, image_size),
-    )
+    preprocessing = Preprocessing(resize_shortest_edge=short_side, resample=2, crop_height_width=(size, size))
+    config = hf_config(width, size, labels, architecture)
+    config["output_stride"] = cfg.output_stride
     files = {
-        "config.json": hf_config(width, image_size, labels, "MobileViTV2ForImageClassification"),
+        "config.json": config,
         "preprocessor_config.json": preprocessing.to_hf_config(),
         MANIFEST_FILE: {
             "id": name,
-            "task": "image-classification",
+            "task": task,
             "random_weights": True,
             "seed": seed,
             "generated_by": "mvit demo-models",

@@ -36,7 +36,7 @@ async def run(
     max_pixels: int,
     timings: Timings,
 ) -> list[dict[str, Any]]:
-    params = model.task.validate(raw_parameters, model.labels)  # cheap: refuse bad parameters before decoding
+    params = model.task.validate(raw_parameters, model)  # cheap: refuse bad parameters before decoding
     image = await timings.timed("decode", pool, decode_image, image_bytes, max_pixels)
     tensor = await timings.timed("preprocess", pool, preprocess, image, model.preprocessing)
     if model.worker is None:
@@ -45,7 +45,7 @@ async def run(
     timings.seconds["queue"] = result.queue_seconds
     timings.seconds["inference"] = result.inference_seconds
     return await timings.timed(
-        "postprocess", pool, model.task.postprocess, result.outputs, image.size, model.labels, params
+        "postprocess", pool, model.task.postprocess, result.outputs, image.size, model, params
     )
 
 
@@ -53,7 +53,7 @@ def predict(
     model: ServedModel, image_bytes: bytes, raw_parameters: dict[str, Any], max_pixels: int
 ) -> list[dict[str, Any]]:
     """The same path without HTTP, queue or batching (`mvit predict`)."""
-    params = model.task.validate(raw_parameters, model.labels)
+    params = model.task.validate(raw_parameters, model)
     image = decode_image(image_bytes, max_pixels)
     outputs = model.backend.infer(preprocess(image, model.preprocessing)[None])
-    return model.task.postprocess({k: v[0] for k, v in outputs.items()}, image.size, model.labels, params)
+    return model.task.postprocess({k: v[0] for k, v in outputs.items()}, image.size, model, params)

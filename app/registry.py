@@ -46,6 +46,11 @@ class ServedModel:
     worker: InferenceWorker | None = None
 
     @property
+    def upsample_align_corners(self) -> bool:
+        """cvnets-converted segmentation models upsample logits with align_corners=True."""
+        return bool(self.model_dir.manifest.get("upsample_align_corners", False))
+
+    @property
     def input_size(self) -> tuple[int, int] | None:
         return self.preprocessing.fixed_input_size
 

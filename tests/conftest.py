@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.config import Settings
-from app.demo import write_demo_classifier
+from app.demo import write_demo_model
 from app.server import create_app
 
 
@@ -40,7 +40,7 @@ def encode(image: Image.Image, fmt: str = "JPEG", **kwargs: object) -> bytes:
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The smallest real MobileViTv2 classifier (width 0.5, 256 px) with seeded random weights."""
-    return write_demo_classifier(tmp_path_factory.mktemp("models"), width=0.5, image_size=256, seed=0)
+    return write_demo_model(tmp_path_factory.mktemp("models"), "image-classification", width=0.5, seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,11 @@ import torch
 from torch import nn
 
 from app.checkpoint import CheckpointError, ModelDir
-from app.nn.mobilevitv2 import MobileViTV2Config, MobileViTV2ForImageClassification
+from app.nn.mobilevitv2 import (
+    MobileViTV2Config,
+    MobileViTV2ForImageClassification,
+    MobileViTV2ForSemanticSegmentation,
+)
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -39,6 +43,8 @@ def build_network(model_dir: ModelDir) -> nn.Module:
     task = model_dir.task
     if task == "image-classification":
         module: nn.Module = MobileViTV2ForImageClassification(cfg, num_labels=len(model_dir.labels))
+    elif task == "image-segmentation":
+        module = MobileViTV2ForSemanticSegmentation(cfg, num_labels=len(model_dir.labels))
     else:
         raise CheckpointError(f"{model_dir.path}: task {task!r} is not supported by the PyTorch backend yet")
     state = load_state_dict(model_dir.weights)

@@ -52,6 +52,9 @@ class MobileViTV2Config:
     ffn_multiplier: int = 2
     aspp_out_channels: int = 512
     atrous_rates: tuple[int, int, int] = (6, 12, 18)
+    # ml-cvnets dilates the local 3x3 depthwise conv of a dilated stage; transformers does not.
+    # Checkpoints converted from cvnets set this so they reproduce cvnets.
+    dilate_local_conv: bool = False
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> MobileViTV2Config:
@@ -234,7 +237,12 @@ class MobileViTBlock(nn.Module):
             dilation=dilation // 2 if dilation > 1 else 1,
         )
         self.conv_kxk = ConvLayer(
-            out_channels, out_channels, cfg.conv_kernel_size, groups=out_channels, act=cfg.hidden_act
+            out_channels,
+            out_channels,
+            cfg.conv_kernel_size,
+            groups=out_channels,
+            dilation=dilation if cfg.dilate_local_conv else 1,
+            act=cfg.hidden_act,
         )
         self.conv_1x1 = ConvLayer(out_channels, attn_dim, 1, norm=False)
         self.transformer = Transformer(cfg, attn_dim, depth)
@@ -319,6 +327,58 @@ class MobileViTV2ForImageClassification(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         last = self.mobilevitv2(pixel_values)[-1]
         return self.classifier(last.mean(dim=(-2, -1)))
+
+
+class ASPPPooling(nn.Module):
+    """Image-level branch of ASPP: global average, 1x1 conv, broadcast back to the map size."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv_1x1 = ConvLayer(in_channels, out_channels, 1, act="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.conv_1x1(x.mean(dim=(-2, -1), keepdim=True))
+        return nn.functional.interpolate(pooled, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: 1x1, three dilated 3x3, image pooling; concatenated, projected."""
+
+    def __init__(self, in_channels: int, out_channels: int, rates: Sequence[int]) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(
+            [
+                ConvLayer(in_channels, out_channels, 1, act="relu"),
+                *(ConvLayer(in_channels, out_channels, 3, dilation=rate, act="relu") for rate in rates),
+                ASPPPooling(in_channels, out_channels),
+            ]
+        )
+        self.project = ConvLayer((len(rates) + 2) * out_channels, out_channels, 1, act="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(torch.cat([branch(x) for branch in self.convs], dim=1))
+
+
+class DeepLabV3Head(nn.Module):
+    def __init__(self, cfg: MobileViTV2Config, num_labels: int) -> None:
+        super().__init__()
+        self.aspp = ASPP(cfg.stage_channels[5], cfg.aspp_out_channels, cfg.atrous_rates)
+        self.classifier = ConvLayer(cfg.aspp_out_channels, num_labels, 1, bias=True, norm=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.aspp(x))
+
+
+class MobileViTV2ForSemanticSegmentation(nn.Module):
+    """Backbone (output stride 16 or 8) + DeepLabV3. Returns low-resolution logits (B, labels, H/os, W/os)."""
+
+    def __init__(self, cfg: MobileViTV2Config, num_labels: int) -> None:
+        super().__init__()
+        self.mobilevitv2 = MobileViTV2Backbone(cfg)
+        self.segmentation_head = DeepLabV3Head(cfg, num_labels)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.segmentation_head(self.mobilevitv2(pixel_values)[-1])
 
 
 def randomize_weights(

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from app.errors import bad_request
-from app.tasks import classification
+from app.tasks import classification, segmentation
+
+
+class ModelContext(Protocol):
+    """What postprocessing needs to know about the model that produced the outputs."""
+
+    labels: list[str]
+    upsample_align_corners: bool
 
 
 @dataclass(frozen=True)
@@ -17,19 +24,19 @@ class TaskSpec:
     name: str
     route: str
     parameters: tuple[str, ...]
-    # (raw parameters, labels) -> validated parameters
-    parse_params: Callable[[Mapping[str, Any], list[str]], Any]
-    # (model outputs for one image, original image (width, height), labels, parameters) -> response JSON
-    postprocess: Callable[[dict[str, np.ndarray], tuple[int, int], list[str], Any], list[dict[str, Any]]]
+    # (raw parameters, model) -> validated parameters
+    parse_params: Callable[[Mapping[str, Any], ModelContext], Any]
+    # (one image's model outputs, original image (width, height), model, parameters) -> response JSON
+    postprocess: Callable[[dict[str, np.ndarray], tuple[int, int], ModelContext, Any], list[dict[str, Any]]]
 
-    def validate(self, raw: Mapping[str, Any], labels: list[str]) -> Any:
+    def validate(self, raw: Mapping[str, Any], model: ModelContext) -> Any:
         unknown = sorted(set(raw) - set(self.parameters))
         if unknown:
             raise bad_request(
                 f"Unknown parameter(s) for {self.name}: {', '.join(unknown)}. "
                 f"Accepted: {', '.join(self.parameters)}."
             )
-        return self.parse_params(raw, labels)
+        return self.parse_params(raw, model)
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -37,9 +44,18 @@ TASKS: dict[str, TaskSpec] = {
         name=classification.TASK,
         route="/classify",
         parameters=classification.PARAMETERS,
-        parse_params=lambda raw, labels: classification.parse_params(raw, len(labels)),
-        postprocess=lambda outputs, size, labels, params: classification.classify(
-            outputs["logits"], labels, params
+        parse_params=lambda raw, model: classification.parse_params(raw, len(model.labels)),
+        postprocess=lambda outputs, size, model, params: classification.classify(
+            outputs["logits"], model.labels, params
+        ),
+    ),
+    segmentation.TASK: TaskSpec(
+        name=segmentation.TASK,
+        route="/segment",
+        parameters=segmentation.PARAMETERS,
+        parse_params=lambda raw, model: segmentation.parse_params(raw),
+        postprocess=lambda outputs, size, model, params: segmentation.segment(
+            outputs["logits"], size, model.labels, model.upsample_align_corners
         ),
     ),
 }

@@ -1,0 +1,196 @@
+"""Apple ml-cvnets checkpoints -> this project's (Hugging Face-format) model folders.
+
+cvnets saves `model.state_dict()` under its own module names (`encoder.layer_3.1.local_rep.0.block.conv`,
+`seg_head.aspp.aspp_layer.convs.4.aspp_pool.conv_1x1.block.norm`, ...). `cvnets_to_hf_keys` renames them
+to the Hugging Face layout that `app/nn/mobilevitv2.py` uses; the training-only auxiliary segmentation
+head is dropped. The width, the task and the number of classes are read off the tensors themselves.
+
+cvnets' conventions differ from the Hub's converted checkpoints, and the folder records them:
+RGB input in [0, 1] (no BGR flip), the dilated local conv (`dilate_local_conv`), and segmentation logits
+upsampled with `align_corners=True` (`manifest.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from app.checkpoint import MANIFEST_FILE, CheckpointError
+from app.labels import labels_for
+from app.preprocess import Preprocessing
+
+T = TypeVar("T")
+
+# Stem channels for each published width: make_divisible(clip(32 * w, 16, 64), 8).
+_WIDTH_BY_STEM = {16: 0.5, 24: 0.75, 32: 1.0, 40: 1.25, 48: 1.5, 56: 1.75, 64: 2.0}
+_DROPPED = re.compile(r"^seg_head\.aux_head\.")
+
+_CONV = r"block\.(conv|norm)\.(.+)"
+_PART = {"conv": "convolution", "norm": "normalization"}
+_IR = {"exp_1x1": "expand_1x1", "conv_3x3": "conv_3x3", "red_1x1": "reduce_1x1"}
+
+
+def _conv(prefix: str, match: re.Match[str], first: int) -> str:
+    return f"{prefix}.{_PART[match.group(first)]}.{match.group(first + 1)}"
+
+
+def _rename_encoder(key: str) -> str | None:
+    """`conv_1...` / `layer_N...` (no `encoder.` prefix) -> the HF name, or None if unknown."""
+    if m := re.fullmatch(r"conv_1\." + _CONV, key):
+        return _conv("mobilevitv2.conv_stem", m, 1)
+    m = re.fullmatch(r"layer_(\d)\.(\d+)\.(.+)", key)
+    if not m:
+        return None
+    stage, block, rest = int(m.group(1)), int(m.group(2)), m.group(3)
+    base = f"mobilevitv2.encoder.layer.{stage - 1}"
+    if stage <= 2:  # MobileNetV2 stages: layer_N.i.block.{exp_1x1,conv_3x3,red_1x1}
+        if ir := re.fullmatch(r"block\.(exp_1x1|conv_3x3|red_1x1)\." + _CONV, rest):
+            return _conv(f"{base}.layer.{block}.{_IR[ir.group(1)]}", ir, 2)
+        return None
+    if block == 0:  # stride-2 inverted residual that opens a MobileViT stage
+        if ir := re.fullmatch(r"block\.(exp_1x1|conv_3x3|red_1x1)\." + _CONV, rest):
+            return _conv(f"{base}.downsampling_layer.{_IR[ir.group(1)]}", ir, 2)
+        return None
+    if block != 1:
+        return None
+    if lr := re.fullmatch(r"local_rep\.([01])\." + _CONV, rest):
+        return _conv(f"{base}.{'conv_kxk' if lr.group(1) == '0' else 'conv_1x1'}", lr, 2)
+    if cp := re.fullmatch(r"conv_proj\." + _CONV, rest):
+        return _conv(f"{base}.conv_projection", cp, 1)
+    if gr := re.fullmatch(r"global_rep\.(\d+)\.(weight|bias)", rest):  # the final LayerNorm2D
+        return f"{base}.layernorm.{gr.group(2)}"
+    gr = re.fullmatch(r"global_rep\.(\d+)\.(.+)", rest)
+    if not gr:
+        return None
+    layer, inner = f"{base}.transformer.layer.{gr.group(1)}", gr.group(2)
+    table = {
+        r"pre_norm_attn\.0\.(weight|bias)": "layernorm_before.{0}",
+        r"pre_norm_attn\.1\.qkv_proj\.block\.conv\.(weight|bias)": "attention.qkv_proj.convolution.{0}",
+        r"pre_norm_attn\.1\.out_proj\.block\.conv\.(weight|bias)": "attention.out_proj.convolution.{0}",
+        r"pre_norm_ffn\.0\.(weight|bias)": "layernorm_after.{0}",
+        r"pre_norm_ffn\.1\.block\.conv\.(weight|bias)": "ffn.conv1.convolution.{0}",
+        r"pre_norm_ffn\.3\.block\.conv\.(weight|bias)": "ffn.conv2.convolution.{0}",
+    }
+    for pattern, target in table.items():
+        if t := re.fullmatch(pattern, inner):
+            return f"{layer}.{target.format(t.group(1))}"
+    return None
+
+
+def _rename_head(key: str) -> str | None:
+    if m := re.fullmatch(r"classifier\.1\.(weight|bias)", key):
+        return f"classifier.{m.group(1)}"
+    if m := re.fullmatch(r"seg_head\.aspp\.aspp_layer\.convs\.([0-3])\." + _CONV, key):
+        return _conv(f"segmentation_head.aspp.convs.{m.group(1)}", m, 2)
+    if m := re.fullmatch(r"seg_head\.aspp\.aspp_layer\.convs\.4\.aspp_pool\.conv_1x1\." + _CONV, key):
+        return _conv("segmentation_head.aspp.convs.4.conv_1x1", m, 1)
+    if m := re.fullmatch(r"seg_head\.aspp\.aspp_layer\.project\." + _CONV, key):
+        return _conv("segmentation_head.aspp.project", m, 1)
+    if m := re.fullmatch(r"seg_head\.classifier\.block\.conv\.(weight|bias)", key):
+        return f"segmentation_head.classifier.convolution.{m.group(1)}"
+    return None
+
+
+def cvnets_to_hf_keys(state: Mapping[str, T]) -> dict[str, T]:
+    """Rename a cvnets MobileViTv2 classification or DeepLabV3 state dict; refuse unknown keys."""
+    renamed: dict[str, T] = {}
+    unknown = []
+    for key, value in state.items():
+        if _DROPPED.match(key):
+            continue
+        encoder_key = key.removeprefix("encoder.")
+        new = _rename_head(key) or _rename_encoder(encoder_key)
+        if new is None:
+            unknown.append(key)
+        else:
+            renamed[new] = value
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise CheckpointError(
+            f"not a cvnets MobileViTv2 classification/DeepLabV3 checkpoint: {len(unknown)} unknown keys ({shown})"
+        )
+    return renamed
+
+
+def describe_cvnets_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Task, width, number of classes, read off the (renamed) tensors' shapes."""
+    stem = state.get("mobilevitv2.conv_stem.convolution.weight")
+    if stem is None or stem.shape[0] not in _WIDTH_BY_STEM:
+        raise CheckpointError(
+            "cannot tell the MobileViTv2 width: the stem conv is missing or has an unknown size"
+        )
+    if "classifier.weight" in state:
+        task, classes = "image-classification", int(state["classifier.weight"].shape[0])
+    elif "segmentation_head.classifier.convolution.weight" in state:
+        task, classes = (
+            "image-segmentation",
+            int(state["segmentation_head.classifier.convolution.weight"].shape[0]),
+        )
+    else:
+        raise CheckpointError("the checkpoint has neither a classifier nor a segmentation head")
+    return {"task": task, "width": _WIDTH_BY_STEM[int(stem.shape[0])], "num_classes": classes}
+
+
+def write_converted(
+    state: Mapping[str, Any], out_dir: Path, source: str, image_size: int | None = None
+) -> Path:
+    """Write a renamed cvnets state dict as a model folder and return its path."""
+    import torch
+    from safetensors.torch import save_file
+
+    from app.demo import hf_config
+
+    info = describe_cvnets_state(state)
+    dataset, labels = labels_for(info["num_classes"])
+    segmentation = info["task"] == "image-segmentation"
+    size = image_size or (512 if segmentation else 256)
+    if segmentation:
+        architecture = "MobileViTV2ForSemanticSegmentation"
+        # The whole image, squashed to the model's size: masks then cover the full photo.
+        preprocessing = Preprocessing(resize_height_width=(size, size), resample=2, bgr=False)
+    else:
+        architecture = "MobileViTV2ForImageClassification"
+        # cvnets' ImageNet evaluation: short side to 288/256 of the crop (bicubic), center crop.
+        preprocessing = Preprocessing(
+            resize_shortest_edge=size * 288 // 256, resample=3, crop_height_width=(size, size), bgr=False
+        )
+    config = hf_config(info["width"], size, labels, architecture)
+    config["dilate_local_conv"] = True
+    if segmentation:
+        config["output_stride"] = 16
+    kind = "deeplabv3" if segmentation else str(size)
+    name = f"cvnets-mobilevitv2-{info['width']}-{dataset}-{kind}"
+    path = out_dir / name
+    path.mkdir(parents=True, exist_ok=True)
+    files = {
+        "config.json": config,
+        "preprocessor_config.json": preprocessing.to_hf_config(),
+        MANIFEST_FILE: {
+            "id": name,
+            "task": info["task"],
+            "random_weights": False,
+            "source_format": "cvnets",
+            "source": source,
+            "converted_by": "mvit convert",
+            "upsample_align_corners": True,
+        },
+    }
+    for filename, content in files.items():
+        (path / filename).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+    tensors = {
+        k: (v if isinstance(v, torch.Tensor) else torch.as_tensor(v)).contiguous() for k, v in state.items()
+    }
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    return path
+
+
+def convert_cvnets_checkpoint(checkpoint: Path, out_dir: Path, image_size: int | None = None) -> Path:
+    """`.pt` (loaded with weights_only=True) or `.safetensors` with cvnets keys -> a model folder."""
+    from app.backends.torch_backend import load_state_dict
+
+    return write_converted(
+        cvnets_to_hf_keys(load_state_dict(checkpoint)), out_dir, str(checkpoint), image_size
+    )

@@ -1,0 +1,121 @@
+"""Semantic segmentation: low-resolution logits -> per-class PNG masks at the original image size.
+
+The reference (transformers' image-segmentation pipeline) upsamples the logits bilinearly to the image
+size and takes the argmax. For a 12 MP photo and 21 classes that is ~1 GB of float32. We get the same
+labels with bounded memory: where the four low-resolution cells around an output pixel share one argmax
+class, the bilinear mix of their logits has that argmax too (every class's value is the same convex
+combination, and the winner wins in each term), so only pixels near a class boundary need the
+interpolated logits. Those are computed in row bands capped at a fixed number of floats.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from app.errors import bad_request
+
+TASK = "image-segmentation"
+PARAMETERS = ("subtask", "threshold", "mask_threshold", "overlap_mask_area_threshold")
+# Most float32 values one band of boundary pixels may hold (x 4 corners): ~64 MB.
+BAND_FLOATS = 4_000_000
+PNG_COMPRESS_LEVEL = 1
+
+
+def parse_params(raw: Mapping[str, Any]) -> None:
+    """Accept the pipeline's parameters; only `subtask=semantic` (or none) makes sense for DeepLabV3."""
+    subtask = raw.get("subtask")
+    if subtask is not None:
+        if not isinstance(subtask, str) or subtask.lower() not in ("semantic", "instance", "panoptic"):
+            raise bad_request(f"Parameter 'subtask' must be semantic, instance or panoptic; got {subtask!r}.")
+        if subtask.lower() != "semantic":
+            raise bad_request(
+                f"subtask={subtask!r} is not available: this DeepLabV3 model is semantic-only "
+                "(one mask per class, no instances). Use subtask=semantic or leave it out."
+            )
+    for name in PARAMETERS[1:]:
+        value = raw.get(name)
+        if value is None:
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if isinstance(value, bool) or not 0.0 <= number <= 1.0:
+            raise bad_request(f"Parameter {name!r} must be a number between 0 and 1, got {value!r}.")
+
+
+def _source_index(
+    out_size: int, in_size: int, align_corners: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like torch's bilinear: for each output index, the two input indices and the weight of the second."""
+    dst = np.arange(out_size, dtype=np.float32)
+    if align_corners:
+        scale = np.float32((in_size - 1) / (out_size - 1)) if out_size > 1 else np.float32(0)
+        src = scale * dst
+    else:
+        scale = np.float32(in_size) / np.float32(out_size)
+        src = np.maximum(scale * (dst + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+    low = np.minimum(src.astype(np.intp), in_size - 1)
+    high = np.minimum(low + 1, in_size - 1)
+    return low, high, (src - low).astype(np.float32)
+
+
+def label_map(logits: np.ndarray, height: int, width: int, align_corners: bool = False) -> np.ndarray:
+    """argmax over classes of bilinear(logits, (height, width)), without materialising the upsampling."""
+    classes, in_h, in_w = logits.shape
+    dtype = np.uint8 if classes <= 256 else np.uint16
+    coarse = logits.argmax(axis=0).astype(dtype)
+    # uniform[i, j]: the four cells an output pixel with (y0, x0) = (i, j) mixes share one argmax.
+    below = coarse[np.minimum(np.arange(in_h) + 1, in_h - 1)]
+    right = np.minimum(np.arange(in_w) + 1, in_w - 1)
+    uniform = (coarse == coarse[:, right]) & (coarse == below) & (coarse == below[:, right])
+    y0, y1, wy = _source_index(height, in_h, align_corners)
+    x0, x1, wx = _source_index(width, in_w, align_corners)
+    repeats_x = np.bincount(x0, minlength=in_w)  # x0 is non-decreasing: columns come in runs
+    channels_last = np.ascontiguousarray(logits.transpose(1, 2, 0))
+    labels = np.empty((height, width), dtype=dtype)
+    rows_per_band = max(1, BAND_FLOATS // max(1, classes * width))
+    for top in range(0, height, rows_per_band):
+        rows = slice(top, min(height, top + rows_per_band))
+        band = labels[rows]
+        band[...] = np.repeat(coarse[y0[rows]], repeats_x, axis=1)
+        ii, jj = np.nonzero(~np.repeat(uniform[y0[rows]], repeats_x, axis=1))
+        if ii.size == 0:
+            continue
+        # Vertical mix of the band's source rows (small: rows x in_w x classes), then the horizontal mix
+        # at the boundary pixels only.
+        ly = wy[rows][:, None, None]
+        mixed_rows = channels_last[y0[rows]] * (1 - ly) + channels_last[y1[rows]] * ly
+        lx = wx[jj][:, None]
+        values = mixed_rows[ii, x0[jj]] * (1 - lx) + mixed_rows[ii, x1[jj]] * lx
+        band[ii, jj] = values.argmax(axis=1)
+    return labels
+
+
+def encode_png(mask: np.ndarray) -> str:
+    """A 0/255 mode-L PNG, base64 (no data: prefix)."""
+    buffer = io.BytesIO()
+    Image.fromarray(mask).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def segment(
+    logits: np.ndarray, image_size: tuple[int, int], labels: list[str], align_corners: bool = False
+) -> list[dict[str, Any]]:
+    """`[{"label": str, "mask": base64 PNG}]`, one entry per class present, ascending class id."""
+    width, height = image_size
+    label_ids = label_map(logits, height, width, align_corners)
+    present = np.flatnonzero(np.bincount(label_ids.ravel(), minlength=len(labels)))
+    mask = np.empty((height, width), dtype=np.uint8)
+    results = []
+    for class_id in present:
+        np.equal(label_ids, class_id, out=mask.view(bool))
+        mask *= 255
+        results.append({"label": labels[class_id], "mask": encode_png(mask)})
+    return results
