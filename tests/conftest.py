@@ -74,3 +74,9 @@ def client(model_dir: Path) -> Iterator[TestClient]:
     with TestClient(app, raise_server_exceptions=False) as test_client:
         wait_ready(test_client)
         yield test_client
+
+
+@pytest.fixture(scope="session")
+def seg_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real-architecture MobileViTv2-0.5 + DeepLabV3 (VOC, 512 px) with seeded random weights."""
+    return write_demo_model(tmp_path_factory.mktemp("seg-models"), "image-segmentation", width=0.5, seed=1)

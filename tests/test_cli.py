@@ -54,3 +54,46 @@ def test_predict_fails_clearly(model_dir: Path, tmp_path: Path) -> None:
     assert missing.returncode == 1 and "No such file" in missing.stderr
     bad_config = mvit("serve", "--port", "99999")
     assert bad_config.returncode != 0 and "invalid configuration" in bad_config.stderr
+
+
+def test_convert_cvnets_checkpoint_then_predict(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    fixture = (
+        Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cvnets" / "mobilevitv2_0.5_imagenet"
+    )
+    if not fixture.is_dir():
+        import pytest
+
+        pytest.skip(f"cvnets reference fixtures not found at {fixture}")
+    checkpoint = tmp_path / "mobilevitv2-0.5.pt"  # as Apple publishes them: a plain torch.save'd state dict
+    torch.save(load_file(str(fixture / "state_dict.safetensors")), checkpoint)
+    result = mvit("convert", str(checkpoint), str(tmp_path / "models"))
+    assert result.returncode == 0, result.stderr
+    folder = Path(result.stdout.strip())
+    assert folder.name == "cvnets-mobilevitv2-0.5-imagenet1k-256"
+    image = tmp_path / "photo.png"
+    image.write_bytes(encode(photo_like(300, 300, seed=2), "PNG"))
+    predicted = mvit("predict", str(image), "--model", str(folder), "--top-k", "2")
+    assert predicted.returncode == 0 and len(json.loads(predicted.stdout)) == 2
+
+
+def test_convert_refuses_pickles_and_foreign_checkpoints(tmp_path: Path) -> None:
+    import pickle
+
+    import torch
+
+    class Exploit:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (exec, ("open('PWNED', 'w').write('x')",))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"model": Exploit()}))
+    result = mvit("convert", str(evil), str(tmp_path / "out"))
+    assert result.returncode == 1 and "weights_only" in result.stderr
+    assert not Path("PWNED").exists() and not (tmp_path / "PWNED").exists()
+    foreign = tmp_path / "resnet.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, foreign)
+    result = mvit("convert", str(foreign), str(tmp_path / "out"))
+    assert result.returncode == 1 and "unknown keys (fc.weight)" in result.stderr

@@ -60,8 +60,8 @@ def loopback_is_not_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(model_dir: Path) -> Iterator[str]:
-    process, url = start_server("--model", str(model_dir))
+def server(model_dir: Path, seg_model_dir: Path) -> Iterator[str]:
+    process, url = start_server("--model", str(model_dir), "--model", str(seg_model_dir))
     try:
         wait_until_ready(process, url)
         yield url
@@ -97,6 +97,19 @@ def test_inference_client_by_model_url_and_errors(server: str) -> None:
     assert len(client.image_classification(encode(photo_like(200, 200)), top_k=2)) == 2
     with pytest.raises(Exception, match="not a recognised image"):
         client.image_classification(b"definitely not an image")
+
+
+def test_inference_client_image_segmentation(server: str) -> None:
+    client = InferenceClient(model=f"{server}/segment")
+    data = encode(photo_like(500, 375, seed=7))
+    segments = client.image_segmentation(data)
+    assert segments and all(isinstance(s.label, str) for s in segments)
+    for segment in segments:
+        assert segment.mask.size == (500, 375) and segment.mask.mode == "L"
+    with_parameters = client.image_segmentation(data, subtask="semantic", threshold=0.9)
+    assert [s.label for s in with_parameters] == [s.label for s in segments]
+    with pytest.raises(Exception, match="semantic-only"):
+        client.image_segmentation(data, subtask="panoptic")
 
 
 def test_a_model_that_cannot_load_stops_the_server_with_a_clear_message(tmp_path: Path) -> None:

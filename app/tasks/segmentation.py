@@ -68,6 +68,13 @@ def _source_index(
 
 def label_map(logits: np.ndarray, height: int, width: int, align_corners: bool = False) -> np.ndarray:
     """argmax over classes of bilinear(logits, (height, width)), without materialising the upsampling."""
+    return _label_map_and_counts(logits, height, width, align_corners)[0]
+
+
+def _label_map_and_counts(
+    logits: np.ndarray, height: int, width: int, align_corners: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The label map and how many pixels each class got (counted band by band: no full-size temporaries)."""
     classes, in_h, in_w = logits.shape
     dtype = np.uint8 if classes <= 256 else np.uint16
     coarse = logits.argmax(axis=0).astype(dtype)
@@ -80,22 +87,36 @@ def label_map(logits: np.ndarray, height: int, width: int, align_corners: bool =
     repeats_x = np.bincount(x0, minlength=in_w)  # x0 is non-decreasing: columns come in runs
     channels_last = np.ascontiguousarray(logits.transpose(1, 2, 0))
     labels = np.empty((height, width), dtype=dtype)
+    counts = np.zeros(classes, dtype=np.int64)
     rows_per_band = max(1, BAND_FLOATS // max(1, classes * width))
     for top in range(0, height, rows_per_band):
         rows = slice(top, min(height, top + rows_per_band))
         band = labels[rows]
         band[...] = np.repeat(coarse[y0[rows]], repeats_x, axis=1)
         ii, jj = np.nonzero(~np.repeat(uniform[y0[rows]], repeats_x, axis=1))
-        if ii.size == 0:
-            continue
-        # Vertical mix of the band's source rows (small: rows x in_w x classes), then the horizontal mix
-        # at the boundary pixels only.
-        ly = wy[rows][:, None, None]
-        mixed_rows = channels_last[y0[rows]] * (1 - ly) + channels_last[y1[rows]] * ly
-        lx = wx[jj][:, None]
-        values = mixed_rows[ii, x0[jj]] * (1 - lx) + mixed_rows[ii, x1[jj]] * lx
-        band[ii, jj] = values.argmax(axis=1)
-    return labels
+        if ii.size:
+            band[ii, jj] = _boundary_labels(channels_last, rows, ii, jj, (y0, y1, wy), (x0, x1, wx))
+        counts += np.bincount(band.reshape(-1), minlength=classes)
+    return labels, counts
+
+
+def _boundary_labels(
+    channels_last: np.ndarray,
+    rows: slice,
+    ii: np.ndarray,
+    jj: np.ndarray,
+    ys: tuple[np.ndarray, np.ndarray, np.ndarray],
+    xs: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """Labels of the band pixels (ii, jj) whose four source cells disagree, from interpolated logits."""
+    (y0, y1, wy), (x0, x1, wx) = ys, xs
+    # Vertical mix of the band's source rows (small: rows x in_w x classes), then the horizontal mix at
+    # the boundary pixels only.
+    ly = wy[rows][:, None, None]
+    mixed_rows = channels_last[y0[rows]] * (1 - ly) + channels_last[y1[rows]] * ly
+    lx = wx[jj][:, None]
+    values = mixed_rows[ii, x0[jj]] * (1 - lx) + mixed_rows[ii, x1[jj]] * lx
+    return values.argmax(axis=1)
 
 
 def encode_png(mask: np.ndarray) -> str:
@@ -110,8 +131,8 @@ def segment(
 ) -> list[dict[str, Any]]:
     """`[{"label": str, "mask": base64 PNG}]`, one entry per class present, ascending class id."""
     width, height = image_size
-    label_ids = label_map(logits, height, width, align_corners)
-    present = np.flatnonzero(np.bincount(label_ids.ravel(), minlength=len(labels)))
+    label_ids, counts = _label_map_and_counts(logits, height, width, align_corners)
+    present = np.flatnonzero(counts)
     mask = np.empty((height, width), dtype=np.uint8)
     results = []
     for class_id in present:

@@ -1,0 +1,122 @@
+"""Peak memory and time that one 12 MP photo adds to a running /segment server.
+
+Starts `mvit serve` with MODEL on a loopback port, warms it with a small image, then for each round:
+records the server's RSS, resets its peak-RSS counter (/proc/PID/clear_refs, Linux), posts a
+4032x3024 JPEG to /segment, and reads the new peak (VmHWM). Also reports the server's own phase
+timings for those requests (from /metrics) and what the naive dense upsample would have allocated.
+
+    python scripts/segment_memory.py models/mobilevitv2-1.0-voc-deeplabv3-512-random --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+
+def photo(width: int, height: int) -> bytes:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    pixels = np.stack(
+        [128 + 100 * np.sin(xx / 230), 128 + 100 * np.cos(yy / 170), 128 + 90 * np.sin((xx + yy) / 310)], -1
+    )
+    pixels = np.clip(pixels + rng.normal(0, 12, pixels.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def status_kib(pid: int, field: str) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))  # type: ignore[union-attr]
+
+
+def phase_sums(metrics: str) -> dict[str, tuple[float, float]]:
+    sums = {}
+    for phase in ("decode", "preprocess", "queue", "inference", "postprocess"):
+        total = re.search(rf'mvit_phase_duration_seconds_sum{{[^}}]*phase="{phase}"}} (\S+)', metrics)
+        count = re.search(rf'mvit_phase_duration_seconds_count{{[^}}]*phase="{phase}"}} (\S+)', metrics)
+        sums[phase] = (float(total.group(1)) if total else 0.0, float(count.group(1)) if count else 0.0)
+    return sums
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model", help="a segmentation model folder")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--model", args.model, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    big = photo(4032, 3024)
+    try:
+        with httpx.Client(timeout=120) as client:
+            deadline = time.monotonic() + 120
+            while client_ready(client, url) is False:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("server did not become ready")
+                time.sleep(0.2)
+            client.post(f"{url}/segment", content=photo(640, 480)).raise_for_status()
+            before = phase_sums(client.get(f"{url}/metrics").text)
+            added, latency, entries = [], [], 0
+            for _ in range(args.rounds):
+                idle = status_kib(server.pid, "VmRSS")
+                Path(f"/proc/{server.pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+                started = time.perf_counter()
+                response = client.post(f"{url}/segment", content=big)
+                latency.append(time.perf_counter() - started)
+                response.raise_for_status()
+                entries = len(response.json())
+                added.append((status_kib(server.pid, "VmHWM") - idle) / 1024)
+            after = phase_sums(client.get(f"{url}/metrics").text)
+            model_info = client.get(f"{url}/models").json()[0]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    num_labels = model_info["num_labels"]
+    print(f"model {model_info['id']}: {num_labels} classes, input {model_info['input_size']}")
+    print(
+        f"12 MP JPEG (4032x3024, {len(big) / 1e6:.1f} MB), {args.rounds} rounds, {entries} masks per response"
+    )
+    print(
+        f"peak RSS added over idle: median {np.median(added):.0f} MB (each round: {', '.join(f'{a:.0f}' for a in added)})"
+    )
+    print(f"request latency: median {1000 * np.median(latency):.0f} ms")
+    for phase, (total, count) in after.items():
+        spent = (total - before[phase][0]) / max(1.0, count - before[phase][1])
+        print(f"  {phase:<12} {1000 * spent:7.1f} ms / request")
+    naive = num_labels * 4032 * 3024 * 4 / 2**20
+    print(f"a dense float32 upsample of the logits alone would allocate {naive:.0f} MB")
+    print("command: python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]))
+
+
+def client_ready(client: httpx.Client, url: str) -> bool:
+    try:
+        return client.get(f"{url}/ready").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+if __name__ == "__main__":
+    main()
