@@ -11,31 +11,16 @@ so machine noise hits both alike. Prints medians and the exact command.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shlex
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
-
-
-def bench_image() -> bytes:
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:480, 0:640].astype(np.float32)
-    pixels = np.stack(
-        [128 + 100 * np.sin(xx / 23), 128 + 100 * np.cos(yy / 17), 128 + 90 * np.sin((xx + yy) / 31)], -1
-    )
-    pixels = np.clip(pixels + rng.normal(0, 12, pixels.shape), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
+from _common import photo_jpeg, start_server
 
 
 def main() -> None:
@@ -54,31 +39,12 @@ def main() -> None:
 
     settings = Settings(models=[args.model], inference_threads=args.threads)
     model = load_model(args.model, settings)
-    data = bench_image()
+    data = photo_jpeg(640, 480)
     batch = preprocess(decode_image(data, settings.max_image_pixels), model.preprocessing)[None]
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--model", args.model, "--port", str(port)],
-        env={**os.environ, "MVIT_INFERENCE_THREADS": str(args.threads)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server("--model", args.model, env={"MVIT_INFERENCE_THREADS": str(args.threads)})
     try:
         with httpx.Client(timeout=30) as client:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if client.get(f"{url}/ready").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
-            else:
-                raise SystemExit("server did not become ready")
             for _ in range(3):  # warm both paths
                 model.backend.infer(batch)
                 client.post(f"{url}/classify", content=data).raise_for_status()

@@ -11,30 +11,15 @@ timings for those requests (from /metrics) and what the naive dense upsample wou
 from __future__ import annotations
 
 import argparse
-import io
 import re
 import shlex
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
-
-
-def photo(width: int, height: int) -> bytes:
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    pixels = np.stack(
-        [128 + 100 * np.sin(xx / 230), 128 + 100 * np.cos(yy / 170), 128 + 90 * np.sin((xx + yy) / 310)], -1
-    )
-    pixels = np.clip(pixels + rng.normal(0, 12, pixels.shape), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
+from _common import photo_jpeg, start_server
 
 
 def status_kib(pid: int, field: str) -> int:
@@ -59,24 +44,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--model", args.model, "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    big = photo(4032, 3024)
+    server, url = start_server("--model", args.model)
+    big = photo_jpeg(4032, 3024)
     try:
         with httpx.Client(timeout=120) as client:
-            deadline = time.monotonic() + 120
-            while client_ready(client, url) is False:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("server did not become ready")
-                time.sleep(0.2)
-            client.post(f"{url}/segment", content=photo(640, 480)).raise_for_status()
+            client.post(f"{url}/segment", content=photo_jpeg(640, 480)).raise_for_status()
             before = phase_sums(client.get(f"{url}/metrics").text)
             added, latency, entries = [], [], 0
             for _ in range(args.rounds):
@@ -109,13 +81,6 @@ def main() -> None:
     naive = num_labels * 4032 * 3024 * 4 / 2**20
     print(f"a dense float32 upsample of the logits alone would allocate {naive:.0f} MB")
     print("command: python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]))
-
-
-def client_ready(client: httpx.Client, url: str) -> bool:
-    try:
-        return client.get(f"{url}/ready").status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 if __name__ == "__main__":

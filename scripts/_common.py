@@ -1,0 +1,59 @@
+"""Shared by the scripts: a synthetic photo and a `mvit serve` subprocess on a free loopback port."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+from PIL import Image
+
+
+def photo_jpeg(width: int, height: int, quality: int = 90) -> bytes:
+    """Smooth colour waves plus sensor-like noise, scaled with the image so big photos look alike."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    period = max(width, height) / 28
+    pixels = np.stack(
+        [
+            128 + 100 * np.sin(xx / period),
+            128 + 100 * np.cos(yy / (0.75 * period)),
+            128 + 90 * np.sin((xx + yy) / (1.35 * period)),
+        ],
+        -1,
+    )
+    pixels = np.clip(pixels + rng.normal(0, 12, pixels.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def start_server(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`mvit serve ARGS` on 127.0.0.1 and a free port; returns once /ready answers 200."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.kill()
+    raise SystemExit(f"mvit serve {' '.join(args)} did not become ready")
