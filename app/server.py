@@ -155,9 +155,11 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, str(exc.detail))
-        if exc.status_code == 404:
-            message = f"Not found: {request.url.path}. See /docs for the routes."
+        messages = {
+            404: f"Not found: {request.url.path}. See /docs for the routes.",
+            405: f"Method {request.method} is not allowed on {request.url.path}.",
+        }
+        message = messages.get(exc.status_code, str(exc.detail))
         return _error_response(exc.status_code, {"error": message}, dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
