@@ -26,6 +26,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 TASK_BY_ARCHITECTURE = {
     "MobileViTV2ForImageClassification": "image-classification",
     "MobileViTV2ForSemanticSegmentation": "image-segmentation",
+    "MobileViTV2SSD": "object-detection",  # this project's own (no transformers port exists)
 }
 
 

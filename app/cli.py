@@ -86,7 +86,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(settings))
 
 
-TASK_NAMES = {"classification": "image-classification", "segmentation": "image-segmentation"}
+TASK_NAMES = {
+    "classification": "image-classification",
+    "segmentation": "image-segmentation",
+    "detection": "object-detection",
+}
 
 
 def cmd_demo_models(args: argparse.Namespace) -> int:
@@ -107,7 +111,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from app.convert import convert_cvnets_checkpoint
 
     try:
-        path = convert_cvnets_checkpoint(Path(args.checkpoint), Path(args.directory), args.image_size)
+        resample = {"bilinear": 2, "bicubic": 3}.get(args.resample or "")
+        path = convert_cvnets_checkpoint(
+            Path(args.checkpoint), Path(args.directory), args.image_size, resample
+        )
     except (OSError, CheckpointError) as exc:
         print(f"mvit convert: {exc}", file=sys.stderr)
         return 1
@@ -176,10 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--width", type=float, action="append", help="width multiplier, 0.5 to 2.0 (repeatable)"
     )
     demo.add_argument(
-        "--image-size", type=int, action="append", help="input size, a multiple of 32 (default 256 / 512)"
+        "--image-size",
+        type=int,
+        action="append",
+        help="input size, a multiple of 32 (default 256 / 512 / 320)",
     )
     demo.add_argument(
-        "--task", choices=sorted(TASK_NAMES), action="append", help="classification (default) or segmentation"
+        "--task",
+        choices=sorted(TASK_NAMES),
+        action="append",
+        help="classification (default), segmentation or detection",
     )
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo_models)
@@ -188,7 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("checkpoint", help="cvnets .pt (loaded with weights_only=True) or .safetensors")
     convert.add_argument("directory", help="where to write the model folder, e.g. models/")
     convert.add_argument(
-        "--image-size", type=int, help="model input size (default 256 classification, 512 segmentation)"
+        "--image-size",
+        type=int,
+        help="model input size (default 256 classification, 512 segmentation, 320 detection)",
+    )
+    convert.add_argument(
+        "--resample",
+        choices=["bilinear", "bicubic"],
+        help="resize filter (default: bilinear for detection/segmentation, as cvnets' predict; bicubic for classification)",
     )
     convert.set_defaults(func=cmd_convert)
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from app.checkpoint import MANIFEST_FILE, CheckpointError
 from app.labels import labels_for
 from app.preprocess import Preprocessing
+from app.tasks.detection import SSDConfig
 
 T = TypeVar("T")
 
@@ -94,6 +95,14 @@ def _rename_head(key: str) -> str | None:
     return None
 
 
+def _rename_detection(key: str) -> str | None:
+    """SSD extra layers and heads keep cvnets' module names, minus `.block` and with `os_global`."""
+    if not key.startswith(("extra_layers.", "ssd_heads.")):
+        return None
+    key = key.replace("extra_layers.os_-1.1.", "extra_layers.os_global.")
+    return key.replace(".block.conv.", ".convolution.").replace(".block.norm.", ".normalization.")
+
+
 def cvnets_to_hf_keys(state: Mapping[str, T]) -> dict[str, T]:
     """Rename a cvnets MobileViTv2 classification or DeepLabV3 state dict; refuse unknown keys."""
     renamed: dict[str, T] = {}
@@ -102,7 +111,7 @@ def cvnets_to_hf_keys(state: Mapping[str, T]) -> dict[str, T]:
         if _DROPPED.match(key):
             continue
         encoder_key = key.removeprefix("encoder.")
-        new = _rename_head(key) or _rename_encoder(encoder_key)
+        new = _rename_head(key) or _rename_detection(key) or _rename_encoder(encoder_key)
         if new is None:
             unknown.append(key)
         else:
@@ -110,7 +119,7 @@ def cvnets_to_hf_keys(state: Mapping[str, T]) -> dict[str, T]:
     if unknown:
         shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         raise CheckpointError(
-            f"not a cvnets MobileViTv2 classification/DeepLabV3 checkpoint: {len(unknown)} unknown keys ({shown})"
+            f"not a cvnets MobileViTv2 classification, DeepLabV3 or SSD checkpoint: {len(unknown)} unknown keys ({shown})"
         )
     return renamed
 
@@ -129,15 +138,28 @@ def describe_cvnets_state(state: Mapping[str, Any]) -> dict[str, Any]:
             "image-segmentation",
             int(state["segmentation_head.classifier.convolution.weight"].shape[0]),
         )
+    elif "ssd_heads.0.loc_cls_layer.pw_conv.convolution.weight" in state:
+        # Level 0 has 6 anchors, each with 4 box offsets and then the class logits.
+        out = int(state["ssd_heads.0.loc_cls_layer.pw_conv.convolution.weight"].shape[0])
+        task, classes = "object-detection", out // 6 - 4
     else:
-        raise CheckpointError("the checkpoint has neither a classifier nor a segmentation head")
+        raise CheckpointError("the checkpoint has no classifier, segmentation head or SSD heads")
     return {"task": task, "width": _WIDTH_BY_STEM[int(stem.shape[0])], "num_classes": classes}
 
 
 def write_converted(
-    state: Mapping[str, Any], out_dir: Path, source: str, image_size: int | None = None
+    state: Mapping[str, Any],
+    out_dir: Path,
+    source: str,
+    image_size: int | None = None,
+    resample: int | None = None,
 ) -> Path:
-    """Write a renamed cvnets state dict as a model folder and return its path."""
+    """Write a renamed cvnets state dict as a model folder and return its path.
+
+    `resample` (a PIL filter) defaults to bilinear, as cvnets' single-image predict paths resize, for
+    detection and segmentation, and to bicubic, as its ImageNet validation does, for classification.
+    (cvnets' COCO validation dataset resizes bicubic: pass `resample=3` to match that instead.)
+    """
     import torch
     from safetensors.torch import save_file
 
@@ -146,22 +168,32 @@ def write_converted(
     info = describe_cvnets_state(state)
     dataset, labels = labels_for(info["num_classes"])
     segmentation = info["task"] == "image-segmentation"
-    size = image_size or (512 if segmentation else 256)
-    if segmentation:
+    detection = info["task"] == "object-detection"
+    size = image_size or (512 if segmentation else 320 if detection else 256)
+    if detection:
+        architecture = "MobileViTV2SSD"
+        # cvnets' detection prediction: the whole image resized to 320x320, bilinear, RGB.
+        preprocessing = Preprocessing(resize_height_width=(size, size), resample=resample or 2, bgr=False)
+    elif segmentation:
         architecture = "MobileViTV2ForSemanticSegmentation"
         # The whole image, squashed to the model's size: masks then cover the full photo.
-        preprocessing = Preprocessing(resize_height_width=(size, size), resample=2, bgr=False)
+        preprocessing = Preprocessing(resize_height_width=(size, size), resample=resample or 2, bgr=False)
     else:
         architecture = "MobileViTV2ForImageClassification"
         # cvnets' ImageNet evaluation: short side to 288/256 of the crop (bicubic), center crop.
         preprocessing = Preprocessing(
-            resize_shortest_edge=size * 288 // 256, resample=3, crop_height_width=(size, size), bgr=False
+            resize_shortest_edge=size * 288 // 256,
+            resample=resample or 3,
+            crop_height_width=(size, size),
+            bgr=False,
         )
     config = hf_config(info["width"], size, labels, architecture)
     config["dilate_local_conv"] = True
     if segmentation:
         config["output_stride"] = 16
-    kind = "deeplabv3" if segmentation else str(size)
+    if detection:
+        config.update(SSDConfig().to_dict())
+    kind = "deeplabv3" if segmentation else "ssdlite" if detection else str(size)
     name = f"cvnets-mobilevitv2-{info['width']}-{dataset}-{kind}"
     path = out_dir / name
     path.mkdir(parents=True, exist_ok=True)
@@ -187,10 +219,12 @@ def write_converted(
     return path
 
 
-def convert_cvnets_checkpoint(checkpoint: Path, out_dir: Path, image_size: int | None = None) -> Path:
+def convert_cvnets_checkpoint(
+    checkpoint: Path, out_dir: Path, image_size: int | None = None, resample: int | None = None
+) -> Path:
     """`.pt` (loaded with weights_only=True) or `.safetensors` with cvnets keys -> a model folder."""
     from app.backends.torch_backend import load_state_dict
 
     return write_converted(
-        cvnets_to_hf_keys(load_state_dict(checkpoint)), out_dir, str(checkpoint), image_size
+        cvnets_to_hf_keys(load_state_dict(checkpoint)), out_dir, str(checkpoint), image_size, resample
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 from app.checkpoint import MANIFEST_FILE
 from app.labels import read_labels
 from app.preprocess import Preprocessing
+from app.tasks.detection import SSDConfig
 
 
 def hf_config(width: float, image_size: int, labels: list[str], architecture: str) -> dict[str, object]:
@@ -39,7 +40,7 @@ def write_demo_model(
     image_size: int | None = None,
     seed: int = 0,
 ) -> Path:
-    """Write `<out_dir>/mobilevitv2-<width>-<imagenet1k-<size>|voc-deeplabv3>-random/` and return its path."""
+    """Write `<out_dir>/mobilevitv2-<width>-<imagenet1k|voc-deeplabv3|coco-ssdlite>-<size>-random/`."""
     from safetensors.torch import save_file
 
     from app.nn.mobilevitv2 import (
@@ -48,6 +49,7 @@ def write_demo_model(
         MobileViTV2ForSemanticSegmentation,
         randomize_weights,
     )
+    from app.nn.ssd import MobileViTV2SSD
 
     width = float(width)
     if task == "image-classification":
@@ -67,17 +69,39 @@ def write_demo_model(
         head, architecture = "segmentation_head.classifier.convolution", "MobileViTV2ForSemanticSegmentation"
         name = f"mobilevitv2-{width}-voc-deeplabv3-{size}-random"
         short_side = size  # as apple/mobilevitv2-1.0-voc-deeplabv3: short side to 512, center crop 512
+    elif task == "object-detection":
+        size = image_size or 320
+        labels = read_labels("coco")
+        cfg = MobileViTV2Config(width_multiplier=width)
+        model = MobileViTV2SSD(cfg, SSDConfig(), len(labels))
+        architecture = "MobileViTV2SSD"
+        name = f"mobilevitv2-{width}-coco-ssdlite-{size}-random"
+        short_side = None  # ml-cvnets' detectors see the whole photo resized to size x size, in RGB
     else:
-        raise ValueError(f"unknown task {task!r}: image-classification or image-segmentation")
+        raise ValueError(
+            f"unknown task {task!r}: image-classification, image-segmentation or object-detection"
+        )
     if size % 32:
         raise ValueError(f"image size must be a multiple of 32, got {size}")
-    randomize_weights(model.eval(), seed, head_names=(head,))
+    if task == "object-detection":
+        heads = [f"ssd_heads.{i}.loc_cls_layer.pw_conv.convolution" for i in range(5)]
+        head_names: tuple[str, ...] = (*heads, "ssd_heads.5.loc_cls_layer.convolution")
+    else:
+        head_names = (head,)
+    randomize_weights(model.eval(), seed, head_names=head_names)
 
     path = out_dir / name
     path.mkdir(parents=True, exist_ok=True)
-    preprocessing = Preprocessing(resize_shortest_edge=short_side, resample=2, crop_height_width=(size, size))
+    if short_side is None:
+        preprocessing = Preprocessing(resize_height_width=(size, size), resample=2, bgr=False)
+    else:
+        preprocessing = Preprocessing(
+            resize_shortest_edge=short_side, resample=2, crop_height_width=(size, size)
+        )
     config = hf_config(width, size, labels, architecture)
     config["output_stride"] = cfg.output_stride
+    if task == "object-detection":
+        config.update(SSDConfig().to_dict())
     files = {
         "config.json": config,
         "preprocessor_config.json": preprocessing.to_hf_config(),

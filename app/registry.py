@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -17,6 +18,7 @@ from app.errors import ApiError
 from app.metrics import Metrics
 from app.preprocess import Preprocessing
 from app.tasks import TASKS, TaskSpec
+from app.tasks.detection import Detector, SSDConfig
 from app.worker import InferenceWorker
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,13 @@ class ServedModel:
     labels: list[str]
     width: float
     worker: InferenceWorker | None = None
+
+    @cached_property
+    def detector(self) -> Detector:
+        """SSD settings and the anchors of this model's input size (detection models only)."""
+        if self.input_size is None:
+            raise CheckpointError(f"{self.id}: detection needs a fixed input size")
+        return Detector.for_input(SSDConfig.from_dict(self.model_dir.config), *self.input_size)
 
     @property
     def upsample_align_corners(self) -> bool:

@@ -15,6 +15,8 @@ from app.nn.mobilevitv2 import (
     MobileViTV2ForImageClassification,
     MobileViTV2ForSemanticSegmentation,
 )
+from app.nn.ssd import MobileViTV2SSD
+from app.tasks.detection import SSDConfig
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -45,6 +47,8 @@ def build_network(model_dir: ModelDir) -> nn.Module:
         module: nn.Module = MobileViTV2ForImageClassification(cfg, num_labels=len(model_dir.labels))
     elif task == "image-segmentation":
         module = MobileViTV2ForSemanticSegmentation(cfg, num_labels=len(model_dir.labels))
+    elif task == "object-detection":
+        module = MobileViTV2SSD(cfg, SSDConfig.from_dict(model_dir.config), num_classes=len(model_dir.labels))
     else:
         raise CheckpointError(f"{model_dir.path}: task {task!r} is not supported by the PyTorch backend yet")
     state = load_state_dict(model_dir.weights)
@@ -80,9 +84,11 @@ class TorchBackend:
 
     @torch.inference_mode()
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        pixels = torch.from_numpy(batch).to(self.device)
-        logits = self.module(pixels)
-        return {"logits": logits.float().cpu().numpy()}
+        outputs = self.module(torch.from_numpy(batch).to(self.device))
+        if isinstance(outputs, torch.Tensor):
+            outputs = (outputs,)
+        names = getattr(self.module, "output_names", ("logits",))
+        return {name: out.float().cpu().numpy() for name, out in zip(names, outputs, strict=True)}
 
 
 def set_threads(threads: int) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from importlib import resources
 
-DATASETS = {"imagenet1k": 1000, "voc": 21, "ade20k": 150}
+# coco: the 80 COCO detection categories with "background" at index 0, as ml-cvnets indexes them.
+DATASETS = {"imagenet1k": 1000, "voc": 21, "ade20k": 150, "coco": 81}
 
 
 def read_labels(dataset: str) -> list[str]:

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from app.errors import bad_request
-from app.tasks import classification, segmentation
+from app.tasks import classification, detection, segmentation
 
 
 class ModelContext(Protocol):
@@ -17,6 +17,7 @@ class ModelContext(Protocol):
 
     labels: list[str]
     upsample_align_corners: bool
+    detector: detection.Detector
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,18 @@ TASKS: dict[str, TaskSpec] = {
         parse_params=lambda raw, model: segmentation.parse_params(raw),
         postprocess=lambda outputs, size, model, params: segmentation.segment(
             outputs["logits"], size, model.labels, model.upsample_align_corners
+        ),
+    ),
+    detection.TASK: TaskSpec(
+        name=detection.TASK,
+        route="/detect",
+        parameters=detection.PARAMETERS,
+        parse_params=lambda raw, model: detection.parse_params(raw),
+        postprocess=lambda outputs, size, model, threshold: detection.to_hf(
+            model.detector.detect(outputs["logits"], outputs["box_regression"], threshold),
+            size,
+            model.labels,
+            threshold,
         ),
     ),
 }

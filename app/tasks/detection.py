@@ -1,0 +1,227 @@
+"""Object detection: SSD anchors, box decoding, class-wise NMS, and the Hugging Face response schema.
+
+All NumPy, so the PyTorch and ONNX backends share it. The conventions are ml-cvnets' (see
+`../shared/fixtures/cvnets/README.md`): softmax over all classes with background at index 0, per class
+keep p > conf_threshold and the top-k, greedy NMS that suppresses IoU > threshold, then the best
+`objects_per_image` across classes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from app.errors import bad_request
+
+TASK = "object-detection"
+PARAMETERS = ("threshold",)
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class SSDConfig:
+    """Detection settings, stored in config.json beside the backbone's fields (cvnets' COCO defaults)."""
+
+    output_strides: tuple[int, ...] = (16, 32, 64, 128, 256, -1)
+    proj_channels: tuple[int, ...] = (512, 256, 256, 128, 128, 64)
+    anchor_aspect_ratios: tuple[tuple[int, ...], ...] = ((2, 3), (2, 3), (2, 3), (2, 3), (2, 3), (2,))
+    anchor_min_scale: float = 0.1
+    anchor_max_scale: float = 1.05
+    center_variance: float = 0.1
+    size_variance: float = 0.2
+    conf_threshold: float = 0.01
+    nms_iou_threshold: float = 0.5
+    top_k_per_class: int = 400
+    objects_per_image: int = 200
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> SSDConfig:
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            if field.name in config:
+                value = config[field.name]
+                if isinstance(value, list):
+                    value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+                values[field.name] = value
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def anchors_per_location(self) -> tuple[int, ...]:
+        return tuple(2 + 2 * len(ratios) for ratios in self.anchor_aspect_ratios)
+
+
+@dataclass(frozen=True)
+class Detector:
+    """What turns one image's raw outputs into detections: the settings and the anchors of its input size."""
+
+    config: SSDConfig
+    anchors: np.ndarray
+
+    @classmethod
+    def for_input(cls, config: SSDConfig, height: int, width: int) -> Detector:
+        sizes = feature_map_sizes(height, width, config.output_strides)
+        anchors = ssd_anchors(
+            sizes, config.anchor_aspect_ratios, config.anchor_min_scale, config.anchor_max_scale
+        )
+        return cls(config, anchors)
+
+    def detect(self, logits: np.ndarray, regression: np.ndarray, threshold: float) -> Detections:
+        c = self.config
+        boxes = decode_boxes(regression, self.anchors, c.center_variance, c.size_variance)
+        # Candidates use cvnets' floor (0.01) unless the caller asks for less.
+        return postprocess(
+            softmax(logits),
+            boxes,
+            min(c.conf_threshold, threshold),
+            c.top_k_per_class,
+            c.nms_iou_threshold,
+            c.objects_per_image,
+        )
+
+
+def feature_map_sizes(height: int, width: int, output_strides: Sequence[int]) -> list[tuple[int, int]]:
+    """Feature-map size of each SSD level for an input size (stride-2 3x3 convs round up)."""
+    sizes = []
+    h, w = height, width
+    for stride in (2, 2, 2, 2):  # stem and encoder layers 2..4 reach stride 16
+        h, w = math.ceil(h / stride), math.ceil(w / stride)
+    for level, stride in enumerate(output_strides):
+        if stride == -1:
+            sizes.append((1, 1))
+            continue
+        if level > 0:
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        sizes.append((h, w))
+    return sizes
+
+
+def ssd_anchors(
+    sizes: Sequence[tuple[int, int]],
+    aspect_ratios: Sequence[Sequence[int]],
+    min_scale: float = 0.1,
+    max_scale: float = 1.05,
+) -> np.ndarray:
+    """Anchors (cx, cy, w, h), normalised to [0, 1], in (level, y, x, anchor) order."""
+    scales = np.linspace(min_scale, max_scale, len(sizes) + 1)
+    levels = []
+    for level, ((fm_h, fm_w), ratios) in enumerate(zip(sizes, aspect_ratios, strict=True)):
+        s_min, s_max = scales[level], math.sqrt(scales[level] * scales[level + 1])
+        shapes = [(s_min, s_min), (s_max, s_max)]
+        for ratio in ratios:
+            root = math.sqrt(ratio)
+            shapes += [(s_min * root, s_min / root), (s_min / root, s_min * root)]
+        ys, xs = np.meshgrid((np.arange(fm_h) + 0.5) / fm_h, (np.arange(fm_w) + 0.5) / fm_w, indexing="ij")
+        centres = np.stack([xs.ravel(), ys.ravel()], axis=1)  # (cells, 2), y outer, x inner
+        wh = np.asarray(shapes)  # (anchors, 2)
+        cells, anchors = len(centres), len(wh)
+        level_anchors = np.concatenate([np.repeat(centres, anchors, axis=0), np.tile(wh, (cells, 1))], axis=1)
+        levels.append(level_anchors)
+    return np.clip(np.concatenate(levels), 0.0, 1.0).astype(np.float32)
+
+
+def decode_boxes(
+    regression: np.ndarray, anchors: np.ndarray, center_variance: float = 0.1, size_variance: float = 0.2
+) -> np.ndarray:
+    """Offsets (dx, dy, dw, dh) against anchors (cx, cy, w, h) -> boxes (x1, y1, x2, y2), normalised."""
+    centre = anchors[:, :2] + regression[:, :2] * center_variance * anchors[:, 2:]
+    size = anchors[:, 2:] * np.exp(regression[:, 2:] * size_variance)
+    return np.concatenate([centre - size / 2, centre + size / 2], axis=1).astype(np.float32)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS: indices kept, best first. A box goes when its IoU with a kept one is > threshold."""
+    order = np.argsort(-scores, kind="stable")
+    boxes = boxes[order].astype(np.float64)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    top_left = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    bottom_right = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inter / (area[:, None] + area[None, :] - inter)
+    suppressed = np.zeros(len(order), dtype=bool)
+    keep = []
+    for i in range(len(order)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= iou[i] > iou_threshold
+    return order[np.asarray(keep, dtype=np.intp)]
+
+
+@dataclass(frozen=True)
+class Detections:
+    labels: np.ndarray  # (n,) class index, 1.. (0 is background)
+    scores: np.ndarray  # (n,)
+    boxes: np.ndarray  # (n, 4) x1, y1, x2, y2 normalised, not clipped
+
+
+def postprocess(
+    scores: np.ndarray,
+    boxes: np.ndarray,
+    conf_threshold: float = 0.01,
+    top_k: int = 400,
+    iou_threshold: float = 0.5,
+    max_objects: int = 200,
+) -> Detections:
+    """cvnets' SSD post-processing on softmax scores (anchors, classes) and decoded boxes (anchors, 4)."""
+    labels, kept_scores, kept_boxes = [], [], []
+    for class_index in range(1, scores.shape[1]):
+        probs = scores[:, class_index]
+        candidates = np.flatnonzero(probs > conf_threshold)
+        if candidates.size == 0:
+            continue
+        candidates = candidates[np.argsort(-probs[candidates], kind="stable")[:top_k]]
+        keep = candidates[nms(boxes[candidates], probs[candidates], iou_threshold)]
+        labels.append(np.full(keep.size, class_index))
+        kept_scores.append(probs[keep])
+        kept_boxes.append(boxes[keep])
+    if not labels:
+        return Detections(np.empty(0, np.int64), np.empty(0, np.float32), np.empty((0, 4), np.float32))
+    all_scores = np.concatenate(kept_scores)
+    best = np.argsort(-all_scores, kind="stable")[:max_objects]
+    return Detections(np.concatenate(labels)[best], all_scores[best], np.concatenate(kept_boxes)[best])
+
+
+def parse_params(raw: Mapping[str, Any]) -> float:
+    value = raw.get("threshold", DEFAULT_THRESHOLD)
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if isinstance(value, bool) or not 0.0 <= threshold <= 1.0:
+        raise bad_request(f"Parameter 'threshold' must be a number between 0 and 1, got {value!r}.")
+    return threshold
+
+
+def to_hf(
+    detections: Detections, image_size: tuple[int, int], labels: Sequence[str], threshold: float
+) -> list[dict[str, Any]]:
+    """`[{"score", "label", "box": {xmin, ymin, xmax, ymax}}]`, integer pixels clipped to the image."""
+    width, height = image_size
+    scale = np.array([width, height, width, height], dtype=np.float64)
+    limit = np.array([width, height, width, height], dtype=np.float64)
+    results = []
+    for label, score, box in zip(detections.labels, detections.scores, detections.boxes, strict=True):
+        if score < threshold:
+            continue
+        xmin, ymin, xmax, ymax = np.clip(box.astype(np.float64) * scale, 0, limit).astype(int).tolist()
+        results.append(
+            {
+                "score": float(score),
+                "label": labels[label],
+                "box": {"xmin": xmin, "ymin": ymin, "xmax": xmax, "ymax": ymax},
+            }
+        )
+    return results
