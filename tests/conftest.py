@@ -80,3 +80,9 @@ def client(model_dir: Path) -> Iterator[TestClient]:
 def seg_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real-architecture MobileViTv2-0.5 + DeepLabV3 (VOC, 512 px) with seeded random weights."""
     return write_demo_model(tmp_path_factory.mktemp("seg-models"), "image-segmentation", width=0.5, seed=1)
+
+
+@pytest.fixture(scope="session")
+def det_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real-architecture SSDLite-MobileViTv2-0.5 (COCO, 320 px) with seeded random weights."""
+    return write_demo_model(tmp_path_factory.mktemp("det-models"), "object-detection", width=0.5, seed=2)

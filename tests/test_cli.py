@@ -52,6 +52,8 @@ def test_predict_fails_clearly(model_dir: Path, tmp_path: Path) -> None:
     assert result.returncode == 1 and "not a recognised image" in result.stderr
     missing = mvit("predict", str(tmp_path / "nope.jpg"), "--model", str(model_dir))
     assert missing.returncode == 1 and "No such file" in missing.stderr
+    no_task = mvit("demo-models", str(tmp_path), "--task", "captioning")
+    assert no_task.returncode == 2 and "invalid choice" in no_task.stderr
     bad_config = mvit("serve", "--port", "99999")
     assert bad_config.returncode != 0 and "invalid configuration" in bad_config.stderr
 

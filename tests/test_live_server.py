@@ -60,8 +60,10 @@ def loopback_is_not_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(model_dir: Path, seg_model_dir: Path) -> Iterator[str]:
-    process, url = start_server("--model", str(model_dir), "--model", str(seg_model_dir))
+def server(model_dir: Path, seg_model_dir: Path, det_model_dir: Path) -> Iterator[str]:
+    process, url = start_server(
+        "--model", str(model_dir), "--model", str(seg_model_dir), "--model", str(det_model_dir)
+    )
     try:
         wait_until_ready(process, url)
         yield url
@@ -110,6 +112,19 @@ def test_inference_client_image_segmentation(server: str) -> None:
     assert [s.label for s in with_parameters] == [s.label for s in segments]
     with pytest.raises(Exception, match="semantic-only"):
         client.image_segmentation(data, subtask="panoptic")
+
+
+def test_inference_client_object_detection(server: str) -> None:
+    client = InferenceClient(model=f"{server}/detect")
+    data = encode(photo_like(640, 360, seed=8))
+    found = client.object_detection(data)  # raw bytes, default threshold 0.5
+    assert found and all(x.score >= 0.5 for x in found)
+    for x in found:
+        assert isinstance(x.label, str)
+        assert 0 <= x.box.xmin <= x.box.xmax <= 640 and 0 <= x.box.ymin <= x.box.ymax <= 360
+    confident = client.object_detection(data, threshold=0.95)  # JSON with parameters
+    assert 0 < len(confident) < len(found)
+    assert [(x.label, x.score) for x in found if x.score >= 0.95] == [(x.label, x.score) for x in confident]
 
 
 def test_a_model_that_cannot_load_stops_the_server_with_a_clear_message(tmp_path: Path) -> None:

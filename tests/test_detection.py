@@ -1,0 +1,206 @@
+"""Detection: parity with ml-cvnets' SSDLite (raw outputs, anchors, detections), NMS, boxes, /detect."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.backends.torch_backend import build_network
+from app.checkpoint import read_model_dir
+from app.config import Settings
+from app.convert import convert_cvnets_checkpoint
+from app.labels import read_labels
+from app.registry import load_model
+from app.server import create_app
+from app.tasks.detection import (
+    Detector,
+    SSDConfig,
+    decode_boxes,
+    feature_map_sizes,
+    nms,
+    postprocess,
+    softmax,
+    ssd_anchors,
+)
+from tests.conftest import encode, make_settings, photo_like, wait_ready
+
+FIXTURE = (
+    Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cvnets" / "ssdlite_mobilevitv2_0.5_coco"
+)
+needs_fixture = pytest.mark.skipif(
+    not FIXTURE.is_dir(), reason=f"cvnets reference fixtures not found at {FIXTURE} (CI always has them)"
+)
+
+
+def fixture_detections() -> list[dict]:
+    return json.loads((FIXTURE / "detections.json").read_text())["detections"]
+
+
+@needs_fixture
+def test_anchors_match_cvnets() -> None:
+    config = SSDConfig()
+    anchors = ssd_anchors(feature_map_sizes(320, 320, config.output_strides), config.anchor_aspect_ratios)
+    reference = np.load(FIXTURE / "anchors_cxcywh.npy")
+    assert anchors.shape == reference.shape == (3232, 4)
+    assert np.abs(anchors - reference).max() <= 1e-6
+
+
+@needs_fixture
+def test_postprocessing_the_fixture_outputs_gives_cvnets_detections_exactly() -> None:
+    scores, boxes = np.load(FIXTURE / "scores.npy")[0], np.load(FIXTURE / "boxes_xyxy.npy")[0]
+    anchors = np.load(FIXTURE / "anchors_cxcywh.npy")
+    assert np.abs(softmax(np.load(FIXTURE / "cls_logits.npy")[0]) - scores).max() <= 5e-6
+    assert np.abs(decode_boxes(np.load(FIXTURE / "box_regression.npy")[0], anchors) - boxes).max() <= 5e-6
+    detections = postprocess(scores, boxes)
+    reference = fixture_detections()
+    assert len(detections.labels) == len(reference) == 200
+    assert detections.labels.tolist() == [d["label"] for d in reference]
+    assert detections.scores.tolist() == [d["score"] for d in reference]
+    assert np.array_equal(
+        detections.boxes, np.array([d["box_xyxy_normalized"] for d in reference], np.float32)
+    )
+
+
+@pytest.fixture(scope="module")
+def cvnets_ssd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not FIXTURE.is_dir():
+        pytest.skip(f"cvnets reference fixtures not found at {FIXTURE}")
+    checkpoint = tmp_path_factory.mktemp("pt") / "coco-ssd-mobilevitv2-0.5.pt"
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(FIXTURE / "state_dict.safetensors")), checkpoint)  # as Apple ships them
+    return convert_cvnets_checkpoint(checkpoint, tmp_path_factory.mktemp("converted"))
+
+
+@needs_fixture
+def test_converted_checkpoint_reproduces_cvnets(cvnets_ssd: Path) -> None:
+    model_dir = read_model_dir(cvnets_ssd)
+    assert cvnets_ssd.name == "cvnets-mobilevitv2-0.5-coco-ssdlite"
+    assert model_dir.task == "object-detection" and model_dir.labels == read_labels("coco")
+    network = build_network(model_dir)
+    pixels = torch.from_numpy(np.load(FIXTURE / "input.npy"))
+    with torch.inference_mode():
+        features = network.features(pixels)
+        logits, regression = network(pixels)
+    for feature, name in zip(features, ["os16", "os32", "os64", "os128", "os256", "os_global"], strict=True):
+        assert np.abs(feature.numpy() - np.load(FIXTURE / f"feat_{name}.npy")).max() <= 1e-4, name
+    for ours, file in ((logits, "cls_logits.npy"), (regression, "box_regression.npy")):
+        np.testing.assert_allclose(ours.numpy(), np.load(FIXTURE / file), atol=2e-4, rtol=1e-4)
+
+    detector = Detector.for_input(SSDConfig.from_dict(model_dir.config), 320, 320)
+    detections = detector.detect(logits[0].numpy(), regression[0].numpy(), threshold=0.0)
+    reference = fixture_detections()
+    unmatched = [
+        ref
+        for ref in reference
+        if not any(
+            label == ref["label"]
+            and abs(score - ref["score"]) <= 1e-4
+            and np.abs(box - np.array(ref["box_xyxy_normalized"])).max() <= 1e-4
+            for label, score, box in zip(detections.labels, detections.scores, detections.boxes, strict=True)
+        )
+    ]
+    assert len(detections.labels) == 200 and not unmatched
+
+
+def test_nms_suppresses_only_above_the_threshold() -> None:
+    boxes = np.array(
+        [[0, 0, 10, 10], [0, 0, 10, 10.5], [5, 0, 15, 10], [0, 0, 10, 20], [20, 20, 30, 30]], dtype=np.float32
+    )
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5], dtype=np.float32)
+    # box 1: IoU 0.95 with box 0 -> gone; box 2: IoU 1/3; box 3: IoU exactly 0.5 -> kept (not > 0.5)
+    assert nms(boxes, scores, 0.5).tolist() == [0, 2, 3, 4]
+    assert nms(boxes[::-1], scores[::-1], 0.5).tolist() == [4, 2, 1, 0]
+
+
+@pytest.mark.parametrize(("height", "width"), [(320, 320), (384, 512), (256, 256)])
+def test_anchor_count_follows_the_input_size(height: int, width: int) -> None:
+    config = SSDConfig()
+    sizes = feature_map_sizes(height, width, config.output_strides)
+    assert sizes[0] == (height // 16, width // 16) and sizes[-1] == (1, 1)
+    anchors = ssd_anchors(sizes, config.anchor_aspect_ratios)
+    expected = sum(h * w * a for (h, w), a in zip(sizes, config.anchors_per_location, strict=True))
+    assert anchors.shape == (expected, 4) and anchors.min() >= 0 and anchors.max() <= 1
+
+
+# --- HTTP -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def det_client(det_model_dir: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(det_model_dir)), raise_server_exceptions=False) as client:
+        wait_ready(client)
+        yield client
+
+
+def check_detections(body: list, size: tuple[int, int], threshold: float) -> None:
+    assert isinstance(body, list)
+    coco = set(read_labels("coco")[1:])
+    scores = [d["score"] for d in body]
+    assert scores == sorted(scores, reverse=True)
+    for d in body:
+        assert set(d) == {"score", "label", "box"} and d["label"] in coco
+        assert isinstance(d["score"], float) and threshold <= d["score"] <= 1
+        box = d["box"]
+        assert set(box) == {"xmin", "ymin", "xmax", "ymax"} and all(isinstance(v, int) for v in box.values())
+        assert 0 <= box["xmin"] <= box["xmax"] <= size[0] and 0 <= box["ymin"] <= box["ymax"] <= size[1]
+
+
+def test_boxes_map_back_to_non_square_images(det_client: TestClient, det_model_dir: Path) -> None:
+    model = load_model(str(det_model_dir), Settings(models=[str(det_model_dir)]))
+    image = photo_like(640, 360, seed=12)
+    data = encode(image, "PNG")
+    body = det_client.post("/detect", content=data, params={"threshold": 0.3}).json()
+    check_detections(body, (640, 360), 0.3)
+    assert len(body) >= 3
+    # The same detections, computed here from the normalised boxes: x scales by 640, y by 360.
+    from app.preprocess import preprocess
+
+    outputs = model.backend.infer(preprocess(image, model.preprocessing)[None])
+    detections = model.detector.detect(outputs["logits"][0], outputs["box_regression"][0], 0.3)
+    expected = [
+        [int(np.clip(v * s, 0, s)) for v, s in zip(box, (640, 360, 640, 360), strict=True)]
+        for box, score in zip(detections.boxes, detections.scores, strict=True)
+        if score >= 0.3
+    ]
+    assert [[d["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")] for d in body] == expected
+
+
+def test_exif_rotation_is_applied_before_detection(det_client: TestClient) -> None:
+    upright = photo_like(300, 500, seed=13)  # what the viewer sees
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # how the camera stored it (500x300)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    rotated = det_client.post("/detect", content=encode(stored, "PNG", exif=exif.tobytes())).json()
+    plain = det_client.post("/detect", content=encode(upright, "PNG")).json()
+    assert rotated == plain
+    check_detections(rotated, (300, 500), 0.5)
+
+
+def test_threshold_and_body_forms(det_client: TestClient) -> None:
+    data = encode(photo_like(400, 300, seed=14), "JPEG")
+    default = det_client.post("/detect", content=data).json()
+    check_detections(default, (400, 300), 0.5)
+    assert 0 < len(default) <= 200  # cvnets keeps at most 200 objects per image
+    # Random weights are confident about everything: compare two high thresholds.
+    strict = det_client.post("/detect", params={"threshold": 0.95}, content=data).json()
+    loose = det_client.post(
+        "/detect", json={"inputs": base64.b64encode(data).decode(), "parameters": {"threshold": 0.9}}
+    ).json()
+    form = det_client.post("/detect", files={"image": ("a.jpg", data)}, data={"threshold": "0.9"}).json()
+    assert loose == form and len(loose) > len(strict) > 0
+    assert [d for d in loose if d["score"] >= 0.95] == strict
+    for value in ("2", "-0.1", "lots", "true"):
+        response = det_client.post("/detect", params={"threshold": value}, content=data)
+        assert response.status_code == 400 and "threshold" in response.json()["error"]
+    unknown = det_client.post("/detect", params={"top_k": 3}, content=data)
+    assert unknown.status_code == 400 and "Unknown parameter" in unknown.json()["error"]
+    assert det_client.post("/detect", content=b"\x00" * 10).status_code == 400
