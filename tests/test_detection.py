@@ -25,7 +25,6 @@ from app.tasks.detection import (
     SSDConfig,
     decode_boxes,
     feature_map_sizes,
-    nms,
     postprocess,
     softmax,
     ssd_anchors,
@@ -111,14 +110,26 @@ def test_converted_checkpoint_reproduces_cvnets(cvnets_ssd: Path) -> None:
     assert len(detections.labels) == 200 and not unmatched
 
 
-def test_nms_suppresses_only_above_the_threshold() -> None:
+def test_nms_is_per_class_and_suppresses_only_above_the_threshold() -> None:
     boxes = np.array(
-        [[0, 0, 10, 10], [0, 0, 10, 10.5], [5, 0, 15, 10], [0, 0, 10, 20], [20, 20, 30, 30]], dtype=np.float32
+        [[0, 0, 10, 10], [0, 0, 10, 10.5], [5, 0, 15, 10], [0, 0, 10, 20], [20, 20, 30, 30], [0, 0, 10, 10]],
+        dtype=np.float32,
     )
-    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5], dtype=np.float32)
-    # box 1: IoU 0.95 with box 0 -> gone; box 2: IoU 1/3; box 3: IoU exactly 0.5 -> kept (not > 0.5)
-    assert nms(boxes, scores, 0.5).tolist() == [0, 2, 3, 4]
-    assert nms(boxes[::-1], scores[::-1], 0.5).tolist() == [4, 2, 1, 0]
+    # Classes: background, A, B. Anchor 5 is class B over the same place as anchor 0 (class A).
+    probs = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.85], dtype=np.float32)
+    scores = np.zeros((6, 3), dtype=np.float32)
+    scores[:5, 1], scores[5, 2] = probs[:5], probs[5]
+    scores[:, 0] = 1 - probs
+    found = postprocess(scores, boxes, conf_threshold=0.01, top_k=400, iou_threshold=0.5, max_objects=200)
+    # A1: IoU 0.95 with A0 -> suppressed; A2: IoU 1/3; A3: IoU exactly 0.5 -> kept (not > 0.5); B is its own class
+    assert found.labels.tolist() == [1, 2, 1, 1, 1]
+    np.testing.assert_array_equal(found.scores, probs[[0, 5, 2, 3, 4]])
+    assert postprocess(scores, boxes, 0.01, 400, 0.5, max_objects=2).labels.tolist() == [1, 2]
+    assert postprocess(scores, boxes, 0.01, top_k=1, iou_threshold=0.5, max_objects=200).scores.tolist() == [
+        probs[0],
+        probs[5],
+    ]
+    assert postprocess(scores, boxes, 0.95, 400, 0.5, 200).labels.size == 0
 
 
 @pytest.mark.parametrize(("height", "width"), [(320, 320), (384, 512), (256, 256)])

@@ -140,26 +140,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy NMS: indices kept, best first. A box goes when its IoU with a kept one is > threshold."""
-    order = np.argsort(-scores, kind="stable")
-    boxes = boxes[order].astype(np.float64)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    top_left = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
-    bottom_right = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = inter / (area[:, None] + area[None, :] - inter)
-    suppressed = np.zeros(len(order), dtype=bool)
-    keep = []
-    for i in range(len(order)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        suppressed |= iou[i] > iou_threshold
-    return order[np.asarray(keep, dtype=np.intp)]
-
-
 @dataclass(frozen=True)
 class Detections:
     labels: np.ndarray  # (n,) class index, 1.. (0 is background)
@@ -175,23 +155,50 @@ def postprocess(
     iou_threshold: float = 0.5,
     max_objects: int = 200,
 ) -> Detections:
-    """cvnets' SSD post-processing on softmax scores (anchors, classes) and decoded boxes (anchors, 4)."""
-    labels, kept_scores, kept_boxes = [], [], []
-    for class_index in range(1, scores.shape[1]):
-        probs = scores[:, class_index]
-        candidates = np.flatnonzero(probs > conf_threshold)
-        if candidates.size == 0:
+    """cvnets' SSD post-processing on softmax scores (anchors, classes) and decoded boxes (anchors, 4).
+
+    Equivalent to: per class, p > conf_threshold, top_k, greedy NMS; then the best `max_objects` across
+    classes. Whether a box survives NMS depends only on higher-scoring boxes of its own class, so we
+    walk all candidates once in descending score and stop as soon as `max_objects` have survived.
+    """
+    anchor_index, class_index = np.nonzero(scores[:, 1:] > conf_threshold)
+    class_index += 1
+    candidate_scores = scores[anchor_index, class_index]
+    # Rank within each class (best first) to apply the per-class top-k.
+    by_class = np.lexsort((-candidate_scores, class_index))
+    group_start = np.searchsorted(class_index[by_class], class_index[by_class], side="left")
+    rank = np.empty_like(by_class)
+    rank[by_class] = np.arange(by_class.size) - group_start
+    selected = rank < top_k
+    anchor_index, class_index, candidate_scores = (
+        anchor_index[selected],
+        class_index[selected],
+        candidate_scores[selected],
+    )
+
+    kept: list[int] = []
+    kept_boxes: dict[int, list[np.ndarray]] = {}
+    for i in np.argsort(-candidate_scores, kind="stable"):
+        box = boxes[anchor_index[i]].astype(np.float64)
+        same_class = kept_boxes.setdefault(int(class_index[i]), [])
+        if same_class and _max_iou(box, np.asarray(same_class)) > iou_threshold:
             continue
-        candidates = candidates[np.argsort(-probs[candidates], kind="stable")[:top_k]]
-        keep = candidates[nms(boxes[candidates], probs[candidates], iou_threshold)]
-        labels.append(np.full(keep.size, class_index))
-        kept_scores.append(probs[keep])
-        kept_boxes.append(boxes[keep])
-    if not labels:
-        return Detections(np.empty(0, np.int64), np.empty(0, np.float32), np.empty((0, 4), np.float32))
-    all_scores = np.concatenate(kept_scores)
-    best = np.argsort(-all_scores, kind="stable")[:max_objects]
-    return Detections(np.concatenate(labels)[best], all_scores[best], np.concatenate(kept_boxes)[best])
+        same_class.append(box)
+        kept.append(int(i))
+        if len(kept) == max_objects:
+            break
+    keep = np.asarray(kept, dtype=np.intp)
+    return Detections(class_index[keep].astype(np.int64), candidate_scores[keep], boxes[anchor_index[keep]])
+
+
+def _max_iou(box: np.ndarray, others: np.ndarray) -> float:
+    top_left = np.maximum(box[:2], others[:, :2])
+    bottom_right = np.minimum(box[2:], others[:, 2:])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.nanmax(inter / (area + areas - inter), initial=0.0))
 
 
 def parse_params(raw: Mapping[str, Any]) -> float:
