@@ -30,3 +30,14 @@ def bad_request(message: str) -> ApiError:
 
 def too_large(message: str) -> ApiError:
     return ApiError(413, message)
+
+
+def unit_interval_param(name: str, value: object) -> float:
+    """A request parameter that must be a number in [0, 1] (JSON number or query-string text)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not 0.0 <= number <= 1.0:
+        raise bad_request(f"Parameter {name!r} must be a number between 0 and 1, got {value!r}.")
+    return number

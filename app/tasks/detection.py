@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import bad_request
+from app.errors import unit_interval_param
 
 TASK = "object-detection"
 PARAMETERS = ("threshold",)
@@ -202,14 +202,7 @@ def _max_iou(box: np.ndarray, others: np.ndarray) -> float:
 
 
 def parse_params(raw: Mapping[str, Any]) -> float:
-    value = raw.get("threshold", DEFAULT_THRESHOLD)
-    try:
-        threshold = float(value)
-    except (TypeError, ValueError):
-        threshold = float("nan")
-    if isinstance(value, bool) or not 0.0 <= threshold <= 1.0:
-        raise bad_request(f"Parameter 'threshold' must be a number between 0 and 1, got {value!r}.")
-    return threshold
+    return unit_interval_param("threshold", raw.get("threshold", DEFAULT_THRESHOLD))
 
 
 def to_hf(

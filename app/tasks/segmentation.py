@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from app.errors import bad_request
+from app.errors import bad_request, unit_interval_param
 
 TASK = "image-segmentation"
 PARAMETERS = ("subtask", "threshold", "mask_threshold", "overlap_mask_area_threshold")
@@ -39,15 +39,8 @@ def parse_params(raw: Mapping[str, Any]) -> None:
                 "(one mask per class, no instances). Use subtask=semantic or leave it out."
             )
     for name in PARAMETERS[1:]:
-        value = raw.get(name)
-        if value is None:
-            continue
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = float("nan")
-        if isinstance(value, bool) or not 0.0 <= number <= 1.0:
-            raise bad_request(f"Parameter {name!r} must be a number between 0 and 1, got {value!r}.")
+        if raw.get(name) is not None:
+            unit_interval_param(name, raw[name])
 
 
 def _source_index(
