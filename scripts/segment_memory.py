@@ -11,6 +11,8 @@ timings for those requests (from /metrics) and what the naive dense upsample wou
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import re
 import shlex
 import sys
@@ -20,6 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from _common import photo_jpeg, start_server
+from PIL import Image
 
 
 def status_kib(pid: int, field: str) -> int:
@@ -50,7 +53,7 @@ def main() -> None:
         with httpx.Client(timeout=120) as client:
             client.post(f"{url}/segment", content=photo_jpeg(640, 480)).raise_for_status()
             before = phase_sums(client.get(f"{url}/metrics").text)
-            added, latency, entries = [], [], 0
+            added, latency, entries, first_mask = [], [], 0, ""
             for _ in range(args.rounds):
                 idle = status_kib(server.pid, "VmRSS")
                 Path(f"/proc/{server.pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
@@ -59,6 +62,7 @@ def main() -> None:
                 latency.append(time.perf_counter() - started)
                 response.raise_for_status()
                 entries = len(response.json())
+                first_mask = response.json()[0]["mask"]
                 added.append((status_kib(server.pid, "VmHWM") - idle) / 1024)
             after = phase_sums(client.get(f"{url}/metrics").text)
             model_info = client.get(f"{url}/models").json()[0]
@@ -78,6 +82,18 @@ def main() -> None:
     for phase, (total, count) in after.items():
         spent = (total - before[phase][0]) / max(1.0, count - before[phase][1])
         print(f"  {phase:<12} {1000 * spent:7.1f} ms / request")
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(first_mask))))
+    for level in (0, 1, 6):
+        timings, size = [], 0
+        for _ in range(3):
+            buffer = io.BytesIO()
+            started = time.perf_counter()
+            Image.fromarray(mask).save(buffer, format="PNG", compress_level=level)
+            timings.append(time.perf_counter() - started)
+            size = len(buffer.getvalue())
+        print(
+            f"PNG of one {mask.shape[1]}x{mask.shape[0]} mask at zlib level {level}: {1000 * min(timings):.0f} ms, {size / 1e3:.0f} KB"
+        )
     naive = num_labels * 4032 * 3024 * 4 / 2**20
     print(f"a dense float32 upsample of the logits alone would allocate {naive:.0f} MB")
     print("command: python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]))
