@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,15 @@ TASK_BY_ARCHITECTURE = {
     "MobileViTV2ForSemanticSegmentation": "image-segmentation",
     "MobileViTV2SSD": "object-detection",  # this project's own (no transformers port exists)
 }
+
+
+def config_fields(cls: type, config: dict[str, Any]) -> dict[str, Any]:
+    """The values of dataclass `cls`'s fields found in a config.json dict; JSON lists become tuples."""
+
+    def frozen(value: Any) -> Any:
+        return tuple(frozen(v) for v in value) if isinstance(value, list) else value
+
+    return {f.name: frozen(config[f.name]) for f in fields(cls) if f.name in config}
 
 
 class CheckpointError(Exception):

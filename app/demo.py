@@ -57,47 +57,46 @@ def write_demo_model(
         labels = read_labels("imagenet1k")
         cfg = MobileViTV2Config(width_multiplier=width)
         model = MobileViTV2ForImageClassification(cfg, len(labels))
-        head, architecture = "classifier", "MobileViTV2ForImageClassification"
+        head_names: tuple[str, ...] = ("classifier",)
+        architecture = "MobileViTV2ForImageClassification"
         name = f"mobilevitv2-{width}-imagenet1k-{size}-random"
         # Hub classifiers resize the short side to 288 for a 256 crop; keep that ratio at other sizes.
-        short_side = size * 288 // 256
+        preprocessing = Preprocessing(
+            resize_shortest_edge=size * 288 // 256, resample=2, crop_height_width=(size, size)
+        )
     elif task == "image-segmentation":
         size = image_size or 512
         labels = read_labels("voc")
         cfg = MobileViTV2Config(width_multiplier=width, output_stride=16)
         model = MobileViTV2ForSemanticSegmentation(cfg, len(labels))
-        head, architecture = "segmentation_head.classifier.convolution", "MobileViTV2ForSemanticSegmentation"
+        head_names = ("segmentation_head.classifier.convolution",)
+        architecture = "MobileViTV2ForSemanticSegmentation"
         name = f"mobilevitv2-{width}-voc-deeplabv3-{size}-random"
-        short_side = size  # as apple/mobilevitv2-1.0-voc-deeplabv3: short side to 512, center crop 512
+        # As apple/mobilevitv2-1.0-voc-deeplabv3: short side to 512, center crop 512.
+        preprocessing = Preprocessing(resize_shortest_edge=size, resample=2, crop_height_width=(size, size))
     elif task == "object-detection":
         size = image_size or 320
         labels = read_labels("coco")
         cfg = MobileViTV2Config(width_multiplier=width)
         model = MobileViTV2SSD(cfg, SSDConfig(), len(labels))
+        head_names = (
+            *(f"ssd_heads.{i}.loc_cls_layer.pw_conv.convolution" for i in range(5)),
+            "ssd_heads.5.loc_cls_layer.convolution",
+        )
         architecture = "MobileViTV2SSD"
         name = f"mobilevitv2-{width}-coco-ssdlite-{size}-random"
-        short_side = None  # ml-cvnets' detectors see the whole photo resized to size x size, in RGB
+        # ml-cvnets' detectors see the whole photo resized to size x size, in RGB.
+        preprocessing = Preprocessing(resize_height_width=(size, size), resample=2, bgr=False)
     else:
         raise ValueError(
             f"unknown task {task!r}: image-classification, image-segmentation or object-detection"
         )
     if size % 32:
         raise ValueError(f"image size must be a multiple of 32, got {size}")
-    if task == "object-detection":
-        heads = [f"ssd_heads.{i}.loc_cls_layer.pw_conv.convolution" for i in range(5)]
-        head_names: tuple[str, ...] = (*heads, "ssd_heads.5.loc_cls_layer.convolution")
-    else:
-        head_names = (head,)
     randomize_weights(model.eval(), seed, head_names=head_names)
 
     path = out_dir / name
     path.mkdir(parents=True, exist_ok=True)
-    if short_side is None:
-        preprocessing = Preprocessing(resize_height_width=(size, size), resample=2, bgr=False)
-    else:
-        preprocessing = Preprocessing(
-            resize_shortest_edge=short_side, resample=2, crop_height_width=(size, size)
-        )
     config = hf_config(width, size, labels, architecture)
     config["output_stride"] = cfg.output_stride
     if task == "object-detection":

@@ -6,7 +6,6 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 # 1 ms .. 10 s, roughly three buckets per decade.
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
-PHASES = ("decode", "preprocess", "queue", "inference", "postprocess")
 
 
 class Metrics:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -68,11 +69,18 @@ def make_settings(model_dir: Path, **overrides: object) -> Settings:
     return Settings(**values)
 
 
-@pytest.fixture(scope="module")
-def client(model_dir: Path) -> Iterator[TestClient]:
-    app = create_app(make_settings(model_dir, max_body_bytes=2_000_000, max_image_pixels=30_000_000))
+@contextmanager
+def serving(model_dir: Path, **overrides: object) -> Iterator[TestClient]:
+    """An in-process app serving one model folder, ready (loaded and warmed up)."""
+    app = create_app(make_settings(model_dir, **overrides))
     with TestClient(app, raise_server_exceptions=False) as test_client:
         wait_ready(test_client)
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def client(model_dir: Path) -> Iterator[TestClient]:
+    with serving(model_dir, max_body_bytes=2_000_000, max_image_pixels=30_000_000) as test_client:
         yield test_client
 
 

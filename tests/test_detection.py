@@ -19,7 +19,6 @@ from app.config import Settings
 from app.convert import convert_cvnets_checkpoint
 from app.labels import read_labels
 from app.registry import load_model
-from app.server import create_app
 from app.tasks.detection import (
     Detector,
     SSDConfig,
@@ -29,7 +28,7 @@ from app.tasks.detection import (
     softmax,
     ssd_anchors,
 )
-from tests.conftest import encode, make_settings, photo_like, wait_ready
+from tests.conftest import encode, photo_like, serving
 
 FIXTURE = (
     Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cvnets" / "ssdlite_mobilevitv2_0.5_coco"
@@ -147,8 +146,7 @@ def test_anchor_count_follows_the_input_size(height: int, width: int) -> None:
 
 @pytest.fixture(scope="module")
 def det_client(det_model_dir: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(det_model_dir)), raise_server_exceptions=False) as client:
-        wait_ready(client)
+    with serving(det_model_dir) as client:
         yield client
 
 

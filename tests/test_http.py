@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from app.config import Settings
 from app.metrics import Metrics
 from app.registry import ModelManager, load_backend
 from app.server import create_app
-from tests.conftest import encode, make_settings, photo_like, wait_ready
+from tests.conftest import encode, make_settings, photo_like, serving, wait_ready
 
 MODEL_ID = "mobilevitv2-0.5-imagenet1k-256-random"
 
@@ -243,9 +243,7 @@ def test_bad_parameters_are_400(
 
 
 def test_body_and_pixel_limits_are_413(model_dir: Path, jpeg_bytes: bytes) -> None:
-    app = create_app(make_settings(model_dir, max_body_bytes=50_000, max_image_pixels=100_000))
-    with TestClient(app) as small:
-        wait_ready(small)
+    with serving(model_dir, max_body_bytes=50_000, max_image_pixels=100_000) as small:
         too_big = small.post("/classify", content=b"\xff" * 60_000)
         assert too_big.status_code == 413 and "limit" in too_big.json()["error"]
         streamed = small.post("/classify", content=iter([b"\xff" * 30_000, b"\xff" * 30_000]))
@@ -338,7 +336,7 @@ def test_a_model_that_fails_to_load_is_reported(tmp_path: Path, jpeg_bytes: byte
         for _ in range(200):
             if not failed.app.state.manager.loading:  # type: ignore[attr-defined]
                 break
-            asyncio.run(asyncio.sleep(0.01))
+            time.sleep(0.01)
         ready = failed.get("/ready")
         assert ready.status_code == 503 and "has no weights" in ready.json()["error"]
         assert failed.post("/classify", content=jpeg_bytes).status_code == 404

@@ -22,9 +22,8 @@ from app.convert import convert_cvnets_checkpoint
 from app.labels import read_labels
 from app.nn.mobilevitv2 import randomize_weights
 from app.preprocess import Preprocessing
-from app.server import create_app
 from app.tasks.segmentation import label_map
-from tests.conftest import encode, make_settings, photo_like, wait_ready
+from tests.conftest import encode, photo_like, serving
 from tests.test_network import smooth_images
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cvnets"
@@ -141,9 +140,7 @@ def test_label_map_equals_dense_upsample_then_argmax(
 
 @pytest.fixture(scope="module")
 def seg_client(seg_model_dir: Path) -> Iterator[TestClient]:
-    app = create_app(make_settings(seg_model_dir, max_image_pixels=20_000_000, max_body_bytes=30_000_000))
-    with TestClient(app, raise_server_exceptions=False) as client:
-        wait_ready(client)
+    with serving(seg_model_dir, max_image_pixels=20_000_000, max_body_bytes=30_000_000) as client:
         yield client
 
 

@@ -12,11 +12,13 @@ col2im does not export to ONNX at opset 17.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from app.checkpoint import config_fields
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "swish": nn.SiLU,
@@ -58,11 +60,7 @@ class MobileViTV2Config:
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> MobileViTV2Config:
-        values: dict[str, Any] = {}
-        for field in fields(cls):
-            if field.name in config:
-                value = config[field.name]
-                values[field.name] = tuple(value) if isinstance(value, list) else value
+        values = config_fields(cls, config)
         if values.get("hidden_act", "swish") not in _ACTIVATIONS:
             raise ValueError(f"unsupported hidden_act {values['hidden_act']!r}")
         return cls(**values)

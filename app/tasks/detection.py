@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from app.checkpoint import config_fields
 from app.errors import unit_interval_param
 
 TASK = "object-detection"
@@ -39,15 +40,8 @@ class SSDConfig:
     objects_per_image: int = 200
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> SSDConfig:
-        values: dict[str, Any] = {}
-        for field in fields(cls):
-            if field.name in config:
-                value = config[field.name]
-                if isinstance(value, list):
-                    value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-                values[field.name] = value
-        return cls(**values)
+    def from_dict(cls, config: dict[str, Any]) -> SSDConfig:
+        return cls(**config_fields(cls, config))
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
