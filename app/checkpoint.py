@@ -5,11 +5,15 @@ A model folder holds a Hugging Face-format checkpoint:
     config.json               architecture, id2label
     preprocessor_config.json  resize / crop / rescale / channel order
     model.safetensors         weights (preferred), or pytorch_model.bin (loaded with weights_only=True)
+    model.onnx                optional ONNX export (`mvit export`); model.int8.onnx, its INT8 version
     manifest.json             optional, written by this project: task, random_weights, provenance
+
+A folder for the ONNX backend alone (an edge box) may carry the ONNX files without the PyTorch weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -20,6 +24,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+ONNX_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 MANIFEST_FILE = "manifest.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -39,6 +44,14 @@ def config_fields(cls: type, config: dict[str, Any]) -> dict[str, Any]:
     return {f.name: frozen(config[f.name]) for f in fields(cls) if f.name in config}
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 class CheckpointError(Exception):
     """A model folder that is missing, incomplete or not a MobileViTv2 checkpoint."""
 
@@ -50,7 +63,7 @@ class ModelDir:
     source: str
     config: dict[str, Any]
     preprocessor_config: dict[str, Any]
-    weights: Path
+    weights: Path | None  # None: an ONNX-only folder
     manifest: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -84,6 +97,17 @@ class ModelDir:
             raise CheckpointError(f"{self.path}: config.json id2label keys are not 0..{len(by_index) - 1}")
         return [by_index[i] for i in range(len(by_index))]
 
+    def require_weights(self) -> Path:
+        if self.weights is None:
+            raise CheckpointError(
+                f"{self.path} has no PyTorch weights ({', '.join(WEIGHT_FILES)}), only ONNX exports: "
+                "serve it with --backend onnx, or fetch the full checkpoint"
+            )
+        return self.weights
+
+    def onnx_file(self, precision: str = "fp32") -> Path:
+        return self.path / ONNX_FILES[precision]
+
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
@@ -101,8 +125,10 @@ def read_model_dir(path: Path, source: str | None = None, model_id: str | None =
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory")
     weights = next((path / name for name in WEIGHT_FILES if (path / name).is_file()), None)
-    if weights is None:
-        raise CheckpointError(f"{path} has no weights: expected one of {', '.join(WEIGHT_FILES)}")
+    if weights is None and not any((path / name).is_file() for name in ONNX_FILES.values()):
+        raise CheckpointError(
+            f"{path} has no weights: expected one of {', '.join((*WEIGHT_FILES, *ONNX_FILES.values()))}"
+        )
     manifest = _read_json(path / MANIFEST_FILE) if (path / MANIFEST_FILE).is_file() else {}
     return ModelDir(
         path=path,
@@ -121,8 +147,15 @@ def hub_folder(repository: Path, repo_id: str) -> Path:
 
 def download_from_hub(repo_id: str, repository: Path, revision: str | None = None) -> Path:
     """Download a Hub checkpoint into the model repository (`models/hub/<org>--<name>`)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+    except ImportError:
+        raise CheckpointError(
+            f"cannot download {repo_id!r}: huggingface_hub is not installed (an ONNX-only install). "
+            "Fetch and export models with the full install (`pip install .[export]`, `mvit export`), "
+            "then serve the model folder"
+        ) from None
 
     target = hub_folder(repository, repo_id)
 

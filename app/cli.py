@@ -1,4 +1,4 @@
-"""`mvit`: serve, demo-models, convert, predict."""
+"""`mvit`: serve, demo-models, convert, export, predict."""
 
 from __future__ import annotations
 
@@ -122,6 +122,35 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from app.checkpoint import CheckpointError, resolve
+
+    try:
+        from app.onnx_export import DEFAULT_OPSET, export_onnx, quantize_int8
+    except ImportError as exc:
+        print(f"mvit export: needs torch and onnx ({exc}); `pip install .[export]`", file=sys.stderr)
+        return 1
+    settings = _settings(args)
+    if args.calibration is not None and not args.calibration.is_dir():
+        print(f"mvit export: --calibration {args.calibration} is not a folder of images", file=sys.stderr)
+        return 1
+    try:
+        for source in args.models:
+            model_dir = resolve(source, settings.model_repository, settings.hub_revision)
+            print(export_onnx(model_dir, args.opset or DEFAULT_OPSET))
+            if args.quantize:
+                if args.calibration is None:
+                    log.warning(
+                        "no --calibration images: dynamic INT8, which is slower than fp32 on CPU for "
+                        "this convolutional network; give calibration images for static INT8"
+                    )
+                print(quantize_int8(model_dir, args.calibration, args.calibration_count))
+    except (OSError, CheckpointError) as exc:
+        print(f"mvit export: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from app.checkpoint import CheckpointError
     from app.errors import ApiError
@@ -162,8 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
             "--model-repository", type=Path, help="where downloads and demo models live (default models/)"
         )
         p.add_argument("--hub-revision", help="Hub branch, tag or commit to download")
-        p.add_argument("--backend", choices=["torch"], help="inference backend (default torch)")
-        p.add_argument("--device", help="PyTorch device, e.g. cpu or cuda")
+        p.add_argument("--backend", choices=["torch", "onnx"], help="inference backend (default torch)")
+        p.add_argument("--device", help="cpu (default), cuda or cuda:N")
+        p.add_argument(
+            "--onnx-precision",
+            choices=["fp32", "int8"],
+            help="ONNX file to serve: model.onnx or model.int8.onnx",
+        )
+        p.add_argument(
+            "--onnx-optimization",
+            choices=["disable", "basic", "extended", "all"],
+            help="ONNX Runtime graph optimization level (default all)",
+        )
         p.add_argument("--max-image-pixels", type=int, help="larger images get 413 (default 50,000,000)")
         p.add_argument("--inference-threads", type=int, help="intra-op threads (default: usable CPUs)")
 
@@ -211,6 +250,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="resize filter (default: bilinear for detection/segmentation, as cvnets' predict; bicubic for classification)",
     )
     convert.set_defaults(func=cmd_convert)
+
+    export = sub.add_parser("export", help="export model folders to ONNX (model.onnx), optionally INT8 too")
+    export.add_argument("models", nargs="+", metavar="FOLDER_OR_HUB_ID", help="model folders or Hub ids")
+    export.add_argument("--model-repository", type=Path, help="where downloads live (default models/)")
+    export.add_argument("--hub-revision", help="Hub branch, tag or commit to download")
+    export.add_argument("--opset", type=int, help="ONNX opset (default 17; 18+ uses torch.export)")
+    export.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="also write model.int8.onnx (static with --calibration, else dynamic)",
+    )
+    export.add_argument("--calibration", type=Path, help="folder of representative images for static INT8")
+    export.add_argument(
+        "--calibration-count", type=int, default=100, help="most calibration images to use (default 100)"
+    )
+    export.set_defaults(func=cmd_export)
 
     predict = sub.add_parser("predict", help="run one image file through a model without HTTP")
     predict.add_argument("image", help="image file")

@@ -216,6 +216,7 @@ def write_converted(
         k: (v if isinstance(v, torch.Tensor) else torch.as_tensor(v)).contiguous() for k, v in state.items()
     }
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    (path / "model.safetensors").chmod(0o644)  # safetensors writes 0600; a container user must read it
     return path
 
 

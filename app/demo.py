@@ -116,4 +116,5 @@ def write_demo_model(
         (path / filename).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    (path / "model.safetensors").chmod(0o644)  # safetensors writes 0600; a container user must read it
     return path

@@ -29,6 +29,7 @@ DEFAULT_LOAD_ESTIMATE_S = 10.0
 
 class Backend(Protocol):
     name: str
+    artifact: str  # the file it runs: model.safetensors, model.onnx, ...
 
     @property
     def device_type(self) -> str: ...
@@ -69,6 +70,7 @@ class ServedModel:
             "task": self.task.name,
             "route": self.task.route,
             "backend": self.backend.name,
+            "artifact": self.backend.artifact,
             "device": self.backend.device_type,
             "width_multiplier": self.width,
             "input_size": list(self.input_size) if self.input_size else None,
@@ -81,8 +83,18 @@ class ServedModel:
 
 
 def load_backend(model_dir: ModelDir, settings: Settings) -> Backend:
-    from app.backends.torch_backend import load_torch_backend, set_threads
+    try:
+        if settings.backend == "onnx":
+            from app.backends.onnx_backend import load_onnx_backend
 
+            return load_onnx_backend(model_dir, settings)
+        from app.backends.torch_backend import load_torch_backend, set_threads
+    except ImportError as exc:
+        extra = "onnx" if settings.backend == "onnx" else "torch"
+        raise CheckpointError(
+            f"the {settings.backend} backend needs {exc.name or 'a missing package'}, which is not installed: "
+            f"`pip install .[{extra}]`, or choose the other backend (--backend / MVIT_BACKEND)"
+        ) from None
     set_threads(settings.inference_threads)
     return load_torch_backend(model_dir, settings.device)
 

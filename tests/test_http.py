@@ -306,7 +306,7 @@ def test_backend_failure_is_a_generic_500_and_the_server_keeps_serving(
 
     class FlakyBackend:
         def __init__(self, inner):  # type: ignore[no-untyped-def]
-            self.inner, self.name = inner, inner.name
+            self.inner, self.name, self.artifact = inner, inner.name, inner.artifact
 
         @property
         def device_type(self) -> str:

@@ -24,11 +24,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(*args: str) -> tuple[subprocess.Popen[str], str]:
+def start_server(
+    *args: str, launcher: tuple[str, ...] = ("-m", "app.cli")
+) -> tuple[subprocess.Popen[str], str]:
+    """`python LAUNCHER serve ARGS` on a free loopback port (the launcher runs `app.cli` one way or another)."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MVIT_INFERENCE_THREADS": "2"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+        [sys.executable, *launcher, "serve", "--host", "127.0.0.1", "--port", str(port), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

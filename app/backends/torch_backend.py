@@ -51,7 +51,8 @@ def build_network(model_dir: ModelDir) -> nn.Module:
         module = MobileViTV2SSD(cfg, SSDConfig.from_dict(model_dir.config), num_classes=len(model_dir.labels))
     else:
         raise CheckpointError(f"{model_dir.path}: task {task!r} is not supported by the PyTorch backend yet")
-    state = load_state_dict(model_dir.weights)
+    weights = model_dir.require_weights()
+    state = load_state_dict(weights)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -63,7 +64,7 @@ def build_network(model_dir: ModelDir) -> nn.Module:
             if keys
         )
         raise CheckpointError(
-            f"{model_dir.weights} does not match a MobileViTv2 width {cfg.width_multiplier} {task} model: {details}"
+            f"{weights} does not match a MobileViTv2 width {cfg.width_multiplier} {task} model: {details}"
         )
     module.load_state_dict(state, strict=True)
     return module.eval()
@@ -74,7 +75,8 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, module: nn.Module, device: str = "cpu") -> None:
+    def __init__(self, module: nn.Module, device: str = "cpu", artifact: str = "") -> None:
+        self.artifact = artifact
         self.device = torch.device(device)
         self.module = module.to(self.device).eval()
 
@@ -100,4 +102,4 @@ def set_threads(threads: int) -> None:
 def load_torch_backend(model_dir: ModelDir, device: str = "cpu") -> TorchBackend:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CheckpointError(f"device {device!r} requested but CUDA is not available to PyTorch")
-    return TorchBackend(build_network(model_dir), device)
+    return TorchBackend(build_network(model_dir), device, artifact=model_dir.require_weights().name)

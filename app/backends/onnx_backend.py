@@ -1,0 +1,193 @@
+"""ONNX Runtime backend: runs a model folder's ONNX export. Imports neither torch nor transformers.
+
+Session setup, in order:
+- the export: `model.onnx` (or `model.int8.onnx`); if it is missing, or was exported from other weights
+  than the folder now holds, it is (re-)exported when torch is installed and refused otherwise;
+- execution providers: CPU unless asked for (`--device cuda`, or an explicit provider list), refused
+  with the list of installed ones when unavailable;
+- threads: intra-op threads from the CPUs this process may use, one inter-op thread, no spin-waiting by
+  default (spinning threads steal the cores the decode pool needs);
+- graph optimizations: the level is configurable; the hardware-neutral part (up to "extended") is saved
+  under `onnx-cache/` so a restart skips it. Layout transforms ("all") are cheap and CPU-specific, so
+  they run at every start rather than being written into a file that may move to another machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from app.checkpoint import CheckpointError, ModelDir, file_sha256
+from app.config import Settings
+from app.preprocess import Preprocessing
+
+log = logging.getLogger(__name__)
+
+OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+CACHE_DIR = "onnx-cache"
+SOURCE_SHA256 = "mvit.source_sha256"
+
+
+def execution_providers(device: str, requested: list[str]) -> list[Any]:
+    """ONNX Runtime providers for `--device` (cpu, cuda, cuda:N) or an explicit list; CPU always last."""
+    available = ort.get_available_providers()
+    if requested:
+        providers: list[Any] = list(requested)
+    elif device == "cpu":
+        providers = ["CPUExecutionProvider"]
+    elif match := re.fullmatch(r"cuda(?::(\d+))?", device):
+        providers = [("CUDAExecutionProvider", {"device_id": int(match.group(1) or 0)})]
+    else:
+        raise CheckpointError(f"device {device!r} is not understood by the ONNX backend: cpu, cuda or cuda:N")
+    names = [p[0] if isinstance(p, tuple) else p for p in providers]
+    missing = [name for name in names if name not in available]
+    if missing:
+        raise CheckpointError(
+            f"ONNX Runtime execution provider {', '.join(missing)} is not installed here "
+            f"(available: {', '.join(available)}); install the matching onnxruntime package "
+            "(e.g. onnxruntime-gpu for CUDA) or serve on CPU"
+        )
+    if "CPUExecutionProvider" not in names:
+        providers.append("CPUExecutionProvider")
+    return providers
+
+
+def session_options(settings: Settings, level: str) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.inference_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = OPTIMIZATION_LEVELS[level]
+    spinning = "1" if settings.onnx_allow_spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
+    return options
+
+
+def _cache_path(source: Path) -> Path:
+    """Keyed by the export's size and mtime (a new export replaces the file) and the ORT version."""
+    stat = source.stat()
+    key = f"{stat.st_size}-{stat.st_mtime_ns}-ort{ort.__version__}"
+    return source.parent / CACHE_DIR / f"{source.stem}.{key}.extended.onnx"
+
+
+def _write_cache(source: Path, cache: Path, settings: Settings, providers: list[Any]) -> bool:
+    try:
+        cache.parent.mkdir(exist_ok=True)
+        for stale in cache.parent.glob(f"{source.stem}.*.onnx"):
+            stale.unlink()
+        options = session_options(settings, "extended")
+        options.optimized_model_filepath = str(cache)
+        ort.InferenceSession(str(source), options, providers=providers)
+        return True
+    except OSError as exc:  # a read-only model repository: serve without the cache
+        log.warning(
+            "cannot write the ONNX optimization cache in %s (%s); continuing without", cache.parent, exc
+        )
+        return False
+
+
+def create_session(source: Path, settings: Settings, providers: list[Any]) -> ort.InferenceSession:
+    level = settings.onnx_optimization
+    cacheable = (
+        settings.onnx_cache
+        and level in ("extended", "all")
+        and [p[0] if isinstance(p, tuple) else p for p in providers] == ["CPUExecutionProvider"]
+    )
+    path = source
+    if cacheable:
+        cache = _cache_path(source)
+        if cache.is_file() or _write_cache(source, cache, settings, providers):
+            path = cache
+    return ort.InferenceSession(str(path), session_options(settings, level), providers=providers)
+
+
+class OnnxBackend:
+    """Runs an ONNX Runtime session on float32 NCHW batches; returns its named outputs."""
+
+    name = "onnx"
+
+    def __init__(self, session: ort.InferenceSession, artifact: str = "") -> None:
+        self.artifact = artifact
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.output_names = [output.name for output in session.get_outputs()]
+
+    @property
+    def device_type(self) -> str:
+        provider = self.session.get_providers()[0]
+        return provider.removesuffix("ExecutionProvider").lower()
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        height, width = self.session.get_inputs()[0].shape[2:]
+        return (height, width) if isinstance(height, int) and isinstance(width, int) else None
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(batch)})
+        return dict(zip(self.output_names, outputs, strict=True))
+
+
+def _export(model_dir: ModelDir, why: str) -> Path:
+    log.info("%s: %s; exporting to ONNX", model_dir.model_id, why)
+    try:
+        from app.onnx_export import export_onnx
+
+        return export_onnx(model_dir)
+    except ImportError as exc:  # an ONNX-only install: torch / onnx are not there
+        raise CheckpointError(
+            f"{model_dir.path}: {why}, and this install cannot export (no {exc.name or 'torch'}). "
+            f"Run `mvit export {model_dir.path}` where the full install is (`pip install .[export]`)"
+        ) from None
+
+
+def _is_stale(backend: OnnxBackend, model_dir: ModelDir) -> bool:
+    """True when the export records other source weights than the folder holds (e.g. a re-fetch)."""
+    recorded = backend.metadata.get(SOURCE_SHA256)
+    return bool(model_dir.weights and recorded and recorded != file_sha256(model_dir.weights))
+
+
+def load_onnx_backend(model_dir: ModelDir, settings: Settings) -> OnnxBackend:
+    precision = settings.onnx_precision
+    source = model_dir.onnx_file(precision)
+    if not source.is_file():
+        if precision != "fp32":
+            raise CheckpointError(
+                f"{model_dir.path} has no {source.name}: create it with "
+                f"`mvit export {model_dir.path} --quantize int8 --calibration IMAGES/`"
+            )
+        if not settings.onnx_auto_export:
+            raise CheckpointError(
+                f"{model_dir.path} has no {source.name}: run `mvit export {model_dir.path}`"
+            )
+        _export(model_dir, f"no {source.name}")
+    providers = execution_providers(settings.device, settings.onnx_providers)
+    backend = OnnxBackend(create_session(source, settings, providers), source.name)
+    if _is_stale(backend, model_dir):
+        if precision != "fp32" or not settings.onnx_auto_export:
+            raise CheckpointError(
+                f"{source} was exported from other weights than {model_dir.weights}: "
+                f"export it again (`mvit export {model_dir.path}`)"
+            )
+        _export(model_dir, f"{source.name} was exported from other weights")
+        backend = OnnxBackend(create_session(source, settings, providers), source.name)
+    size = Preprocessing.from_hf_config(model_dir.preprocessor_config).fixed_input_size
+    if backend.input_size != size:
+        raise CheckpointError(
+            f"{source} takes {backend.input_size} inputs but the preprocessing makes {size}: export it again"
+        )
+    return backend

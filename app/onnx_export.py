@@ -1,0 +1,235 @@
+"""`mvit export`: a model folder's network to ONNX, checked against PyTorch, optionally quantized to INT8.
+
+Needs torch and onnx (`pip install .[export]`); serving the result needs neither (app/backends/onnx_backend.py).
+
+The graph has one input, `pixel_values` (N x 3 x H x W float32, preprocessed), a dynamic batch dimension,
+and the network's named outputs (`logits`, plus `box_regression` for detection). Its metadata carries what a
+consumer needs without the model folder: task, labels, preprocessing, the config, and the source weights'
+SHA-256, so the server can tell when an export no longer matches its weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.checkpoint import CheckpointError, ModelDir, file_sha256
+from app.preprocess import Preprocessing
+
+INPUT_NAME = "pixel_values"
+# Opset 17 is read by every current runtime (ONNX Runtime >= 1.13, TensorRT 8.5+, OpenVINO 2022.3+). The
+# network needs nothing newer: patch folding is reshape/transpose, not col2im (opset 18). PyTorch's
+# torch.export-based exporter only writes opset >= 18, so 17 goes through the TorchScript exporter.
+DEFAULT_OPSET = 17
+PARITY_TOLERANCE = 1e-4
+METADATA_PREFIX = "mvit."
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def onnx_metadata(model_dir: ModelDir, output_names: list[str], opset: int) -> dict[str, str]:
+    import torch
+
+    from app import __version__
+
+    weights = model_dir.require_weights()
+    return {
+        f"{METADATA_PREFIX}{key}": value
+        for key, value in {
+            "task": model_dir.task,
+            "labels": json.dumps(model_dir.labels),
+            "preprocessing": json.dumps(model_dir.preprocessor_config),
+            "config": json.dumps(model_dir.config),
+            "manifest": json.dumps(model_dir.manifest),
+            "source": model_dir.source,
+            "source_weights": weights.name,
+            "source_sha256": file_sha256(weights),
+            "input_name": INPUT_NAME,
+            "output_names": json.dumps(output_names),
+            "opset": str(opset),
+            "exported_by": f"mobilevitv2-serve {__version__}, torch {torch.__version__}",
+        }.items()
+    }
+
+
+def _temporary(target: Path, tag: str) -> Path:
+    return target.with_name(f".{target.stem}.{tag}.{os.getpid()}.tmp.onnx")
+
+
+@contextlib.contextmanager
+def _replacing(target: Path, tag: str) -> Iterator[Path]:
+    """A temporary path next to `target` that replaces it atomically on success, and is removed on failure."""
+    tmp = _temporary(target, tag)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _set_metadata(path: Path, metadata: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key not in metadata]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    model.producer_name = "mobilevitv2-serve"
+    model.doc_string = f"MobileViTv2 {metadata.get(METADATA_PREFIX + 'task', '')} from {path.parent.name}"
+    onnx.save(model, str(path))
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _check_parity(path: Path, net: Any, sample: np.ndarray, output_names: list[str]) -> float:
+    """Largest |ONNX Runtime - PyTorch| over the outputs; refuses the export above PARITY_TOLERANCE."""
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        expected = net(torch.from_numpy(sample))
+    expected = (expected,) if isinstance(expected, torch.Tensor) else expected
+    got = session.run(output_names, {INPUT_NAME: sample})
+    worst = max(float(np.abs(e.numpy() - g).max()) for e, g in zip(expected, got, strict=True))
+    if not worst <= PARITY_TOLERANCE:
+        raise CheckpointError(
+            f"ONNX export of {path.parent} differs from PyTorch by {worst:.2e} (> {PARITY_TOLERANCE}); not written"
+        )
+    return worst
+
+
+def export_onnx(model_dir: ModelDir, opset: int = DEFAULT_OPSET) -> Path:
+    """Write `<model_dir>/model.onnx` (atomically) after checking it against PyTorch on a batch of 2."""
+    import torch
+
+    from app.backends.torch_backend import build_network
+
+    net = build_network(model_dir)
+    size = Preprocessing.from_hf_config(model_dir.preprocessor_config).fixed_input_size
+    if size is None:
+        raise CheckpointError(f"{model_dir.path}: preprocessing must produce a fixed input size to export")
+    output_names = list(getattr(net, "output_names", ("logits",)))
+    sample = np.random.default_rng(0).standard_normal((2, 3, *size)).astype(np.float32)
+    target = model_dir.onnx_file("fp32")
+    with _replacing(target, "export") as tmp, warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of torch.export, which cannot write opset 17;
+        # the tracer warns about the static H/W checks in the patch unfolding, which is right for a
+        # graph whose only dynamic dimension is the batch.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        common: dict[str, Any] = {
+            "input_names": [INPUT_NAME],
+            "output_names": output_names,
+            "opset_version": opset,
+        }
+        if opset <= 17:
+            torch.onnx.export(
+                net,
+                (torch.from_numpy(sample),),
+                str(tmp),
+                dynamo=False,
+                dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *output_names)},
+                **common,
+            )
+        else:
+            torch.onnx.export(
+                net,
+                (torch.from_numpy(sample),),
+                str(tmp),
+                dynamo=True,
+                external_data=False,
+                dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=4096)}},
+                **common,
+            )
+        _set_metadata(tmp, onnx_metadata(model_dir, output_names, opset))
+        _check_parity(tmp, net, sample, output_names)
+    return target
+
+
+def calibration_images(folder: Path, count: int) -> list[Path]:
+    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not images:
+        raise CheckpointError(f"no calibration images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
+    return images[:count]
+
+
+def quantize_int8(model_dir: ModelDir, calibration: Path | None, count: int = 100) -> Path:
+    """Write `<model_dir>/model.int8.onnx` from model.onnx.
+
+    With a calibration folder: static QDQ (per-channel int8 weights, uint8 activations, MinMax ranges over
+    `count` images run through the model's own preprocessing), the fast path on CPU. Without: dynamic
+    quantization, which needs no data but turns convolutions into ConvInteger, slower than fp32 on CPU.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from app.errors import ApiError
+    from app.imaging import decode_image
+    from app.preprocess import preprocess
+
+    source = model_dir.onnx_file("fp32")
+    if not source.is_file():
+        source = export_onnx(model_dir)
+    target = model_dir.onnx_file("int8")
+    metadata = read_metadata(source)
+    spec = Preprocessing.from_hf_config(model_dir.preprocessor_config)
+
+    class Images(CalibrationDataReader):
+        def __init__(self, paths: list[Path]) -> None:
+            self._paths = iter(paths)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            path = next(self._paths, None)
+            if path is None:
+                return None
+            try:
+                image = decode_image(path.read_bytes(), max_pixels=200_000_000)
+            except ApiError as exc:
+                raise CheckpointError(f"calibration image {path}: {exc.message}") from None
+            pixels = preprocess(image, spec)
+            return {INPUT_NAME: pixels[None]}
+
+    prepared = _temporary(target, "prepared")
+    try:
+        quant_pre_process(str(source), str(prepared))
+        with _replacing(target, "quantize") as tmp:
+            if calibration is not None:
+                paths = calibration_images(calibration, count)
+                quantize_static(
+                    str(prepared),
+                    str(tmp),
+                    Images(paths),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                )
+                method = f"static QDQ, per-channel, {len(paths)} calibration images from {calibration}"
+            else:
+                quantize_dynamic(str(prepared), str(tmp), weight_type=QuantType.QInt8)
+                method = "dynamic, int8 weights"
+            _set_metadata(tmp, {**metadata, f"{METADATA_PREFIX}quantization": f"int8 {method}"})
+    finally:
+        prepared.unlink(missing_ok=True)
+    return target

@@ -1,0 +1,275 @@
+"""ONNX export and the ONNX Runtime backend: parity with PyTorch, metadata, caching, staleness, INT8."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from app.backends.onnx_backend import CACHE_DIR, load_onnx_backend
+from app.backends.torch_backend import load_torch_backend
+from app.checkpoint import CheckpointError, file_sha256, read_model_dir
+from app.cli import main
+from app.demo import write_demo_model
+from app.imaging import decode_image
+from app.onnx_export import PARITY_TOLERANCE, export_onnx, quantize_int8, read_metadata
+from app.pipeline import predict
+from app.preprocess import preprocess
+from app.registry import load_model
+from tests.conftest import encode, make_settings, photo_like
+
+TASKS = ("image-classification", "image-segmentation", "object-detection")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Width-0.5 demo models of each task, exported to model.onnx."""
+    root = tmp_path_factory.mktemp("onnx-models")
+    folders = {task: write_demo_model(root, task, width=0.5, seed=3 + i) for i, task in enumerate(TASKS)}
+    for folder in folders.values():
+        export_onnx(read_model_dir(folder))
+    return folders
+
+
+def copy_model(folder: Path, into: Path, *, onnx_only: bool = False) -> Path:
+    target = into / folder.name
+    ignore = shutil.ignore_patterns(CACHE_DIR, *(["model.safetensors"] if onnx_only else []))
+    shutil.copytree(folder, target, ignore=ignore)
+    return target
+
+
+def batch_for(folder: Path, count: int = 3) -> np.ndarray:
+    """Preprocessed photos (not noise): the inputs the service really feeds the network."""
+    spec = load_model(str(folder), make_settings(folder)).preprocessing
+    return np.stack([preprocess(photo_like(500, 380, seed=s), spec) for s in range(count)])
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_onnx_runtime_matches_pytorch(exported: dict[str, Path], task: str) -> None:
+    model_dir = read_model_dir(exported[task])
+    settings = make_settings(model_dir.path, backend="onnx", onnx_auto_export=False)
+    batch = batch_for(model_dir.path)
+    expected = load_torch_backend(model_dir).infer(batch)
+    got = load_onnx_backend(model_dir, settings).infer(batch)
+    assert (
+        set(got)
+        == set(expected)
+        == ({"logits", "box_regression"} if task == "object-detection" else {"logits"})
+    )
+    for name, reference in expected.items():
+        assert got[name].shape == reference.shape
+        assert np.abs(got[name] - reference).max() <= PARITY_TOLERANCE, name
+        # Non-degenerate: the outputs spread, and depend on the image far beyond the tolerance.
+        assert reference.std() > 0.1
+        assert np.abs(reference[0] - reference[1]).max() > 100 * PARITY_TOLERANCE
+
+
+def test_batch_dimension_is_dynamic(exported: dict[str, Path]) -> None:
+    model_dir = read_model_dir(exported["image-classification"])
+    backend = load_onnx_backend(model_dir, make_settings(model_dir.path, backend="onnx"))
+    batch = batch_for(model_dir.path, count=5)
+    together = backend.infer(batch)["logits"]
+    alone = np.concatenate([backend.infer(batch[i : i + 1])["logits"] for i in range(5)])
+    assert together.shape == (5, 1000)
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_export_carries_its_description(exported: dict[str, Path]) -> None:
+    folder = exported["object-detection"]
+    model_dir = read_model_dir(folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
+    assert [i.name for i in model.graph.input] == ["pixel_values"]
+    assert [o.name for o in model.graph.output] == ["logits", "box_regression"]
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [3, 320, 320]
+    meta = read_metadata(folder / "model.onnx")
+    assert meta["mvit.task"] == "object-detection"
+    assert meta["mvit.labels"].startswith('["background", "person"')
+    assert '"resample": 2' in meta["mvit.preprocessing"]
+    assert meta["mvit.source_sha256"] == file_sha256(model_dir.weights)
+    assert meta["mvit.source_weights"] == "model.safetensors"
+
+
+def masks_to_label_map(result: list[dict], labels: list[str]) -> np.ndarray:
+    first = Image.open(io.BytesIO(base64.b64decode(result[0]["mask"])))
+    label_map = np.full((first.height, first.width), -1)
+    for entry in result:
+        mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(entry["mask"])))) > 0
+        label_map[mask] = labels.index(entry["label"])
+    assert (label_map >= 0).all()
+    return label_map
+
+
+@pytest.mark.parametrize("task", ("image-classification", "object-detection"))
+def test_same_answers_end_to_end(exported: dict[str, Path], task: str) -> None:
+    folder = exported[task]
+    image = encode(photo_like(640, 480, seed=11), quality=90)
+    torch_model = load_model(str(folder), make_settings(folder))
+    onnx_model = load_model(str(folder), make_settings(folder, backend="onnx", onnx_auto_export=False))
+    assert onnx_model.backend.name == "onnx" and onnx_model.backend.artifact == "model.onnx"
+    expected = predict(torch_model, image, {}, 50_000_000)
+    got = predict(onnx_model, image, {}, 50_000_000)
+    assert len(got) == len(expected) > 1
+    for a, b in zip(got, expected, strict=True):
+        assert a["label"] == b["label"]
+        assert a["score"] == pytest.approx(b["score"], abs=1e-4)
+        assert a.get("box") == b.get("box")
+
+
+def test_same_masks_end_to_end_except_at_exact_ties(exported: dict[str, Path]) -> None:
+    """Logits agree to 1e-4, so an argmax can only differ where the top two classes are closer than that.
+
+    Measured: 5-6 such pixels of 307,200 on random weights, whose maps are all boundaries.
+    """
+    folder = exported["image-segmentation"]
+    data = encode(photo_like(640, 480, seed=11), quality=90)
+    torch_model = load_model(str(folder), make_settings(folder))
+    onnx_model = load_model(str(folder), make_settings(folder, backend="onnx", onnx_auto_export=False))
+    expected = predict(torch_model, data, {}, 50_000_000)
+    got = predict(onnx_model, data, {}, 50_000_000)
+    assert [r["label"] for r in got] == [r["label"] for r in expected] and len(got) > 1
+    labels = torch_model.labels
+    differ = masks_to_label_map(got, labels) != masks_to_label_map(expected, labels)
+    assert differ.sum() <= 1e-4 * differ.size
+
+    image = decode_image(data, 50_000_000)
+    logits = torch_model.backend.infer(preprocess(image, torch_model.preprocessing)[None])["logits"]
+    dense = torch.nn.functional.interpolate(
+        torch.from_numpy(logits), size=(image.height, image.width), mode="bilinear"
+    )[0].numpy()
+    top2 = np.sort(dense[:, differ], axis=0)[-2:]
+    assert (top2[1] - top2[0] < 2 * PARITY_TOLERANCE).all()
+
+
+def test_exports_on_first_start_and_caches_the_optimized_graph(
+    exported: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = copy_model(exported["image-classification"], tmp_path)
+    (folder / "model.onnx").unlink()
+    settings = make_settings(folder, backend="onnx")
+    batch = batch_for(folder, count=1)
+    first = load_onnx_backend(read_model_dir(folder), settings).infer(batch)["logits"]
+    assert (folder / "model.onnx").is_file()
+    cached = list((folder / CACHE_DIR).iterdir())
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    again = load_onnx_backend(read_model_dir(folder), settings).infer(batch)["logits"]
+    assert list((folder / CACHE_DIR).iterdir()) == cached and cached[0].stat().st_mtime_ns == stamp
+    np.testing.assert_allclose(again, first, atol=1e-6)
+
+
+def test_an_export_of_other_weights_is_redone_or_refused(exported: dict[str, Path], tmp_path: Path) -> None:
+    folder = copy_model(exported["image-classification"], tmp_path)
+    other = write_demo_model(tmp_path / "other", "image-classification", width=0.5, seed=99)
+    shutil.copy(other / "model.safetensors", folder / "model.safetensors")  # e.g. a re-fetch
+    with pytest.raises(CheckpointError, match="exported from other weights"):
+        load_onnx_backend(
+            read_model_dir(folder), make_settings(folder, backend="onnx", onnx_auto_export=False)
+        )
+    model_dir = read_model_dir(folder)
+    backend = load_onnx_backend(model_dir, make_settings(folder, backend="onnx"))
+    assert backend.metadata["mvit.source_sha256"] == file_sha256(folder / "model.safetensors")
+    batch = batch_for(folder, count=2)
+    expected = load_torch_backend(model_dir).infer(batch)["logits"]
+    assert np.abs(backend.infer(batch)["logits"] - expected).max() <= PARITY_TOLERANCE
+
+
+def test_onnx_only_folder_serves_with_onnx_and_is_refused_by_torch(
+    exported: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = copy_model(exported["image-segmentation"], tmp_path, onnx_only=True)
+    model = load_model(str(folder), make_settings(folder, backend="onnx"))
+    result = predict(model, encode(photo_like(300, 200)), {}, 50_000_000)
+    assert result and all(r["mask"] for r in result)
+    with pytest.raises(CheckpointError, match="no PyTorch weights"):
+        load_model(str(folder), make_settings(folder))
+
+
+def test_missing_export_without_torch_says_what_to_do(
+    exported: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = copy_model(exported["image-classification"], tmp_path)
+    (folder / "model.onnx").unlink()
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails as if not installed
+    monkeypatch.delitem(sys.modules, "app.onnx_export", raising=False)
+    with pytest.raises(CheckpointError, match=r"cannot export \(no torch\)\. Run `mvit export"):
+        load_onnx_backend(read_model_dir(folder), make_settings(folder, backend="onnx"))
+    with pytest.raises(CheckpointError, match="run `mvit export"):
+        load_onnx_backend(
+            read_model_dir(folder), make_settings(folder, backend="onnx", onnx_auto_export=False)
+        )
+
+
+def test_unavailable_execution_provider_is_refused_clearly(exported: dict[str, Path]) -> None:
+    folder = exported["image-classification"]
+    with pytest.raises(
+        CheckpointError, match=r"CUDAExecutionProvider is not installed here \(available: .*CPU"
+    ):
+        load_onnx_backend(read_model_dir(folder), make_settings(folder, backend="onnx", device="cuda"))
+    with pytest.raises(CheckpointError, match="TensorrtExecutionProvider"):
+        load_onnx_backend(
+            read_model_dir(folder),
+            make_settings(folder, backend="onnx", onnx_providers="TensorrtExecutionProvider"),
+        )
+
+
+def test_int8_exports_quantize_and_stay_close_to_fp32(exported: dict[str, Path], tmp_path: Path) -> None:
+    folder = copy_model(exported["image-classification"], tmp_path)
+    with pytest.raises(CheckpointError, match="--quantize int8"):
+        load_model(str(folder), make_settings(folder, backend="onnx", onnx_precision="int8"))
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for seed in range(4):
+        photo_like(400, 300, seed=20 + seed).save(calibration / f"{seed}.jpg", quality=90)
+    model_dir = read_model_dir(folder)
+    path = quantize_int8(model_dir, calibration, count=4)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    meta = read_metadata(path)
+    assert (
+        meta["mvit.quantization"].startswith("int8 static QDQ")
+        and meta["mvit.task"] == "image-classification"
+    )
+
+    batch = batch_for(folder, count=3)
+    fp32 = load_onnx_backend(model_dir, make_settings(folder, backend="onnx")).infer(batch)["logits"]
+    int8_model = load_model(str(folder), make_settings(folder, backend="onnx", onnx_precision="int8"))
+    assert int8_model.backend.artifact == "model.int8.onnx"
+    int8 = int8_model.backend.infer(batch)["logits"]
+    assert not np.allclose(int8, fp32, atol=1e-4)  # really quantized
+    assert np.corrcoef(int8.ravel(), fp32.ravel())[0, 1] > 0.9  # and still the same function
+
+    dynamic = quantize_int8(model_dir, None)
+    assert read_metadata(dynamic)["mvit.quantization"].startswith("int8 dynamic")
+
+
+def test_cli_export(exported: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = copy_model(exported["object-detection"], tmp_path)
+    (folder / "model.onnx").unlink()
+    assert main(["export", str(folder)]) == 0
+    assert capsys.readouterr().out.strip() == str(folder / "model.onnx")
+    assert main(["export", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mvit export: ") and "neither a model folder" in err and "\n" not in err
+    assert main(["export", str(folder), "--quantize", "int8", "--calibration", str(tmp_path / "none")]) == 1
+    assert "not a folder of images" in capsys.readouterr().err
+
+
+def test_opset_18_goes_through_torch_export(exported: dict[str, Path], tmp_path: Path) -> None:
+    folder = copy_model(exported["image-classification"], tmp_path)
+    model_dir = read_model_dir(folder)
+    path = export_onnx(model_dir, opset=18)
+    assert [o.version for o in onnx.load(str(path)).opset_import if o.domain == ""] == [18]
+    batch = batch_for(folder, count=2)
+    expected = load_torch_backend(model_dir).infer(batch)["logits"]
+    got = load_onnx_backend(model_dir, make_settings(folder, backend="onnx")).infer(batch)["logits"]
+    assert np.abs(got - expected).max() <= PARITY_TOLERANCE
