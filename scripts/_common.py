@@ -1,4 +1,4 @@
-"""Shared by the scripts: a synthetic photo and a `mvit serve` subprocess on a free loopback port."""
+"""Shared by the scripts: bench photos, a synthetic photo, a `mvit serve` subprocess on a loopback port."""
 
 from __future__ import annotations
 
@@ -12,6 +12,24 @@ import time
 import httpx
 import numpy as np
 from PIL import Image
+
+
+def bench_photos(width: int = 640, height: int = 480) -> list[Image.Image]:
+    """The bench image set: the 9 colour photographs that ship inside scikit-image (`pip install .[bench]`),
+    center-cropped to width:height and resized to width x height."""
+    from PIL import ImageOps
+    from skimage import data
+
+    left, right, _ = data.stereo_motorcycle()
+    arrays = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), left, right]
+    arrays += [data.hubble_deep_field(), data.retina(), data.immunohistochemistry()]
+    return [ImageOps.fit(Image.fromarray(a).convert("RGB"), (width, height), Image.LANCZOS) for a in arrays]
+
+
+def jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 def photo_jpeg(width: int, height: int, quality: int = 90) -> bytes:
@@ -54,6 +72,6 @@ def start_server(
                 return server, url
         except httpx.HTTPError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.05)
     server.kill()
     raise SystemExit(f"mvit serve {' '.join(args)} did not become ready")

@@ -1,0 +1,105 @@
+"""Raw backend speed: img/s and p50 latency per backend, task and batch size, on preprocessed tensors.
+
+No HTTP, decoding or post-processing: the network alone, as each backend runs it in the server (same
+threads, same OpenMP wait policy, ONNX Runtime without spin-waiting unless --spin). Backends are
+interleaved round by round so machine noise hits them alike; medians are reported.
+
+    pip install -e ".[export,bench]"
+    mvit demo-models models/ --width 1.0 --task classification --task segmentation --task detection
+    mvit export models/mobilevitv2-1.0-*-random
+    python scripts/bench_backends.py models/mobilevitv2-1.0-*-random --rounds 20
+
+`onnx-int8` is measured for folders that have model.int8.onnx (`mvit export --quantize int8`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("models", nargs="+", help="model folders (exported with `mvit export`)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnx", "onnx-int8"])
+    parser.add_argument("--rounds", type=int, default=20, help="timed calls per backend and batch size")
+    parser.add_argument(
+        "--threads", type=int, help="intra-op threads (default: the CPUs this process may use)"
+    )
+    parser.add_argument("--spin", action="store_true", help="let idle threads spin (OMP and ONNX Runtime)")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE" if args.spin else "PASSIVE")  # before torch loads
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import numpy as np
+    from _common import bench_photos
+
+    from app.config import Settings
+    from app.cpus import available_cpus
+    from app.registry import load_model
+
+    threads = args.threads or available_cpus()
+    print(f"$ python {' '.join(map(shlex.quote, sys.argv))}")
+    print(
+        f"machine: {os.cpu_count()} cores, {available_cpus()} usable by this process, {threads} intra-op threads; "
+        f"{platform.machine()}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
+    )
+    versions = []
+    for module in ("torch", "onnxruntime"):
+        with contextlib.suppress(ImportError):
+            versions.append(f"{module} {__import__(module).__version__}")
+    print(", ".join(versions))
+    print(f"{'model':<42} {'backend':<10} {'batch':>5} {'p50 ms':>9} {'img/s':>8}")
+
+    photos = bench_photos()
+    for source in args.models:
+        backends = {}
+        for name in args.backends:
+            backend, _, precision = name.partition("-")
+            settings = Settings(
+                models=[source],
+                backend=backend,
+                onnx_precision=precision or "fp32",
+                inference_threads=threads,
+                onnx_allow_spinning=args.spin,
+                onnx_auto_export=False,
+            )
+            if precision and not (Path(source) / f"model.{precision}.onnx").is_file():
+                continue
+            model = load_model(source, settings)
+            backends[name] = model
+        if not backends:
+            continue
+        any_model = next(iter(backends.values()))
+        from app.preprocess import preprocess
+
+        tensors = np.stack([preprocess(p, any_model.preprocessing) for p in photos])
+        for batch_size in args.batch_sizes:
+            batch = np.ascontiguousarray(np.resize(tensors, (batch_size, *tensors.shape[1:])))
+            times: dict[str, list[float]] = {name: [] for name in backends}
+            for model in backends.values():  # warm-up at this shape
+                model.backend.infer(batch)
+            for _ in range(args.rounds):
+                for name, model in backends.items():
+                    started = time.perf_counter()
+                    model.backend.infer(batch)
+                    times[name].append(time.perf_counter() - started)
+            for name, samples in times.items():
+                p50 = statistics.median(samples)
+                print(
+                    f"{any_model.id:<42} {name:<10} {batch_size:>5} {p50 * 1000:>9.1f} {batch_size / p50:>8.1f}"
+                )
+
+
+if __name__ == "__main__":
+    main()

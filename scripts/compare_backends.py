@@ -1,0 +1,119 @@
+"""How far the ONNX exports (fp32, INT8) are from PyTorch on a folder of images, and top-1 accuracy when
+the folder is labelled.
+
+For every image: decode + the model's preprocessing, then each available backend (torch, onnx fp32,
+onnx int8). Reports max |difference| of the raw outputs against the reference (torch, or onnx fp32 when
+torch is absent) and, for classifiers, top-1 agreement and max |difference| of softmax probabilities.
+
+An ImageNet-style folder (one subfolder per class) also gives top-1 accuracy per backend. Subfolders are
+matched to classes by index ("0", "1", ...), by the label text in config.json, or, when there is one
+subfolder per class, in sorted order (the torchvision ImageFolder convention: sorted WordNet ids).
+
+    python scripts/bench_images.py bench-images/
+    python scripts/compare_backends.py models/mobilevitv2-1.0-imagenet1k-256-random bench-images/640x480
+    python scripts/compare_backends.py models/mobilevitv2-1.0-imagenet1k-256 /data/imagenet/val --limit 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def labelled_images(folder: Path, labels: list[str]) -> list[tuple[Path, int | None]]:
+    classes = sorted(p for p in folder.iterdir() if p.is_dir())
+    if not classes:
+        return [(p, None) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    names = [c.name for c in classes]
+    if all(n.isdigit() for n in names):
+        index = {n: int(n) for n in names}
+    elif all(n in labels for n in names):
+        index = {n: labels.index(n) for n in names}
+    elif len(names) == len(labels):
+        index = {n: i for i, n in enumerate(names)}
+    else:
+        raise SystemExit(
+            f"cannot map the {len(names)} subfolders of {folder} to the {len(labels)} classes: name them by "
+            "class index or label, or give one per class (sorted order)"
+        )
+    return [
+        (p, index[c.name])
+        for c in classes
+        for p in sorted(c.rglob("*"))
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model", help="model folder (with model.onnx, optionally model.int8.onnx)")
+    parser.add_argument("images", type=Path, help="folder of images, or of class subfolders of images")
+    parser.add_argument("--limit", type=int, help="at most this many images")
+    args = parser.parse_args()
+
+    from app.config import Settings
+    from app.imaging import decode_image
+    from app.preprocess import preprocess
+    from app.registry import load_model
+
+    print(f"$ python {' '.join(map(shlex.quote, sys.argv))}")
+    candidates = {"torch": {"backend": "torch"}, "onnx-fp32": {"backend": "onnx"}}
+    candidates["onnx-int8"] = {"backend": "onnx", "onnx_precision": "int8"}
+    models = {}
+    for name, options in candidates.items():
+        try:
+            models[name] = load_model(
+                args.model, Settings(models=[args.model], onnx_auto_export=False, **options)
+            )
+        except Exception as exc:  # a backend that is not installed, or an export that does not exist
+            print(f"{name}: not compared ({exc})")
+    if not models:
+        raise SystemExit("no backend could load the model")
+    reference_name = next(iter(models))
+    reference = models[reference_name]
+    items = labelled_images(args.images, reference.labels)[: args.limit]
+    if not items:
+        raise SystemExit(f"no images in {args.images}")
+
+    outputs: dict[str, dict[str, list[np.ndarray]]] = {name: {} for name in models}
+    truth: list[int | None] = []
+    for path, label in items:
+        batch = preprocess(decode_image(path.read_bytes(), 200_000_000), reference.preprocessing)[None]
+        truth.append(label)
+        for name, model in models.items():
+            for key, value in model.backend.infer(batch).items():
+                outputs[name].setdefault(key, []).append(value[0])
+    stacked = {name: {k: np.stack(v) for k, v in outs.items()} for name, outs in outputs.items()}
+
+    classifier = reference.task.name == "image-classification"
+    labelled = all(t is not None for t in truth)
+    print(f"{len(items)} images from {args.images}; reference: {reference_name}")
+    for name, outs in stacked.items():
+        ref = stacked[reference_name]
+        diffs = ", ".join(f"{k} {float(np.abs(v - ref[k]).max()):.2e}" for k, v in outs.items())
+        line = f"{name:<10} max |output - {reference_name}|: {diffs}"
+        if classifier:
+            top1 = outs["logits"].argmax(-1)
+            agree = float((top1 == ref["logits"].argmax(-1)).mean())
+            prob = float(np.abs(softmax(outs["logits"]) - softmax(ref["logits"])).max())
+            line += f"; top-1 agreement {agree:.1%}; max |prob diff| {prob:.2e}"
+            if labelled:
+                line += f"; top-1 accuracy {float((top1 == np.array(truth)).mean()):.2%}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

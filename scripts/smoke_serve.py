@@ -1,0 +1,124 @@
+"""Start an installed `mvit serve` on loopback, send one photo to every served model, check the answers.
+
+Standard library only, so it runs with any environment's Python, including the ONNX-only install that
+has no torch (CI uses it to prove that install serves all three tasks):
+
+    python scripts/smoke_serve.py --mvit /tmp/edge/bin/mvit --expect-no torch -- --backend onnx \\
+        --model models/mobilevitv2-0.5-imagenet1k-256-random
+
+Everything after `--` goes to `mvit serve`. Prints the cold start (process start to /ready) and one line
+per request; exits non-zero on any failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+EXPECTED_KEY = {"/classify": "score", "/segment": "mask", "/detect": "box"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def request(url: str, data: bytes | None = None, timeout: float = 60) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def photo() -> bytes:
+    from PIL import Image  # a core dependency of every install
+
+    gradient = bytes((x * 255 // 639) for _ in range(480) for x in range(640))
+    image = Image.merge("RGB", [Image.frombytes("L", (640, 480), gradient)] * 3).rotate(30)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--mvit", default="mvit", help="the mvit executable to run")
+    parser.add_argument(
+        "--expect-no", action="append", default=[], help="a module that must not be importable"
+    )
+    parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for /ready")
+    parser.add_argument("serve_args", nargs=argparse.REMAINDER, help="-- then `mvit serve` arguments")
+    args = parser.parse_args()
+    serve_args = [a for a in args.serve_args if a != "--"]
+
+    python = Path(args.mvit).with_name("python") if os.sep in args.mvit else Path(sys.executable)
+    for module in args.expect_no:
+        probe = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True)
+        if probe.returncode == 0:
+            print(f"FAIL: {module} is importable by {python}", file=sys.stderr)
+            return 1
+        print(f"ok: {module} is not installed for {python}")
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([args.mvit, "serve", "--host", "127.0.0.1", "--port", str(port), *serve_args])
+    try:
+        failures = check(server, url, args.timeout)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    if server.returncode != 0:
+        print(f"FAIL: mvit serve exited with {server.returncode} after SIGTERM", file=sys.stderr)
+        failures += 1
+    return 1 if failures else 0
+
+
+def check(server: subprocess.Popen[bytes], url: str, timeout: float) -> int:
+    """Wait for /ready, then one request per served model; returns the number of failures."""
+    started = time.monotonic()
+    while True:
+        if server.poll() is not None:
+            print(f"FAIL: mvit serve exited with {server.returncode}", file=sys.stderr)
+            return 1
+        if time.monotonic() - started > timeout:
+            print("FAIL: not ready in time", file=sys.stderr)
+            return 1
+        try:
+            if request(f"{url}/ready", timeout=2)[0] == 200:
+                break
+        except OSError:
+            pass
+        time.sleep(0.05)
+    print(f"cold start (process start to /ready): {time.monotonic() - started:.2f} s")
+    failures = 0
+    image = photo()
+    for model in json.loads(request(f"{url}/models")[1]):
+        route = model["route"]
+        status, body = request(f"{url}{route}", image)
+        result = json.loads(body) if body else None
+        good = (
+            status == 200 and isinstance(result, list) and bool(result) and EXPECTED_KEY[route] in result[0]
+        )
+        failures += not good
+        print(
+            f"{'ok' if good else 'FAIL'}: {route} {model['id']} ({model['backend']}, {model['artifact']}) -> {status}"
+        )
+    return failures
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
