@@ -18,7 +18,7 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.1"
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY app ./app
-RUN pip install ".[torch]"
+RUN pip install ".[export]"
 
 RUN useradd --system --uid 10001 --create-home mvit && mkdir -p /models && chown mvit /models
 USER mvit
