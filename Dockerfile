@@ -1,8 +1,29 @@
-# PyTorch CPU image of the service. (The torch-free ONNX "edge" target comes with the ONNX backend.)
-# Build:  docker build -t mobilevitv2-serve .
-# Run:    docker run -p 8000:8000 -v "$PWD/models:/models" mobilevitv2-serve
-FROM python:3.11-slim AS full
+# syntax=docker/dockerfile:1
+# Two images of the service, from one file:
+#   edge  python slim + ONNX Runtime, no torch: serves model.onnx exports (small x86 / ARM boxes)
+#   full  + PyTorch (CPU wheels): the PyTorch backend and the tools (`mvit fetch`, `convert`, `export`)
+#
+#   docker build --target edge -t mobilevitv2-serve:edge .
+#   docker build --target full -t mobilevitv2-serve:full .
+#   docker buildx build --platform linux/amd64,linux/arm64 --target edge -t REGISTRY/mobilevitv2-serve:edge --push .
+#
+# Models come from the /models volume (fetched and exported with the full image or install), or are baked
+# in at build time:  --build-arg MODELS=baked [--build-arg BAKE_MODELS="default mobilevitv2-0.5-imagenet1k-256"]
+# Baking runs on the build machine's platform (ONNX exports are architecture-independent), so a
+# multi-platform build fetches and exports once, natively, not under emulation.
+# No architecture-specific wheels: pip picks each platform's own (torch and onnxruntime ship amd64 + arm64).
+ARG PYTHON_IMAGE=python:3.11-slim
+ARG MODELS=volume
 
+# ---- the project as a wheel (pure Python: one wheel for every platform) ----
+FROM ${PYTHON_IMAGE} AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY app ./app
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+# ---- what both images share: configuration, user, health check, entry point ----
+FROM ${PYTHON_IMAGE} AS service
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -11,21 +32,40 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MVIT_PORT=8000 \
     MVIT_MODEL_REPOSITORY=/models \
     HF_HOME=/models/.hf-home
-
-# CPU-only torch wheels (amd64 and arm64) from PyTorch's CPU index, before the project.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.1"
-
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY app ./app
-RUN pip install ".[export]"
-
 RUN useradd --system --uid 10001 --create-home mvit && mkdir -p /models && chown mvit /models
-USER mvit
-VOLUME ["/models"]
 EXPOSE 8000
-
+VOLUME ["/models"]
 HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
-    CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"MVIT_PORT\", \"8000\")}/health', timeout=2)"
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('MVIT_PORT', '8000') + '/health', timeout=2)"]
+ENTRYPOINT ["mvit"]
+CMD ["serve"]
 
-ENTRYPOINT ["mvit", "serve"]
+# ---- PyTorch CPU wheels from PyTorch's CPU index, then the project with the export tools ----
+FROM service AS torch-runtime
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.1"
+COPY --from=wheel /wheels /wheels
+RUN pip install "$(ls /wheels/*.whl)[export]" && rm -rf /wheels
+
+# ---- the model repository: empty (a volume is mounted), or fetched + exported at build time ----
+FROM ${PYTHON_IMAGE} AS models-volume
+RUN mkdir -p /models
+
+FROM --platform=$BUILDPLATFORM torch-runtime AS models-baked
+ARG BAKE_MODELS=default
+ARG HUB_REVISION=
+RUN mvit fetch ${HUB_REVISION:+--hub-revision "$HUB_REVISION"} ${BAKE_MODELS} && mvit export --all
+
+FROM models-${MODELS} AS models
+
+# ---- the images ----
+FROM service AS edge
+COPY --from=wheel /wheels /wheels
+RUN pip install "$(ls /wheels/*.whl)[onnx]" && rm -rf /wheels
+COPY --from=models --chown=10001:10001 /models /models
+ENV MVIT_BACKEND=onnx
+USER mvit
+
+FROM torch-runtime AS full
+COPY --from=models --chown=10001:10001 /models /models
+ENV MVIT_BACKEND=torch
+USER mvit

@@ -16,7 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -145,22 +148,34 @@ def hub_folder(repository: Path, repo_id: str) -> Path:
     return repository / "hub" / repo_id.replace("/", "--")
 
 
-def download_from_hub(repo_id: str, repository: Path, revision: str | None = None) -> Path:
-    """Download a Hub checkpoint into the model repository (`models/hub/<org>--<name>`)."""
+def download_from_hub(
+    repo_id: str,
+    repository: Path,
+    revision: str | None = None,
+    verify: Callable[[Path], None] | None = None,
+) -> Path:
+    """Download a Hub checkpoint into the model repository (`models/hub/<org>--<name>`), atomically.
+
+    Files land in a hidden partial folder first; only a complete download (config, preprocessing,
+    weights, and `verify` passing when given) is renamed into place, so an interrupted fetch never
+    leaves a half model where the server would find it.
+    """
     try:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError
     except ImportError:
         raise CheckpointError(
             f"cannot download {repo_id!r}: huggingface_hub is not installed (an ONNX-only install). "
-            "Fetch and export models with the full install (`pip install .[export]`, `mvit export`), "
-            "then serve the model folder"
+            "Fetch and export models with the full install (`pip install .[export]`, `mvit fetch`, "
+            "`mvit export`), then serve the model folder"
         ) from None
 
     target = hub_folder(repository, repo_id)
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
 
     def fetch(filename: str) -> None:
-        hf_hub_download(repo_id, filename, revision=revision, local_dir=target)
+        hf_hub_download(repo_id, filename, revision=revision, local_dir=partial)
 
     try:
         fetch("config.json")
@@ -173,14 +188,23 @@ def download_from_hub(repo_id: str, repository: Path, revision: str | None = Non
                 continue
         else:
             raise CheckpointError(f"{repo_id} on the Hub has none of {', '.join(WEIGHT_FILES)}")
+        shutil.rmtree(partial / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
+        if verify is not None:
+            verify(partial)
+        if target.exists():
+            shutil.rmtree(target)
+        partial.rename(target)
     except CheckpointError:
         raise
     except Exception as exc:  # network, auth, missing repo: one clear line for the operator
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CheckpointError(
-            f"could not download {repo_id!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}). "
+            f"could not download {repo_id!r} from the Hugging Face Hub ({type(exc).__name__}: {reason}). "
             "Check the network and the model id, or serve a local folder "
-            "(`mvit demo-models models/` writes offline demo models)."
+            "(`mvit demo-models models/` writes offline demo models)"
         ) from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 

@@ -1,4 +1,4 @@
-"""`mvit`: serve, demo-models, convert, export, predict."""
+"""`mvit`: serve, fetch, demo-models, convert, export, predict."""
 
 from __future__ import annotations
 
@@ -79,7 +79,15 @@ async def _serve(settings: Any) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     # Spinning OpenMP threads steal the cores that decode threads need; sleep when idle instead.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from app.checkpoint import CheckpointError
+    from app.repository import served_models
+
     settings = _settings(args)
+    try:  # a broken models.yaml stops here, in one line, before anything binds or loads
+        served_models(settings)
+    except CheckpointError as exc:
+        print(f"mvit serve: {exc}", file=sys.stderr)
+        return 1
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -122,6 +130,36 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from app.checkpoint import CheckpointError
+    from app.fetch import DEFAULT_MODELS, fetch
+    from app.repository import REPOSITORY_FILE, add_to_repository_file
+
+    settings = _settings(argparse.Namespace(**{**vars(args), "models": None}))
+    repository = settings.model_repository
+    names = args.names or list(DEFAULT_MODELS)
+    fetched: list[str] = []
+    try:
+        for name in names:
+            path = fetch(name, repository, settings.hub_revision)
+            print(path)
+            fetched.append(name if "/" in name else path.name)
+        if not args.no_register:
+            added = add_to_repository_file(repository / REPOSITORY_FILE, fetched)
+            if added:
+                print(f"{repository / REPOSITORY_FILE}: now serves {', '.join(added)}", file=sys.stderr)
+    except ImportError as exc:
+        print(
+            f"mvit fetch: needs the full install ({exc.name} is missing): `pip install .[export]`",
+            file=sys.stderr,
+        )
+        return 1
+    except (OSError, CheckpointError) as exc:
+        print(f"mvit fetch: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from app.checkpoint import CheckpointError, resolve
 
@@ -130,12 +168,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"mvit export: needs torch and onnx ({exc}); `pip install .[export]`", file=sys.stderr)
         return 1
-    settings = _settings(args)
+    from app.repository import served_models
+
+    settings = _settings(argparse.Namespace(**{**vars(args), "models": None}))
     if args.calibration is not None and not args.calibration.is_dir():
         print(f"mvit export: --calibration {args.calibration} is not a folder of images", file=sys.stderr)
         return 1
+    if bool(args.models) == bool(args.all):
+        print("mvit export: give model folders, or --all (every model models.yaml lists)", file=sys.stderr)
+        return 1
     try:
-        for source in args.models:
+        sources = args.models or [entry.name for entry in served_models(settings)]
+        for source in sources:
             model_dir = resolve(source, settings.model_repository, settings.hub_revision)
             print(export_onnx(model_dir, args.opset or DEFAULT_OPSET))
             if args.quantize:
@@ -156,12 +200,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from app.errors import ApiError
     from app.pipeline import predict
     from app.registry import load_model
+    from app.repository import served_models
 
     settings = _settings(args)
     parameters = {"top_k": args.top_k, "function_to_apply": args.function_to_apply}
     try:
         data = Path(args.image).read_bytes()
-        model = load_model(settings.models[0], settings)
+        entry = served_models(settings)[0]
+        model = load_model(entry.name, entry.settings(settings))
         result = predict(
             model, data, {k: v for k, v in parameters.items() if v is not None}, settings.max_image_pixels
         )
@@ -251,8 +297,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.set_defaults(func=cmd_convert)
 
+    fetch = sub.add_parser(
+        "fetch", help="download pretrained models into the model repository (verified, atomic)"
+    )
+    fetch.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="Hub ids or ml-cvnets names, e.g. mobilevitv2-0.5-imagenet1k-256, mobilevitv2-1.0-imagenet1k-384, "
+        "coco-ssd-mobilevitv2-0.75, deeplabv3-mobilevitv2-1.0-ade20k (default: the 1.0 classifier, "
+        "VOC segmenter and COCO detector)",
+    )
+    fetch.add_argument("--model-repository", type=Path, help="where to write (default models/)")
+    fetch.add_argument("--hub-revision", help="Hub branch, tag or commit (default: the pinned one)")
+    fetch.add_argument(
+        "--no-register", action="store_true", help="do not add the fetched models to models.yaml"
+    )
+    fetch.set_defaults(func=cmd_fetch)
+
     export = sub.add_parser("export", help="export model folders to ONNX (model.onnx), optionally INT8 too")
-    export.add_argument("models", nargs="+", metavar="FOLDER_OR_HUB_ID", help="model folders or Hub ids")
+    export.add_argument("models", nargs="*", metavar="FOLDER_OR_HUB_ID", help="model folders or Hub ids")
+    export.add_argument("--all", action="store_true", help="every model the repository's models.yaml lists")
     export.add_argument("--model-repository", type=Path, help="where downloads live (default models/)")
     export.add_argument("--hub-revision", help="Hub branch, tag or commit to download")
     export.add_argument("--opset", type=int, help="ONNX opset (default 17; 18+ uses torch.export)")

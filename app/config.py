@@ -19,8 +19,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     models: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: [DEFAULT_MODEL],
-        description="Model folders or Hugging Face Hub ids to serve (comma-separated in MVIT_MODELS).",
+        default_factory=list,
+        description="Model folders or Hugging Face Hub ids to serve (comma-separated in MVIT_MODELS); "
+        "default: the repository's models.yaml, else " + DEFAULT_MODEL + ".",
     )
     model_repository: Path = Field(Path("models"), description="Where Hub downloads and demo models live.")
     hub_revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to download.")
@@ -63,11 +64,4 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("models")
-    @classmethod
-    def _at_least_one(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("at least one model is required")
         return value

@@ -153,6 +153,7 @@ def write_converted(
     source: str,
     image_size: int | None = None,
     resample: int | None = None,
+    name: str | None = None,
 ) -> Path:
     """Write a renamed cvnets state dict as a model folder and return its path.
 
@@ -194,7 +195,7 @@ def write_converted(
     if detection:
         config.update(SSDConfig().to_dict())
     kind = "deeplabv3" if segmentation else "ssdlite" if detection else str(size)
-    name = f"cvnets-mobilevitv2-{info['width']}-{dataset}-{kind}"
+    name = name or f"cvnets-mobilevitv2-{info['width']}-{dataset}-{kind}"
     path = out_dir / name
     path.mkdir(parents=True, exist_ok=True)
     files = {
@@ -221,11 +222,16 @@ def write_converted(
 
 
 def convert_cvnets_checkpoint(
-    checkpoint: Path, out_dir: Path, image_size: int | None = None, resample: int | None = None
+    checkpoint: Path,
+    out_dir: Path,
+    image_size: int | None = None,
+    resample: int | None = None,
+    *,
+    name: str | None = None,
+    source: str | None = None,
 ) -> Path:
     """`.pt` (loaded with weights_only=True) or `.safetensors` with cvnets keys -> a model folder."""
     from app.backends.torch_backend import load_state_dict
 
-    return write_converted(
-        cvnets_to_hf_keys(load_state_dict(checkpoint)), out_dir, str(checkpoint), image_size, resample
-    )
+    state = cvnets_to_hf_keys(load_state_dict(checkpoint))
+    return write_converted(state, out_dir, source or str(checkpoint), image_size, resample, name)

@@ -17,6 +17,7 @@ from app.config import Settings
 from app.errors import ApiError
 from app.metrics import Metrics
 from app.preprocess import Preprocessing
+from app.repository import served_models
 from app.tasks import TASKS, TaskSpec
 from app.tasks.detection import Detector, SSDConfig
 from app.worker import InferenceWorker
@@ -74,6 +75,7 @@ class ServedModel:
             "device": self.backend.device_type,
             "width_multiplier": self.width,
             "input_size": list(self.input_size) if self.input_size else None,
+            "max_batch_size": self.worker.max_batch_size if self.worker else None,
             "num_labels": len(self.labels),
             "source": self.model_dir.source,
             "path": str(self.model_dir.path),
@@ -139,6 +141,7 @@ class ModelManager:
         self.metrics = metrics
         self._backend_loader = backend_loader
         self.models: dict[str, ServedModel] = {}
+        self.expected = 1  # how many models are configured; known once models.yaml has been read
         self.loading = True
         self.error: str | None = None
         self._load_started = time.monotonic()
@@ -149,7 +152,7 @@ class ModelManager:
         return not self.loading and self.error is None
 
     def estimated_time(self) -> float:
-        remaining = max(1, len(self.settings.models) - len(self.models))
+        remaining = max(1, self.expected - len(self.models))
         per_model = max(self._load_times) if self._load_times else DEFAULT_LOAD_ESTIMATE_S
         elapsed_on_current = time.monotonic() - self._load_started - sum(self._load_times)
         return round(max(1.0, remaining * per_model - elapsed_on_current), 1)
@@ -184,15 +187,18 @@ class ModelManager:
         """Load every configured model in order; stop at the first failure and keep its message."""
         self._load_started = time.monotonic()
         try:
-            for source in self.settings.models:
+            entries = served_models(self.settings)
+            self.expected = len(entries)
+            for entry in entries:
                 started = time.monotonic()
-                model = await asyncio.to_thread(load_model, source, self.settings, self._backend_loader)
+                settings = entry.settings(self.settings)
+                model = await asyncio.to_thread(load_model, entry.name, settings, self._backend_loader)
                 if model.id in self.models:
                     raise CheckpointError(f"two configured models have the id {model.id!r}")
                 model.worker = InferenceWorker(
                     model.id,
                     model.backend.infer,
-                    self.settings.max_batch_size,
+                    settings.max_batch_size,
                     on_batch=self.metrics.batch_size.labels(model.id).observe,
                 )
                 model.worker.start()

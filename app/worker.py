@@ -47,7 +47,7 @@ class InferenceWorker:
     ) -> None:
         self.name = name
         self._infer = infer
-        self._max_batch_size = max_batch_size
+        self.max_batch_size = max_batch_size
         self._on_batch = on_batch
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
@@ -82,7 +82,7 @@ class InferenceWorker:
     def _next_batch(self, first: _Job) -> tuple[list[_Job], _Job | None]:
         """Take `first` plus what is already queued with the same shape; return the batch and a leftover."""
         batch = [first]
-        while len(batch) < self._max_batch_size and not self._queue.empty():
+        while len(batch) < self.max_batch_size and not self._queue.empty():
             job = self._queue.get_nowait()
             if job.future.done():
                 continue

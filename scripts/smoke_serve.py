@@ -6,8 +6,13 @@ has no torch (CI uses it to prove that install serves all three tasks):
     python scripts/smoke_serve.py --mvit /tmp/edge/bin/mvit --expect-no torch -- --backend onnx \\
         --model models/mobilevitv2-0.5-imagenet1k-256-random
 
-Everything after `--` goes to `mvit serve`. Prints the cold start (process start to /ready) and one line
-per request; exits non-zero on any failure.
+Everything after `--` goes to `mvit serve`. Or run a Dockerfile target's exact ENTRYPOINT + CMD with its
+ENV, from an installed environment's bin folder (what CI does for the edge image, which it cannot build):
+
+    python scripts/smoke_serve.py --dockerfile Dockerfile --target edge --bin /tmp/edge/bin \
+        --env MVIT_MODEL_REPOSITORY=/tmp/models
+
+Prints the cold start (process start to /ready) and one line per request; exits non-zero on any failure.
 """
 
 from __future__ import annotations
@@ -57,6 +62,10 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--mvit", default="mvit", help="the mvit executable to run")
+    parser.add_argument("--dockerfile", type=Path, help="run this Dockerfile's ENTRYPOINT + CMD and ENV ...")
+    parser.add_argument("--target", default="edge", help="... of this stage")
+    parser.add_argument("--bin", type=Path, help="... with its executable from this folder (a venv's bin/)")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE over the Dockerfile's ENV")
     parser.add_argument(
         "--expect-no", action="append", default=[], help="a module that must not be importable"
     )
@@ -65,7 +74,24 @@ def main() -> int:
     args = parser.parse_args()
     serve_args = [a for a in args.serve_args if a != "--"]
 
-    python = Path(args.mvit).with_name("python") if os.sep in args.mvit else Path(sys.executable)
+    port = free_port()
+    loopback = {"MVIT_HOST": "127.0.0.1", "MVIT_PORT": str(port)}
+    if args.dockerfile:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from _dockerfile import read_stages
+
+        stage = read_stages(args.dockerfile)[args.target]
+        executable, *rest = stage.command
+        command = [str(args.bin / executable) if args.bin else executable, *rest]
+        env = {**os.environ, **stage.env, **dict(e.split("=", 1) for e in args.env), **loopback}
+        print(
+            f"{args.dockerfile}:{args.target}: {' '.join(stage.command)} (ENV {' '.join(sorted(stage.env))})"
+        )
+        python = args.bin / "python" if args.bin else Path(sys.executable)
+    else:
+        command = [args.mvit, "serve", "--host", "127.0.0.1", "--port", str(port), *serve_args]
+        env = dict(os.environ)
+        python = Path(args.mvit).with_name("python") if os.sep in args.mvit else Path(sys.executable)
     for module in args.expect_no:
         probe = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True)
         if probe.returncode == 0:
@@ -73,9 +99,8 @@ def main() -> int:
             return 1
         print(f"ok: {module} is not installed for {python}")
 
-    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([args.mvit, "serve", "--host", "127.0.0.1", "--port", str(port), *serve_args])
+    server = subprocess.Popen(command, env=env)
     try:
         failures = check(server, url, args.timeout)
     finally:

@@ -1,0 +1,102 @@
+"""Facts about the Dockerfile, docker-compose.yml and the monitoring configuration (no Docker engine here)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app.config import Settings
+from app.metrics import Metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from _dockerfile import read_stages  # noqa: E402
+
+STAGES = read_stages(ROOT / "Dockerfile")
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+PROMETHEUS = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+DASHBOARD = json.loads((ROOT / "deploy/grafana/dashboards/mvit.json").read_text())
+
+
+@pytest.mark.parametrize("target", ["edge", "full"])
+def test_both_images_run_the_service_as_a_non_root_user_with_a_health_check(target: str) -> None:
+    stage = STAGES[target]
+    assert stage.user and stage.user not in ("root", "0")
+    assert stage.command == ["mvit", "serve"]
+    assert stage.healthcheck and "/health" in stage.healthcheck
+    assert stage.expose == [stage.env["MVIT_PORT"]] == [str(Settings.model_fields["port"].default)]
+    assert stage.volumes == ["/models"] == [stage.env["MVIT_MODEL_REPOSITORY"]]
+    assert stage.env["MVIT_HOST"] == "0.0.0.0"
+
+
+def test_edge_has_onnx_runtime_and_no_torch_full_has_torch_from_the_cpu_index() -> None:
+    edge, full = STAGES["edge"], STAGES["full"]
+    assert edge.env["MVIT_BACKEND"] == "onnx" and full.env["MVIT_BACKEND"] == "torch"
+    assert any("[onnx]" in run for run in edge.runs)
+    assert not any("torch" in run for run in edge.runs)
+    assert any("download.pytorch.org/whl/cpu" in run for run in full.runs)
+    assert any("[export]" in run for run in full.runs)
+
+
+def test_no_architecture_specific_wheels_or_images() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert not re.search(r"x86_64|amd64\.whl|aarch64|manylinux|--platform=linux", text)
+    assert "--platform=$BUILDPLATFORM" in text  # baking runs natively on the build machine
+
+
+def test_models_can_be_baked_with_fetch_and_export() -> None:
+    baked = STAGES["models-baked"]
+    assert any("mvit fetch" in run and "mvit export --all" in run for run in baked.runs)
+    assert {"models-volume", "models-baked", "models"} <= STAGES.keys()
+    assert any("--from=models" in copy for copy in STAGES["edge"].copies)
+
+
+def test_compose_serves_the_edge_image_with_full_as_a_profile() -> None:
+    services = COMPOSE["services"]
+    assert services["mvit"]["build"]["target"] == "edge" and "profiles" not in services["mvit"]
+    assert services["mvit-full"]["build"]["target"] == "full" and services["mvit-full"]["profiles"] == [
+        "full"
+    ]
+    for name in ("mvit", "mvit-full"):
+        assert "./models:/models" in services[name]["volumes"]
+        assert any(port.endswith(":8000") for port in services[name]["ports"])
+        assert all(key.startswith("MVIT_") for key in services[name]["environment"])
+    assert {"prometheus", "grafana"} <= services.keys()
+
+
+def test_prometheus_scrapes_the_service_port_and_metrics_path() -> None:
+    (job,) = PROMETHEUS["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    targets = [t for group in job["static_configs"] for t in group["targets"]]
+    assert "mvit:8000" in targets and set(targets) <= {f"{name}:8000" for name in COMPOSE["services"]}
+    mount = COMPOSE["services"]["prometheus"]["volumes"][0]
+    assert mount.startswith("./deploy/prometheus/prometheus.yml:")
+
+
+def exported_metric_names() -> set[str]:
+    names = set()
+    for metric in Metrics().registry.collect():
+        names.add(metric.name)
+        if metric.type == "histogram":
+            names |= {f"{metric.name}_{suffix}" for suffix in ("bucket", "count", "sum")}
+    return names
+
+
+def test_dashboard_covers_the_asked_panels_with_metrics_the_service_exports() -> None:
+    exprs = [t["expr"] for panel in DASHBOARD["panels"] for t in panel["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"\bmvit_[a-z_]+", expr)}
+    assert used and used <= exported_metric_names()
+    titles = " ".join(panel["title"].lower() for panel in DASHBOARD["panels"])
+    for topic in ("request rate", "p50", "p95", "p99", "queue wait", "batch size", "errors by status"):
+        assert topic in titles
+    assert any('phase="queue"' in expr for expr in exprs)
+    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/mvit.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] in " ".join(COMPOSE["services"]["grafana"]["volumes"])
+    datasource = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    assert {t["datasource"]["uid"] for p in DASHBOARD["panels"] for t in [p]} == {"prometheus"}
