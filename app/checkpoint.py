@@ -13,6 +13,7 @@ A folder for the ONNX backend alone (an edge box) may carry the ONNX files witho
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -205,6 +206,8 @@ def download_from_hub(
         ) from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+        with contextlib.suppress(OSError):  # an empty hub/ left by a failed first download
+            target.parent.rmdir()
     return target
 
 

@@ -17,8 +17,10 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -153,13 +155,33 @@ def fetch_cvnets(checkpoint: CvnetsCheckpoint, repository: Path) -> Path:
     return target
 
 
+def _check_reachable(url: str) -> None:
+    """Fail at once, in one line, when the host cannot even be resolved (offline), instead of after
+    the download client's retries."""
+    host = urllib.parse.urlsplit(url).hostname or url
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot reach {host} ({exc.strerror or exc}): this machine looks offline. Fetch on a machine "
+            "with network access and copy the model folders over, or serve local folders "
+            "(`mvit demo-models models/` writes offline demo models)"
+        ) from None
+
+
 def fetch(name: str, repository: Path, hub_revision: str | None = None) -> Path:
     """Fetch one model by name (see `cvnets_catalog`) or Hub id; returns its folder."""
     repository.mkdir(parents=True, exist_ok=True)
     catalog = cvnets_catalog()
     if name in catalog:
+        _check_reachable(catalog[name].url)
         return fetch_cvnets(catalog[name], repository)
     if "/" in name:
+        from huggingface_hub import constants
+
+        if not constants.HF_HUB_OFFLINE:
+            _check_reachable(constants.ENDPOINT)
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry chatter; we report once
         revision = hub_revision or HUB_REVISIONS.get(name, "main")
         return download_from_hub(name, repository, revision, verify=verify_model_folder)
     known = ", ".join(sorted(catalog))

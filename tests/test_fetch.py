@@ -20,6 +20,33 @@ from tests.test_checkpoint import FakeHub, hub_like
 CVNETS_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cvnets"
 
 
+@pytest.fixture(autouse=True)
+def network_resolves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The downloads are faked per test; the DNS pre-check must not depend on this machine's network."""
+    monkeypatch.setattr("app.fetch._check_reachable", lambda url: None)
+
+
+def test_an_unresolvable_host_fails_at_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from app import fetch
+
+    monkeypatch.undo()
+
+    def no_dns(host: str, port: int) -> None:
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    with pytest.raises(CheckpointError, match=r"cannot reach huggingface.co \(Name or service not known\)"):
+        fetch.fetch("apple/mobilevitv2-1.0-imagenet1k-256", tmp_path)
+    assert main(["fetch", "coco-ssd-mobilevitv2-1.0", "--model-repository", str(tmp_path)]) == 1
+    assert "cannot reach docs-assets.developer.apple.com" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def leftovers(repository: Path) -> list[str]:
     return sorted(p.name for p in repository.rglob("*") if ".partial-" in p.name)
 
