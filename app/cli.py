@@ -137,7 +137,9 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
     settings = _settings(argparse.Namespace(**{**vars(args), "models": None}))
     repository = settings.model_repository
-    names = args.names or list(DEFAULT_MODELS)
+    names = [
+        n for name in args.names or ["default"] for n in (DEFAULT_MODELS if name == "default" else [name])
+    ]
     fetched: list[str] = []
     try:
         for name in names:
@@ -306,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="Hub ids or ml-cvnets names, e.g. mobilevitv2-0.5-imagenet1k-256, mobilevitv2-1.0-imagenet1k-384, "
         "coco-ssd-mobilevitv2-0.75, deeplabv3-mobilevitv2-1.0-ade20k (default: the 1.0 classifier, "
-        "VOC segmenter and COCO detector)",
+        "VOC segmenter and COCO detector, also spelled `default`)",
     )
     fetch.add_argument("--model-repository", type=Path, help="where to write (default models/)")
     fetch.add_argument("--hub-revision", help="Hub branch, tag or commit (default: the pinned one)")

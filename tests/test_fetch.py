@@ -112,6 +112,8 @@ def test_offline_fetch_fails_in_one_line_and_leaves_nothing(
     repository = tmp_path / "models"
     assert main(["fetch", "--model-repository", str(repository)]) == 1  # the defaults
     err = capsys.readouterr().err.strip()
+    assert main(["fetch", "default", "--model-repository", str(repository)]) == 1  # what the image bakes
+    assert capsys.readouterr().err.strip() == err
     assert err.startswith("mvit fetch: could not download 'apple/mobilevitv2-1.0-imagenet1k-256'")
     assert "\n" not in err and "Check the network" in err
     assert (
