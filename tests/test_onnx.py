@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app.backends.onnx_backend import CACHE_DIR, load_onnx_backend
+from app.backends.onnx_backend import CACHE_DIR, _cache_path, load_onnx_backend
 from app.backends.torch_backend import load_torch_backend
 from app.checkpoint import CheckpointError, file_sha256, read_model_dir
 from app.cli import main
@@ -273,3 +273,18 @@ def test_opset_18_goes_through_torch_export(exported: dict[str, Path], tmp_path:
     expected = load_torch_backend(model_dir).infer(batch)["logits"]
     got = load_onnx_backend(model_dir, make_settings(folder, backend="onnx")).infer(batch)["logits"]
     assert np.abs(got - expected).max() <= PARITY_TOLERANCE
+
+
+@pytest.mark.parametrize("blocker", ["cache folder is a file", "cache file is a folder"])
+def test_serves_without_the_cache_when_it_cannot_be_written(
+    exported: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture, blocker: str
+) -> None:
+    """As a read-only or full repository would (root, which runs the tests, can write anywhere)."""
+    folder = copy_model(exported["image-classification"], tmp_path)
+    if blocker == "cache folder is a file":
+        (folder / CACHE_DIR).write_text("")
+    else:
+        _cache_path(folder / "model.onnx").mkdir(parents=True)  # ONNX Runtime fails to write there
+    backend = load_onnx_backend(read_model_dir(folder), make_settings(folder, backend="onnx"))
+    assert backend.infer(batch_for(folder, count=1))["logits"].shape == (1, 1000)
+    assert "continuing without" in caplog.text

@@ -90,7 +90,7 @@ def _write_cache(source: Path, cache: Path, settings: Settings, providers: list[
         options.optimized_model_filepath = str(cache)
         ort.InferenceSession(str(source), options, providers=providers)
         return True
-    except OSError as exc:  # a read-only model repository: serve without the cache
+    except Exception as exc:  # a read-only repository, a full disk: the cache is optional, serve without it
         log.warning(
             "cannot write the ONNX optimization cache in %s (%s); continuing without", cache.parent, exc
         )
