@@ -32,6 +32,11 @@ def _settings(args: argparse.Namespace) -> Any:
         raise SystemExit(f"mvit: invalid configuration: {problems}") from None
 
 
+def _tool_settings(args: argparse.Namespace) -> Any:
+    """Settings for a tool command whose positional model arguments are not the served models."""
+    return _settings(argparse.Namespace(**{**vars(args), "models": None}))
+
+
 def _server_class() -> Any:
     import uvicorn
 
@@ -135,7 +140,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from app.fetch import DEFAULT_MODELS, fetch
     from app.repository import REPOSITORY_FILE, add_to_repository_file
 
-    settings = _settings(argparse.Namespace(**{**vars(args), "models": None}))
+    settings = _tool_settings(args)
     repository = settings.model_repository
     names = [
         n for name in args.names or ["default"] for n in (DEFAULT_MODELS if name == "default" else [name])
@@ -172,7 +177,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 1
     from app.repository import served_models
 
-    settings = _settings(argparse.Namespace(**{**vars(args), "models": None}))
+    settings = _tool_settings(args)
     if args.calibration is not None and not args.calibration.is_dir():
         print(f"mvit export: --calibration {args.calibration} is not a folder of images", file=sys.stderr)
         return 1

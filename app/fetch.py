@@ -13,20 +13,22 @@ into place at the end, so an interrupted fetch never leaves a half model. Needs 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import shutil
 import socket
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.checkpoint import CheckpointError, download_from_hub, read_model_dir
+from app.checkpoint import (
+    CheckpointError,
+    download_from_hub,
+    move_into_place,
+    partial_folder,
+    read_model_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,21 +124,10 @@ def _download(url: str, destination: Path) -> None:
         ) from None
 
 
-@contextlib.contextmanager
-def _partial_folder(repository: Path, name: str) -> Iterator[Path]:
-    partial = repository / f".{name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
-        yield partial
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-
-
 def fetch_cvnets(checkpoint: CvnetsCheckpoint, repository: Path) -> Path:
     from app.convert import convert_cvnets_checkpoint
 
-    with _partial_folder(repository, checkpoint.name) as partial:
+    with partial_folder(repository / checkpoint.name) as partial:
         weights = partial / Path(checkpoint.url).name
         log.info("downloading %s", checkpoint.url)
         _download(checkpoint.url, weights)
@@ -149,9 +140,7 @@ def fetch_cvnets(checkpoint: CvnetsCheckpoint, repository: Path) -> Path:
         )
         verify_model_folder(converted)
         target = repository / converted.name
-        if target.exists():
-            shutil.rmtree(target)
-        converted.rename(target)
+        move_into_place(converted, target)
     return target
 
 

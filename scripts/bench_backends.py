@@ -44,8 +44,10 @@ def main() -> None:
     import numpy as np
     from _common import bench_photos
 
+    from app.checkpoint import ONNX_FILES
     from app.config import Settings
     from app.cpus import available_cpus
+    from app.preprocess import preprocess
     from app.registry import load_model
 
     threads = args.threads or available_cpus()
@@ -66,6 +68,8 @@ def main() -> None:
         backends = {}
         for name in args.backends:
             backend, _, precision = name.partition("-")
+            if precision and not (Path(source) / ONNX_FILES[precision]).is_file():
+                continue
             settings = Settings(
                 models=[source],
                 backend=backend,
@@ -74,15 +78,10 @@ def main() -> None:
                 onnx_allow_spinning=args.spin,
                 onnx_auto_export=False,
             )
-            if precision and not (Path(source) / f"model.{precision}.onnx").is_file():
-                continue
-            model = load_model(source, settings)
-            backends[name] = model
+            backends[name] = load_model(source, settings)
         if not backends:
             continue
         any_model = next(iter(backends.values()))
-        from app.preprocess import preprocess
-
         tensors = np.stack([preprocess(p, any_model.preprocessing) for p in photos])
         for batch_size in args.batch_sizes:
             batch = np.ascontiguousarray(np.resize(tensors, (batch_size, *tensors.shape[1:])))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+from app.onnx_export import IMAGE_SUFFIXES
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

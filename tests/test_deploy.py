@@ -99,4 +99,4 @@ def test_dashboard_covers_the_asked_panels_with_metrics_the_service_exports() ->
     assert provider["providers"][0]["options"]["path"] in " ".join(COMPOSE["services"]["grafana"]["volumes"])
     datasource = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
-    assert {t["datasource"]["uid"] for p in DASHBOARD["panels"] for t in [p]} == {"prometheus"}
+    assert {panel["datasource"]["uid"] for panel in DASHBOARD["panels"]} == {"prometheus"}

@@ -227,6 +227,6 @@ def test_explicit_models_win_over_models_yaml(model_dir: Path, tmp_path: Path) -
     (tmp_path / REPOSITORY_FILE).write_text("models:\n  - name: elsewhere\n")
     settings = make_settings(model_dir, model_repository=tmp_path)
     assert [e.name for e in served_models(settings)] == [str(model_dir)]
+    (tmp_path / REPOSITORY_FILE).write_text("models: 3\n")
     with pytest.raises(CheckpointError):
-        (tmp_path / REPOSITORY_FILE).write_text("models: 3\n")
         served_models(make_settings(model_dir, models=[], model_repository=tmp_path))

@@ -126,10 +126,7 @@ def test_same_answers_end_to_end(exported: dict[str, Path], task: str) -> None:
 
 
 def test_same_masks_end_to_end_except_at_exact_ties(exported: dict[str, Path]) -> None:
-    """Logits agree to 1e-4, so an argmax can only differ where the top two classes are closer than that.
-
-    Measured: 5-6 such pixels of 307,200 on random weights, whose maps are all boundaries.
-    """
+    """Logits agree to 1e-4, so an argmax can only differ where the top two classes are closer than that."""
     folder = exported["image-segmentation"]
     data = encode(photo_like(640, 480, seed=11), quality=90)
     torch_model = load_model(str(folder), make_settings(folder))

@@ -38,6 +38,11 @@ CACHE_DIR = "onnx-cache"
 SOURCE_SHA256 = "mvit.source_sha256"
 
 
+def _provider_names(providers: list[Any]) -> list[str]:
+    """Providers are names or (name, options) pairs."""
+    return [p[0] if isinstance(p, tuple) else p for p in providers]
+
+
 def execution_providers(device: str, requested: list[str]) -> list[Any]:
     """ONNX Runtime providers for `--device` (cpu, cuda, cuda:N) or an explicit list; CPU always last."""
     available = ort.get_available_providers()
@@ -49,7 +54,7 @@ def execution_providers(device: str, requested: list[str]) -> list[Any]:
         providers = [("CUDAExecutionProvider", {"device_id": int(match.group(1) or 0)})]
     else:
         raise CheckpointError(f"device {device!r} is not understood by the ONNX backend: cpu, cuda or cuda:N")
-    names = [p[0] if isinstance(p, tuple) else p for p in providers]
+    names = _provider_names(providers)
     missing = [name for name in names if name not in available]
     if missing:
         raise CheckpointError(
@@ -102,7 +107,7 @@ def create_session(source: Path, settings: Settings, providers: list[Any]) -> or
     cacheable = (
         settings.onnx_cache
         and level in ("extended", "all")
-        and [p[0] if isinstance(p, tuple) else p for p in providers] == ["CPUExecutionProvider"]
+        and _provider_names(providers) == ["CPUExecutionProvider"]
     )
     path = source
     if cacheable:
