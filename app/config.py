@@ -53,11 +53,40 @@ class Settings(BaseSettings):
         50_000_000, gt=0, description="Larger images get 413 (decompression bombs)."
     )
     max_batch_size: int = Field(8, ge=1, description="Most requests one inference call takes at once.")
+    max_queue_delay_ms: float = Field(
+        0.0,
+        ge=0,
+        description="How long a request may wait for a batch to fill; 0 runs whatever is waiting at once.",
+    )
+    max_queue_size: int = Field(
+        64, ge=1, description="Requests one model may hold at once (arrival to answer); more get 429."
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Deadline per inference request, body upload included; then 504."
+    )
+    jpeg_reduce_gap: float = Field(
+        2.0,
+        description="Decode big JPEGs at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) while at least this "
+        "many times the model's resize resolution remains; 0 always decodes every pixel.",
+    )
     inference_threads: int = Field(
         default_factory=available_cpus, ge=1, description="Intra-op threads (torch or ONNX Runtime)."
     )
+    instances: int = Field(
+        0,
+        ge=0,
+        description="Batches one model may run at once (Triton's instance count), splitting the inference "
+        "threads between them; 0 = auto: one per inference thread for ONNX Runtime on CPU, else 1.",
+    )
     decode_threads: int = Field(default_factory=available_cpus, ge=1, description="Decode/preprocess pool.")
     log_level: str = "info"
+
+    @field_validator("jpeg_reduce_gap")
+    @classmethod
+    def _gap_is_off_or_at_least_one(cls, value: float) -> float:
+        if value != 0 and value < 1:
+            raise ValueError("must be 0 (off) or at least 1 (never decode below the resize size)")
+        return value
 
     @field_validator("models", "onnx_providers", mode="before")
     @classmethod

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from app.errors import ApiError, bad_request, too_large
 
@@ -38,8 +39,34 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image  # RGB, EXIF orientation applied; maybe reduced by a JPEG draft (see `decode`)
+    size: tuple[int, int]  # (width, height) of the full image, orientation applied
+
+
+# EXIF orientation tag -> the transpose that displays the stored pixels upright (as ImageOps.exif_transpose,
+# which would also copy the image and rewrite its metadata: a millisecond per request for nothing).
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Orientations 5-8 turn the stored image by 90 degrees: its stored width is the displayed height.
+_TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
+
+
+def decode(data: bytes, max_pixels: int, reduce_to: tuple[int, int] | None = None) -> DecodedImage:
     """Decode the first frame of an image file, apply its EXIF orientation, return it as RGB.
+
+    `reduce_to` = (width, height), in displayed orientation: a JPEG at least twice that size in both
+    dimensions is decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT-domain scaling (`Image.draft`),
+    never below `reduce_to`. That skips most of the work of decoding a 12 MP photo only to shrink it.
+    Other formats are always decoded in full.
 
     Raises ApiError: 400 for empty, unknown, truncated or corrupt input; 413 when the image has more
     than `max_pixels` pixels (checked from the header, before any pixel is decoded).
@@ -66,9 +93,16 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         )
     try:
         image.seek(0)
+        if reduce_to is not None and image.format in ("JPEG", "MPO"):
+            # A JPEG's EXIF sits in its header: the orientation is known before any pixel is decoded.
+            stored_target = reduce_to[::-1] if _orientation(image) in _TRANSPOSING_ORIENTATIONS else reduce_to
+            image.draft(None, stored_target)
         image.load()
-        image = _apply_exif_orientation(image)
-        return to_rgb(image)
+        orientation = _orientation(image)  # other formats (PNG) may keep EXIF after the pixels
+        transposed = orientation in _TRANSPOSING_ORIENTATIONS
+        if orientation in _ORIENTATION_TRANSPOSE:
+            image = image.transpose(_ORIENTATION_TRANSPOSE[orientation])
+        return DecodedImage(to_rgb(image), (height, width) if transposed else (width, height))
     except ApiError:
         raise
     except Image.DecompressionBombError:
@@ -77,9 +111,14 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise bad_request(f"The {image.format or ''} image is truncated or corrupt: {exc}") from None
 
 
-def _apply_exif_orientation(image: Image.Image) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """`decode` at full resolution, for tools that want the image itself."""
+    return decode(data, max_pixels).image
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag; 1 (as stored) when absent or unreadable: the pixels are still fine."""
     try:
-        return ImageOps.exif_transpose(image)
+        return int(image.getexif().get(0x0112, 1))
     except (OSError, SyntaxError, ValueError, TypeError, KeyError, AttributeError):
-        # Unreadable EXIF: the pixels are fine, keep them as stored rather than refusing the image.
-        return image
+        return 1

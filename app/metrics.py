@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # 1 ms .. 10 s, roughly three buckets per decade.
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -21,14 +21,27 @@ class Metrics:
         )
         self.phase_duration = Histogram(
             "mvit_phase_duration_seconds",
-            "Time one request spends in each phase: decode, preprocess, queue (wait for the worker), "
-            "inference (the batch it ran in), postprocess (task output and JSON).",
+            "Time one request spends in each phase: decode, preprocess, queue (wait for a batch to start: "
+            "the queue wait histogram), inference (the batch it ran in), postprocess (task output and JSON).",
             ("model", "phase"),
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.in_flight = Gauge(
             "mvit_requests_in_flight", "Requests being handled right now.", ("endpoint",), registry=r
+        )
+        self.pending = Gauge(
+            "mvit_requests_pending",
+            "Requests a model holds right now, from admission to answer (bounded by max_queue_size).",
+            ("model",),
+            registry=r,
+        )
+        self.rejected = Counter(
+            "mvit_requests_rejected",
+            "Requests refused or abandoned before an answer, by reason: queue_full (429), timeout (504), "
+            "client_disconnected (the caller went away; its queued work is dropped).",
+            ("model", "reason"),
+            registry=r,
         )
         self.batch_size = Histogram(
             "mvit_batch_size",

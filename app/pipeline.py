@@ -4,28 +4,39 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from app.imaging import decode_image
+import numpy as np
+
+from app.imaging import decode
 from app.preprocess import preprocess
 from app.registry import ServedModel
-
-T = TypeVar("T")
 
 
 @dataclass
 class Timings:
+    """Seconds per phase: decode, preprocess, queue, inference, postprocess."""
+
     seconds: dict[str, float] = field(default_factory=dict)
 
-    async def timed(self, phase: str, pool: Executor, fn: Callable[..., T], *args: Any) -> T:
-        started = time.perf_counter()
-        try:
-            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
-        finally:
-            self.seconds[phase] = time.perf_counter() - started
+    def server_timing(self) -> str:
+        """The `Server-Timing` header value (milliseconds), readable by browsers' network panels."""
+        return ", ".join(f"{phase};dur={seconds * 1000:.1f}" for phase, seconds in self.seconds.items())
+
+
+def prepare(
+    model: ServedModel, image_bytes: bytes, max_pixels: int, timings: Timings
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Bytes -> model input tensor and the image's full (width, height). Runs on a decode thread."""
+    started = time.perf_counter()
+    decoded = decode(image_bytes, max_pixels, model.min_decode_size)
+    decoded_at = time.perf_counter()
+    tensor = preprocess(decoded.image, model.preprocessing, decoded.size)
+    timings.seconds["decode"] = decoded_at - started
+    timings.seconds["preprocess"] = time.perf_counter() - decoded_at
+    return tensor, decoded.size
 
 
 async def run(
@@ -37,16 +48,20 @@ async def run(
     timings: Timings,
 ) -> list[dict[str, Any]]:
     params = model.task.validate(raw_parameters, model)  # cheap: refuse bad parameters before decoding
-    image = await timings.timed("decode", pool, decode_image, image_bytes, max_pixels)
-    tensor = await timings.timed("preprocess", pool, preprocess, image, model.preprocessing)
+    loop = asyncio.get_running_loop()
+    tensor, size = await loop.run_in_executor(pool, prepare, model, image_bytes, max_pixels, timings)
     if model.worker is None:
         raise RuntimeError(f"model {model.id} has no running worker")
     result = await model.worker.submit(tensor)
     timings.seconds["queue"] = result.queue_seconds
     timings.seconds["inference"] = result.inference_seconds
-    return await timings.timed(
-        "postprocess", pool, model.task.postprocess, result.outputs, image.size, model, params
-    )
+    started = time.perf_counter()
+    try:
+        if model.task.cheap_postprocess:
+            return model.task.postprocess(result.outputs, size, model, params)
+        return await loop.run_in_executor(pool, model.task.postprocess, result.outputs, size, model, params)
+    finally:
+        timings.seconds["postprocess"] = time.perf_counter() - started
 
 
 def predict(
@@ -54,6 +69,6 @@ def predict(
 ) -> list[dict[str, Any]]:
     """The same path without HTTP, queue or batching (`mvit predict`)."""
     params = model.task.validate(raw_parameters, model)
-    image = decode_image(image_bytes, max_pixels)
-    outputs = model.backend.infer(preprocess(image, model.preprocessing)[None])
-    return model.task.postprocess({k: v[0] for k, v in outputs.items()}, image.size, model, params)
+    tensor, size = prepare(model, image_bytes, max_pixels, Timings())
+    outputs = model.backend.infer(tensor[None])
+    return model.task.postprocess({k: v[0] for k, v in outputs.items()}, size, model, params)

@@ -8,6 +8,7 @@ normalisation, and the RGB->BGR channel flip that MobileViT checkpoints on the H
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -109,6 +110,19 @@ class Preprocessing:
         del info["bgr"]
         return info
 
+    def min_decode_size(self, reduce_gap: float) -> tuple[int, int] | None:
+        """The smallest (width, height) a decoder may reduce an image to and still leave `reduce_gap` times
+        the resize step's resolution for it to filter down from; None when it must decode every pixel."""
+        if reduce_gap <= 0:
+            return None
+        if self.resize_height_width is not None:
+            height, width = self.resize_height_width
+            return math.ceil(width * reduce_gap), math.ceil(height * reduce_gap)
+        if self.resize_shortest_edge is not None:
+            edge = math.ceil(self.resize_shortest_edge * reduce_gap)
+            return edge, edge
+        return None
+
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the resize step, with transformers' rounding (the long side truncates)."""
         if self.resize_height_width is not None:
@@ -133,11 +147,17 @@ def _center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     return pixels[top : top + height, left : left + width]
 
 
-def preprocess(image: Image.Image, spec: Preprocessing) -> np.ndarray:
-    """RGB PIL image -> float32 array (3, H, W), ready to be stacked into a batch."""
+def preprocess(
+    image: Image.Image, spec: Preprocessing, full_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """RGB PIL image -> float32 array (3, H, W), ready to be stacked into a batch.
+
+    `full_size` is the (width, height) of the image before a reduced decode (`imaging.decode`): the resize
+    target follows from it, so a reduced decode lands on exactly the size a full decode would.
+    """
     if image.mode != "RGB":
         raise ValueError(f"expected an RGB image, got mode {image.mode}")
-    size = spec.resized_size(*image.size)
+    size = spec.resized_size(*(full_size or image.size))
     if size != image.size:
         image = image.resize(size, resample=Image.Resampling(spec.resample))
     pixels = np.asarray(image)

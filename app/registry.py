@@ -31,11 +31,16 @@ DEFAULT_LOAD_ESTIMATE_S = 10.0
 class Backend(Protocol):
     name: str
     artifact: str  # the file it runs: model.safetensors, model.onnx, ...
+    instances: int  # how many `infer_on_instance` calls may run at once
 
     @property
     def device_type(self) -> str: ...
 
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run one batch on all the inference threads."""
+
+    def infer_on_instance(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run one batch on one instance's share of the threads, beside `instances - 1` others."""
 
 
 @dataclass
@@ -47,6 +52,7 @@ class ServedModel:
     preprocessing: Preprocessing
     labels: list[str]
     width: float
+    min_decode_size: tuple[int, int] | None = None  # how far a JPEG may be reduced while decoding
     worker: InferenceWorker | None = None
 
     @cached_property
@@ -76,6 +82,9 @@ class ServedModel:
             "width_multiplier": self.width,
             "input_size": list(self.input_size) if self.input_size else None,
             "max_batch_size": self.worker.max_batch_size if self.worker else None,
+            "max_queue_delay_ms": self.worker.max_queue_delay_ms if self.worker else None,
+            "max_queue_size": self.worker.max_queue_size if self.worker else None,
+            "instances": self.backend.instances,
             "num_labels": len(self.labels),
             "source": self.model_dir.source,
             "path": str(self.model_dir.path),
@@ -116,7 +125,10 @@ def load_model(
     labels = model_dir.labels
     backend = backend_loader(model_dir, settings)
     height, width = preprocessing.fixed_input_size
-    backend.infer(np.zeros((1, 3, height, width), dtype=np.float32))  # warm-up: first call allocates
+    warm_up = np.zeros((1, 3, height, width), dtype=np.float32)  # the first call of a session allocates
+    backend.infer(warm_up)
+    if backend.instances > 1:
+        backend.infer_on_instance(warm_up)
     return ServedModel(
         id=model_dir.model_id,
         task=TASKS[model_dir.task],
@@ -125,6 +137,7 @@ def load_model(
         preprocessing=preprocessing,
         labels=labels,
         width=float(model_dir.config.get("width_multiplier", 1.0)),
+        min_decode_size=preprocessing.min_decode_size(settings.jpeg_reduce_gap),
     )
 
 
@@ -198,9 +211,14 @@ class ModelManager:
                 model.worker = InferenceWorker(
                     model.id,
                     model.backend.infer,
-                    settings.max_batch_size,
+                    max_batch_size=settings.max_batch_size,
+                    max_queue_delay_ms=settings.max_queue_delay_ms,
+                    max_queue_size=settings.max_queue_size,
                     on_batch=self.metrics.batch_size.labels(model.id).observe,
+                    instances=model.backend.instances,
+                    infer_on_instance=model.backend.infer_on_instance,
                 )
+                self.metrics.pending.labels(model.id).set_function(lambda w=model.worker: w.pending)
                 model.worker.start()
                 self.models[model.id] = model
                 task, backend, model_dir, width = model.task, model.backend, model.model_dir, model.width

@@ -7,6 +7,9 @@
         onnx_precision: fp32   # optional: fp32 | int8
         device: cpu            # optional
         max_batch_size: 8      # optional
+        max_queue_delay_ms: 0  # optional
+        max_queue_size: 64     # optional
+        instances: 0           # optional: concurrent batches (0 = auto)
 
 Unknown keys, wrong types and duplicate names are refused at start with the file, the entry and the
 field, in the spirit of Triton's model repository (one folder per model, one file saying how to run it).
@@ -33,6 +36,9 @@ class ModelEntry(BaseModel):
     onnx_precision: Literal["fp32", "int8"] | None = None
     device: str | None = None
     max_batch_size: int | None = Field(None, ge=1)
+    max_queue_delay_ms: float | None = Field(None, ge=0)
+    max_queue_size: int | None = Field(None, ge=1)
+    instances: int | None = Field(None, ge=0)
 
     def settings(self, defaults: Settings) -> Settings:
         """The server settings with this entry's overrides."""

@@ -16,17 +16,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import pipeline
+from app.cancellation import ClientDisconnected, unless_disconnected
 from app.config import Settings
 from app.errors import ApiError
 from app.metrics import Metrics
-from app.registry import ModelManager
+from app.registry import ModelManager, ServedModel
 from app.request_body import parse_request
 from app.tasks import TASKS
+from app.worker import QueueFull
 
 log = logging.getLogger(__name__)
+
+# nginx's status for "the client closed the connection before the answer"; only metrics ever see it.
+CLIENT_CLOSED_REQUEST = 499
 
 _IMAGE_BODY = {
     "required": True,
@@ -56,7 +62,9 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": 'Bad image or bad parameter: {"error": "..."}'},
     404: {"description": "No such model"},
     413: {"description": "Body or image over the configured limit"},
+    429: {"description": "The model's queue is full: retry after the Retry-After header's seconds"},
     503: {"description": 'Models are loading: {"error", "estimated_time"} and Retry-After'},
+    504: {"description": "The request did not finish within the request timeout"},
 }
 
 
@@ -167,16 +175,42 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return _error_response(400, {"error": f"Invalid request: {problems}"})
 
-    async def infer(request: Request, get_model: Callable[[], Any]) -> Response:
+    async def infer(request: Request, get_model: Callable[[], ServedModel]) -> Response:
         started = time.perf_counter()
         model = get_model()
         request.scope["state"]["model_id"] = model.id
-        parsed = await parse_request(request, settings.max_body_bytes)
         timings = pipeline.Timings()
+        deadline = asyncio.timeout(settings.request_timeout_s)
         try:
-            result = await pipeline.run(
-                model, parsed.image, parsed.parameters, pool, settings.max_image_pixels, timings
-            )
+            with model.worker.admit():
+                async with deadline:
+                    parsed = await parse_request(request, settings.max_body_bytes)
+                    result = await unless_disconnected(
+                        request.receive,
+                        pipeline.run(
+                            model, parsed.image, parsed.parameters, pool, settings.max_image_pixels, timings
+                        ),
+                    )
+        except QueueFull as exc:
+            metrics.rejected.labels(model.id, "queue_full").inc()
+            raise ApiError(
+                429,
+                f"Model {model.id} is busy: it already holds {exc.limit} requests. "
+                f"Retry after {exc.retry_after_s} s.",
+                headers={"Retry-After": str(exc.retry_after_s)},
+            ) from None
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            metrics.rejected.labels(model.id, "timeout").inc()
+            raise ApiError(
+                504,
+                f"The request did not finish within {settings.request_timeout_s:g} s "
+                "(MVIT_REQUEST_TIMEOUT_S); its work was dropped.",
+            ) from None
+        except (ClientDisconnected, ClientDisconnect):
+            metrics.rejected.labels(model.id, "client_disconnected").inc()
+            return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; it labels the metrics
         finally:
             for phase, seconds in timings.seconds.items():
                 metrics.phase_duration.labels(model.id, phase).observe(seconds)
@@ -184,6 +218,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
             "x-compute-time": f"{time.perf_counter() - started:.3f}",
             "x-compute-type": model.backend.device_type,
             "x-model-id": model.id,
+            "server-timing": timings.server_timing(),
         }
         if model.model_dir.random_weights:
             headers["x-model-random-weights"] = "true"

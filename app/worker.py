@@ -1,17 +1,26 @@
-"""Per-model inference worker: an asyncio queue drained by one loop that runs batches on one thread.
+"""Per-model dynamic batcher: admission with a bounded count, an asyncio queue, one inference thread.
 
-Requests `submit()` a preprocessed array and await its slice of the batch output. The loop takes
-whatever is waiting (up to `max_batch_size`, same input shape), stacks it, and runs the backend in a
-dedicated thread, so the event loop never blocks and the backend never runs two batches at once.
-Work whose caller has gone away (cancelled future) is dropped before it reaches the backend.
+A request first `admit()`s itself: at most `max_queue_size` requests may be held per model at once,
+counted from arrival to answer (decode, preprocessing, waiting for a batch, inference, output), so an
+overloaded model refuses new work at once, before reading or decoding anything. Admitted requests
+`submit()` a preprocessed array and await their slice of a batch output.
+
+The batching loop takes the oldest job plus whatever else is waiting with the same shape, up to
+`max_batch_size`. With `max_queue_delay_ms` > 0 it waits up to that long (counted from the oldest job's
+arrival in the queue) for a batch to fill, as Triton's dynamic batcher does; 0 runs whatever is waiting.
+The backend runs on one dedicated thread, so the event loop never blocks and batches never overlap.
+Jobs whose caller has gone (timed out, disconnected: the awaiting future is cancelled) are dropped
+before they reach the backend.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -20,6 +29,15 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 InferFn = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+class QueueFull(Exception):
+    """The model already holds `max_queue_size` requests."""
+
+    def __init__(self, model: str, limit: int, retry_after_s: int) -> None:
+        super().__init__(f"model {model} already holds {limit} requests")
+        self.limit = limit
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -43,19 +61,48 @@ class InferenceWorker:
         name: str,
         infer: InferFn,
         max_batch_size: int = 1,
+        max_queue_delay_ms: float = 0.0,
+        max_queue_size: int = 64,
         on_batch: Callable[[int], None] | None = None,
+        instances: int = 1,
+        infer_on_instance: InferFn | None = None,
     ) -> None:
         self.name = name
         self._infer = infer
         self.max_batch_size = max_batch_size
+        self.max_queue_delay_ms = max_queue_delay_ms
+        self.max_queue_size = max_queue_size
         self._on_batch = on_batch
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        self.instances = instances if infer_on_instance is not None else 1
+        self._infer_on_instance = infer_on_instance or infer
+        self._executor = ThreadPoolExecutor(max_workers=self.instances, thread_name_prefix=f"infer-{name}")
         self._task: asyncio.Task[None] | None = None
+        self._batches: set[asyncio.Task[None]] = set()
+        self._busy = 0  # instances running a batch
+        self._instance_freed = asyncio.Event()
+        self._admitted = 0
+        self._seconds_per_item = 0.05  # running estimate of inference time per request, for Retry-After
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        """Requests admitted and not yet answered."""
+        return self._admitted
+
+    def retry_after_seconds(self) -> int:
+        """A whole number of seconds after which the current backlog should have drained."""
+        return max(1, math.ceil(self._admitted * self._seconds_per_item / self.instances))
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold one of the model's `max_queue_size` places for the life of a request, or raise QueueFull."""
+        if self._admitted >= self.max_queue_size:
+            raise QueueFull(self.name, self.max_queue_size, self.retry_after_seconds())
+        self._admitted += 1
+        try:
+            yield
+        finally:
+            self._admitted -= 1
 
     def start(self) -> None:
         if self._task is None:
@@ -66,6 +113,7 @@ class InferenceWorker:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        await asyncio.gather(*self._batches, return_exceptions=True)
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.future.done():
@@ -79,47 +127,90 @@ class InferenceWorker:
         self._queue.put_nowait(_Job(inputs, future, time.perf_counter()))
         return await future
 
-    def _next_batch(self, first: _Job) -> tuple[list[_Job], _Job | None]:
-        """Take `first` plus what is already queued with the same shape; return the batch and a leftover."""
+    async def _next_job(self, deadline: float) -> _Job | None:
+        """A queued job whose caller still waits; None once the queue is empty and `deadline` has passed."""
+        while True:
+            if self._queue.empty():
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    return None
+                try:
+                    job = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    return None
+            else:
+                job = self._queue.get_nowait()
+            if not job.future.done():
+                return job
+
+    async def _collect(self, first: _Job) -> tuple[list[_Job], _Job | None]:
+        """`first` plus queued jobs of the same shape; also returns a job of another shape, if one came."""
         batch = [first]
-        while len(batch) < self.max_batch_size and not self._queue.empty():
-            job = self._queue.get_nowait()
-            if job.future.done():
-                continue
+        deadline = first.enqueued_at + self.max_queue_delay_ms / 1000
+        limit = self.max_batch_size
+        if self.max_queue_delay_ms == 0:  # leave the other instances their share of what is waiting
+            limit = min(limit, math.ceil((1 + self._queue.qsize()) / self.instances))
+        while len(batch) < limit:
+            job = await self._next_job(deadline)
+            if job is None:
+                break
             if job.inputs.shape != first.inputs.shape:
                 return batch, job
             batch.append(job)
         return batch, None
 
+    async def _instance_available(self) -> None:
+        while self._busy >= self.instances:
+            self._instance_freed.clear()
+            await self._instance_freed.wait()
+
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         leftover: _Job | None = None
         while True:
             first = leftover or await self._queue.get()
-            batch, leftover = self._next_batch(first)
+            leftover = None
+            await self._instance_available()
+            if first.future.done():
+                continue
+            batch, leftover = await self._collect(first)
             batch = [job for job in batch if not job.future.done()]
             if not batch:
                 continue
-            started = time.perf_counter()
-            try:
-                stacked = np.stack([job.inputs for job in batch])
-                outputs = await loop.run_in_executor(self._executor, self._infer, stacked)
-            except Exception as exc:
-                log.exception("inference failed for model %s (batch of %d)", self.name, len(batch))
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-                continue
-            elapsed = time.perf_counter() - started
-            if self._on_batch is not None:
-                self._on_batch(len(batch))
-            for i, job in enumerate(batch):
+            # A request with the model to itself runs on every thread (lowest latency); under load each
+            # instance runs its own batch on its share of the threads (highest throughput).
+            alone = self._busy == 0 and self._admitted <= len(batch)
+            taken = self.instances if alone else 1
+            infer = self._infer if alone else self._infer_on_instance
+            self._busy += taken
+            task = asyncio.get_running_loop().create_task(self._execute(batch, infer, taken))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _execute(self, batch: list[_Job], infer: InferFn, instances_taken: int) -> None:
+        started = time.perf_counter()
+        try:
+            stacked = np.stack([job.inputs for job in batch])
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, infer, stacked)
+        except Exception as exc:
+            log.exception("inference failed for model %s (batch of %d)", self.name, len(batch))
+            for job in batch:
                 if not job.future.done():
-                    job.future.set_result(
-                        WorkerResult(
-                            outputs={name: value[i] for name, value in outputs.items()},
-                            queue_seconds=started - job.enqueued_at,
-                            inference_seconds=elapsed,
-                            batch_size=len(batch),
-                        )
+                    job.future.set_exception(exc)
+            return
+        finally:
+            self._busy -= instances_taken
+            self._instance_freed.set()
+        elapsed = time.perf_counter() - started
+        self._seconds_per_item = 0.8 * self._seconds_per_item + 0.2 * elapsed / len(batch)
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
+        for i, job in enumerate(batch):
+            if not job.future.done():
+                job.future.set_result(
+                    WorkerResult(
+                        outputs={name: value[i] for name, value in outputs.items()},
+                        queue_seconds=started - job.enqueued_at,
+                        inference_seconds=elapsed,
+                        batch_size=len(batch),
                     )
+                )

@@ -32,6 +32,29 @@ def jpeg(image: Image.Image, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
+def phone_jpeg(photo: Image.Image, seed: int = 0) -> bytes:
+    """A big photo encoded like a phone camera's JPEG: sensor grain (sigma 4) and quality 92.
+
+    The bench photos are upscaled from about 0.3 MP, so plain JPEGs of them at 12 MP are unusually
+    small (about 1 MB) and fast to decode; with grain they are 2-3 MB, like a real 12 MP phone photo."""
+    rng = np.random.default_rng(seed)
+    pixels = np.asarray(photo, dtype=np.float32) + rng.normal(0, 4, (photo.height, photo.width, 3)).astype(
+        np.float32
+    )
+    return jpeg(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), quality=92)
+
+
+# The bench image sets: name -> (width, height, encoded like a phone photo: `phone_jpeg`).
+BENCH_SETS = {"640x480": (640, 480, False), "12MP": (4032, 3024, False), "12MP-phone": (4032, 3024, True)}
+
+
+def bench_set(name: str) -> list[bytes]:
+    """One bench set as JPEG files: quality 90, or phone-like."""
+    width, height, phone_like = BENCH_SETS[name]
+    photos = bench_photos(width, height)
+    return [phone_jpeg(photo, seed=i) if phone_like else jpeg(photo) for i, photo in enumerate(photos)]
+
+
 def photo_jpeg(width: int, height: int, quality: int = 90) -> bytes:
     """Smooth colour waves plus sensor-like noise, scaled with the image so big photos look alike."""
     rng = np.random.default_rng(0)

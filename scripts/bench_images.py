@@ -1,4 +1,5 @@
-"""Write the bench image set as JPEG files: the 9 scikit-image photos at 640x480 and at 4032x3024 (12 MP).
+"""Write the bench image sets as JPEG files: the 9 scikit-image photos at 640x480 and at 4032x3024 (12 MP),
+quality 90, and at 12 MP encoded like phone photos (grain, quality 92, 2-3 MB).
 
     python scripts/bench_images.py bench-images/
     mvit export models/mobilevitv2-1.0-imagenet1k-256-random --quantize int8 --calibration bench-images/640x480
@@ -12,9 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _common import bench_photos, jpeg
-
-SIZES = ((640, 480), (4032, 3024))
+from _common import BENCH_SETS, bench_set
 
 
 def main() -> None:
@@ -23,11 +22,11 @@ def main() -> None:
     )
     parser.add_argument("directory", type=Path)
     args = parser.parse_args()
-    for width, height in SIZES:
-        folder = args.directory / f"{width}x{height}"
+    for name in BENCH_SETS:
+        folder = args.directory / name
         folder.mkdir(parents=True, exist_ok=True)
-        for i, photo in enumerate(bench_photos(width, height)):
-            (folder / f"photo{i}.jpg").write_bytes(jpeg(photo))
+        for i, data in enumerate(bench_set(name)):
+            (folder / f"photo{i}.jpg").write_bytes(data)
         print(folder)
 
 

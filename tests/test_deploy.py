@@ -84,6 +84,8 @@ def exported_metric_names() -> set[str]:
         names.add(metric.name)
         if metric.type == "histogram":
             names |= {f"{metric.name}_{suffix}" for suffix in ("bucket", "count", "sum")}
+        if metric.type == "counter":
+            names.add(f"{metric.name}_total")
     return names
 
 
@@ -92,7 +94,18 @@ def test_dashboard_covers_the_asked_panels_with_metrics_the_service_exports() ->
     used = {name for expr in exprs for name in re.findall(r"\bmvit_[a-z_]+", expr)}
     assert used and used <= exported_metric_names()
     titles = " ".join(panel["title"].lower() for panel in DASHBOARD["panels"])
-    for topic in ("request rate", "p50", "p95", "p99", "queue wait", "batch size", "errors by status"):
+    topics = (
+        "request rate",
+        "p50",
+        "p95",
+        "p99",
+        "queue wait",
+        "batch size",
+        "errors by status",
+        "pending",
+        "rejected",
+    )
+    for topic in topics:
         assert topic in titles
     assert any('phase="queue"' in expr for expr in exprs)
     provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/mvit.yml").read_text())

@@ -213,3 +213,12 @@ def test_threshold_and_body_forms(det_client: TestClient) -> None:
     unknown = det_client.post("/detect", params={"top_k": 3}, content=data)
     assert unknown.status_code == 400 and "Unknown parameter" in unknown.json()["error"]
     assert det_client.post("/detect", content=b"\x00" * 10).status_code == 400
+
+
+def test_a_big_rotated_photo_is_decoded_reduced_and_boxes_use_its_full_frame(det_client: TestClient) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 2560x1920, shown 1920x2560; decoded at 1/2 for a 320x320 input
+    data = encode(photo_like(2560, 1920, seed=13), "JPEG", quality=90, exif=exif.tobytes())
+    body = det_client.post("/detect", content=data, params={"threshold": 0.3}).json()
+    check_detections(body, (1920, 2560), 0.3)
+    assert max(d["box"]["ymax"] for d in body) > 1280  # in the full frame, not the reduced 960x1280 one

@@ -182,6 +182,9 @@ def test_models_yaml_chooses_models_backends_and_batching(
         "  - name: classifier\n"
         "    backend: onnx\n"
         "    max_batch_size: 2\n"
+        "    max_queue_size: 3\n"
+        "    max_queue_delay_ms: 1.5\n"
+        "    instances: 2\n"
         "  - name: mobilevitv2-0.5-coco-ssdlite-320-random\n"
     )
     with serving(repository / "classifier", models=[], model_repository=repository) as client:
@@ -190,8 +193,11 @@ def test_models_yaml_chooses_models_backends_and_batching(
         assert described["mobilevitv2-0.5-coco-ssdlite-320-random"]["backend"] == "torch"
         assert client.post("/classify", content=jpeg_bytes).status_code == 200
         assert client.post("/detect", content=jpeg_bytes).status_code == 200
-        assert described[model_dir.name]["max_batch_size"] == 2
-        assert described["mobilevitv2-0.5-coco-ssdlite-320-random"]["max_batch_size"] == 8
+        classifier = described[model_dir.name]
+        assert (classifier["max_batch_size"], classifier["max_queue_size"]) == (2, 3)
+        assert (classifier["max_queue_delay_ms"], classifier["instances"]) == (1.5, 2)
+        detector = described["mobilevitv2-0.5-coco-ssdlite-320-random"]
+        assert (detector["max_batch_size"], detector["max_queue_size"], detector["instances"]) == (8, 64, 1)
 
 
 @pytest.mark.parametrize(
@@ -207,6 +213,10 @@ def test_models_yaml_chooses_models_backends_and_batching(
         (
             "models:\n  - name: a\n    max_batch_size: 0\n",
             "models.0.max_batch_size: Input should be greater than or equal to 1",
+        ),
+        (
+            "models:\n  - name: a\n    max_queue_delay_ms: -1\n",
+            "models.0.max_queue_delay_ms: Input should be greater than or equal to 0",
         ),
         ("models: [unclosed\n", "cannot be read as YAML"),
         ("", "models: Field required"),

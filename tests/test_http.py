@@ -143,6 +143,8 @@ def test_response_headers(client: TestClient, jpeg_bytes: bytes) -> None:
     assert response.headers["x-compute-type"] == "cpu"
     assert response.headers["x-model-random-weights"] == "true"
     assert len(response.headers["x-request-id"]) >= 16
+    phases = [part.split(";dur=")[0] for part in response.headers["server-timing"].split(", ")]
+    assert phases == ["decode", "preprocess", "queue", "inference", "postprocess"]
     echoed = client.post("/classify", content=jpeg_bytes, headers={"X-Amzn-Trace-Id": "Root=1-abc"})
     assert echoed.headers["x-request-id"] == "Root=1-abc"
     assert (
@@ -183,6 +185,7 @@ def test_metrics(client: TestClient, jpeg_bytes: bytes) -> None:
         'mvit_model_info{backend="torch",device="cpu",input_size="256x256"',
         'width="0.5"',
         "mvit_batch_size_bucket",
+        f'mvit_requests_pending{{model="{MODEL_ID}"}} 0.0',
         "mvit_models_ready 1.0",
         'le="10.0"',
     ):
@@ -240,6 +243,15 @@ def test_bad_parameters_are_400(
     assert fragment in response.json()["error"]
     query = client.post("/classify", params={k: str(v) for k, v in parameters.items()}, content=jpeg_bytes)
     assert query.status_code == 400 and fragment in query.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("jpeg_reduce_gap", 0.5), ("max_queue_size", 0), ("max_queue_delay_ms", -1), ("request_timeout_s", 0)],
+)
+def test_serving_settings_are_validated(setting: str, value: float) -> None:
+    with pytest.raises(ValueError, match=setting):
+        Settings(**{setting: value})
 
 
 def test_body_and_pixel_limits_are_413(model_dir: Path, jpeg_bytes: bytes) -> None:
@@ -307,6 +319,7 @@ def test_backend_failure_is_a_generic_500_and_the_server_keeps_serving(
     class FlakyBackend:
         def __init__(self, inner):  # type: ignore[no-untyped-def]
             self.inner, self.name, self.artifact = inner, inner.name, inner.artifact
+            self.instances = 1
 
         @property
         def device_type(self) -> str:
@@ -316,6 +329,8 @@ def test_backend_failure_is_a_generic_500_and_the_server_keeps_serving(
             if fail["next"]:
                 raise RuntimeError("secret internal detail")
             return self.inner.infer(batch)
+
+        infer_on_instance = infer
 
     settings = make_settings(model_dir)
     manager = ModelManager(settings, Metrics(), backend_loader=lambda d, s: FlakyBackend(load_backend(d, s)))

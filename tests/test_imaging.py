@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from app.errors import ApiError
-from app.imaging import decode_image
+from app.imaging import decode, decode_image
+from app.preprocess import Preprocessing, preprocess
 from tests.conftest import encode, photo_like
 
 LIMIT = 10_000_000
@@ -141,3 +142,45 @@ def test_pixel_limit_is_413_before_decoding(width: int, height: int) -> None:
         decode_image(png_header_only(width, height), LIMIT)
     assert err.value.status_code == 413
     assert "limit" in err.value.message
+
+
+# --- reduced JPEG decoding (libjpeg DCT scaling) ---------------------------------------------------
+
+
+def test_a_big_jpeg_is_decoded_reduced_but_reports_its_full_size() -> None:
+    data = encode(photo_like(2400, 1600, seed=4), "JPEG", quality=90)
+    decoded = decode(data, LIMIT, reduce_to=(300, 300))
+    assert decoded.size == (2400, 1600)
+    assert decoded.image.size == (600, 400)  # 1/4: 1/8 would leave 200 rows, below the 300 asked for
+    assert decode(data, LIMIT).image.size == (2400, 1600)  # no reduce_to: every pixel
+
+
+def test_reduction_is_planned_in_displayed_orientation() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 2400x1600, shown 1600x2400
+    data = encode(photo_like(2400, 1600, seed=5), "JPEG", quality=90, exif=exif.tobytes())
+    decoded = decode(data, LIMIT, reduce_to=(400, 600))
+    assert decoded.size == (1600, 2400)
+    assert decoded.image.size == (400, 600)
+
+
+@pytest.mark.parametrize(
+    ("size", "fmt", "expected"),
+    [
+        ((640, 480), "JPEG", (640, 480)),  # not twice the target: decoded in full
+        ((2400, 1600), "PNG", (2400, 1600)),  # only JPEG has DCT scaling
+    ],
+)
+def test_no_reduction_when_it_cannot_help(size: tuple[int, int], fmt: str, expected: tuple[int, int]) -> None:
+    decoded = decode(encode(photo_like(*size, seed=6), fmt), LIMIT, reduce_to=(300, 300))
+    assert decoded.image.size == expected and decoded.size == size
+
+
+def test_reduced_decoding_stays_close_to_full_decoding() -> None:
+    spec = Preprocessing(resize_shortest_edge=288, crop_height_width=(256, 256))
+    data = encode(photo_like(4032, 3024, seed=7), "JPEG", quality=92)
+    full = decode(data, 20_000_000)
+    reduced = decode(data, 20_000_000, spec.min_decode_size(2.0))
+    assert reduced.image.size == (1008, 756) and reduced.size == full.size
+    levels = np.abs(preprocess(reduced.image, spec, reduced.size) - preprocess(full.image, spec)) * 255
+    assert levels.mean() < 1.0 and levels.max() <= 16  # scripts/jpeg_reduce.py measures the bench photos

@@ -52,3 +52,25 @@ def test_hf_config_round_trip() -> None:
 def test_rejects_non_rgb() -> None:
     with pytest.raises(ValueError, match="RGB"):
         preprocess(Image.new("L", (10, 10)), Preprocessing())
+
+
+@pytest.mark.parametrize(
+    ("spec", "gap", "expected"),
+    [
+        (Preprocessing(resize_shortest_edge=288, crop_height_width=(256, 256)), 2.0, (576, 576)),
+        (Preprocessing(resize_height_width=(320, 480)), 1.5, (720, 480)),
+        (Preprocessing(resize_shortest_edge=288), 0.0, None),  # off
+        (Preprocessing(crop_height_width=(256, 256)), 2.0, None),  # no resize: needs every pixel
+    ],
+)
+def test_min_decode_size(spec: Preprocessing, gap: float, expected: tuple[int, int] | None) -> None:
+    assert spec.min_decode_size(gap) == expected
+
+
+def test_the_resize_target_follows_the_full_size_of_a_reduced_image() -> None:
+    """The target comes from the full image's size, so a reduced decode (which rounds its size up)
+    lands on exactly the size a full decode would."""
+    spec = Preprocessing(resize_shortest_edge=100)
+    reduced = Image.new("RGB", (200, 100))
+    assert preprocess(reduced, spec).shape == (3, 100, 200)
+    assert preprocess(reduced, spec, full_size=(310, 100)).shape == (3, 100, 310)

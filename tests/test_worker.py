@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from app.worker import InferenceWorker
+from app.worker import InferenceWorker, QueueFull
 
 
 def doubling(batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -102,3 +102,86 @@ def test_backend_errors_reach_every_caller_and_the_worker_survives() -> None:
         await worker.stop()
 
     asyncio.run(scenario())
+
+
+def test_queue_delay_waits_for_a_batch_to_fill_and_zero_does_not() -> None:
+    async def batch_sizes(delay_ms: float) -> list[int]:
+        sizes: list[int] = []
+        worker = InferenceWorker(
+            "m", doubling, max_batch_size=8, max_queue_delay_ms=delay_ms, on_batch=sizes.append
+        )
+        worker.start()
+        jobs = []
+        for i in range(3):  # three requests 20 ms apart
+            jobs.append(asyncio.ensure_future(worker.submit(np.full(2, float(i)))))
+            await asyncio.sleep(0.02)
+        results = await asyncio.gather(*jobs)
+        assert [r.outputs["out"][0] for r in results] == [0.0, 2.0, 4.0]
+        await worker.stop()
+        return sizes
+
+    assert asyncio.run(batch_sizes(0)) == [1, 1, 1]
+    assert asyncio.run(batch_sizes(500)) == [3]
+
+
+def test_admission_is_bounded_and_released() -> None:
+    async def scenario() -> None:
+        worker = InferenceWorker("m", doubling, max_queue_size=2)
+        with worker.admit(), worker.admit():
+            assert worker.pending == 2
+            with pytest.raises(QueueFull) as full, worker.admit():
+                pass
+            assert full.value.limit == 2 and full.value.retry_after_s >= 1
+        assert worker.pending == 0
+        with worker.admit():  # places come back when requests finish, also by exception
+            pass
+        with pytest.raises(ValueError), worker.admit():
+            raise ValueError
+        assert worker.pending == 0
+
+    asyncio.run(scenario())
+
+
+def test_instances_run_batches_side_by_side_and_a_lone_request_gets_every_thread() -> None:
+    lock = threading.Lock()
+    running = {"now": 0, "most": 0}
+    calls: list[str] = []
+    release = threading.Event()
+
+    def tracked(kind: str):  # type: ignore[no-untyped-def]
+        def infer(batch: np.ndarray) -> dict[str, np.ndarray]:
+            with lock:
+                calls.append(kind)
+                running["now"] += 1
+                running["most"] = max(running["most"], running["now"])
+            release.wait(5)
+            with lock:
+                running["now"] -= 1
+            return doubling(batch)
+
+        return infer
+
+    async def scenario() -> None:
+        worker = InferenceWorker(
+            "m", tracked("all threads"), max_batch_size=8, instances=2, infer_on_instance=tracked("instance")
+        )
+        worker.start()
+        with worker.admit():
+            release.set()  # alone: one call on every thread
+            assert (await worker.submit(np.ones(2))).outputs["out"][0] == 2.0
+        release.clear()
+
+        async def request(value: float) -> float:
+            with worker.admit():
+                return float((await worker.submit(np.full(2, value))).outputs["out"][0])
+
+        jobs = [asyncio.ensure_future(request(float(i))) for i in range(6)]
+        await asyncio.sleep(0.1)
+        assert running["now"] == 2  # two instances busy at once, the rest waiting
+        release.set()
+        assert await asyncio.gather(*jobs) == [2.0 * i for i in range(6)]
+        await worker.stop()
+
+    asyncio.run(scenario())
+    assert calls[0] == "all threads" and set(calls[1:]) == {"instance"}
+    assert running["most"] == 2

@@ -74,6 +74,7 @@ class TorchBackend:
     """Runs an nn.Module on float32 NCHW batches; returns named NumPy outputs."""
 
     name = "torch"
+    instances = 1  # torch's intra-op thread count is per process: concurrent calls would oversubscribe
 
     def __init__(self, module: nn.Module, device: str = "cpu", artifact: str = "") -> None:
         self.artifact = artifact
@@ -91,6 +92,8 @@ class TorchBackend:
             outputs = (outputs,)
         names = getattr(self.module, "output_names", ("logits",))
         return {name: out.float().cpu().numpy() for name, out in zip(names, outputs, strict=True)}
+
+    infer_on_instance = infer
 
 
 def set_threads(threads: int) -> None:

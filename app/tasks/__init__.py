@@ -29,6 +29,8 @@ class TaskSpec:
     parse_params: Callable[[Mapping[str, Any], ModelContext], Any]
     # (one image's model outputs, original image (width, height), model, parameters) -> response JSON
     postprocess: Callable[[dict[str, np.ndarray], tuple[int, int], ModelContext, Any], list[dict[str, Any]]]
+    # Microseconds of work (a softmax and a top-k) run on the event loop: a thread hop would cost more.
+    cheap_postprocess: bool = False
 
     def validate(self, raw: Mapping[str, Any], model: ModelContext) -> Any:
         unknown = sorted(set(raw) - set(self.parameters))
@@ -49,6 +51,7 @@ TASKS: dict[str, TaskSpec] = {
         postprocess=lambda outputs, size, model, params: classification.classify(
             outputs["logits"], model.labels, params
         ),
+        cheap_postprocess=True,
     ),
     segmentation.TASK: TaskSpec(
         name=segmentation.TASK,
