@@ -225,7 +225,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         data = Path(args.image).read_bytes()
         entry = served_models(settings)[0]
-        model = load_model(entry.name, entry.settings(settings))
+        one_image = entry.settings(settings).model_copy(update={"instances": 1})  # no concurrent batches
+        model = load_model(entry.name, one_image)
         result = predict(
             model, data, {k: v for k, v in parameters.items() if v is not None}, settings.max_image_pixels
         )
@@ -269,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--max-image-pixels", type=int, help="larger images get 413 (default 50,000,000)")
         p.add_argument("--inference-threads", type=int, help="intra-op threads (default: usable CPUs)")
+        p.add_argument(
+            "--jpeg-reduce-gap",
+            type=float,
+            help="decode big JPEGs reduced (1/2, 1/4, 1/8) while this many times the resize size remains; "
+            "0 = every pixel (default 2)",
+        )
 
     serve = sub.add_parser("serve", help="run the HTTP service")
     model_options(serve)
@@ -276,6 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--max-body-bytes", type=int, help="larger bodies get 413 (default 20 MiB)")
     serve.add_argument("--max-batch-size", type=int, help="most requests per inference call (default 8)")
+    serve.add_argument(
+        "--max-queue-delay-ms", type=float, help="wait this long for a batch to fill (default 0: never wait)"
+    )
+    serve.add_argument(
+        "--max-queue-size", type=int, help="requests one model holds; more get 429 (default 64)"
+    )
+    serve.add_argument("--request-timeout-s", type=float, help="per-request deadline, then 504 (default 30)")
+    serve.add_argument(
+        "--instances", type=int, help="batches one model runs at once (default 0: auto, one per CPU for ONNX)"
+    )
     serve.add_argument("--decode-threads", type=int, help="decode/preprocess threads (default: usable CPUs)")
     serve.add_argument("--log-level", help="debug, info, warning, error")
     serve.set_defaults(func=cmd_serve)

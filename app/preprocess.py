@@ -163,12 +163,12 @@ def preprocess(
     pixels = np.asarray(image)
     if spec.crop_height_width is not None:
         pixels = _center_crop(pixels, *spec.crop_height_width)
-    out = pixels.astype(np.float32)
-    if spec.rescale_factor is not None:
-        out *= np.float32(spec.rescale_factor)
-    if spec.mean is not None and spec.std is not None:
-        out -= np.asarray(spec.mean, dtype=np.float32)
-        out /= np.asarray(spec.std, dtype=np.float32)
+    channels = pixels.transpose(2, 0, 1)  # views: CHW, and BGR if asked; the float pass copies once
     if spec.bgr:
-        out = out[..., ::-1]
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+        channels = channels[::-1]
+    out = np.empty(channels.shape, dtype=np.float32)
+    np.multiply(channels, np.float32(spec.rescale_factor or 1.0), out=out)
+    if spec.mean is not None and spec.std is not None:
+        out -= np.asarray(spec.mean, dtype=np.float32)[:, None, None]
+        out /= np.asarray(spec.std, dtype=np.float32)[:, None, None]
+    return out

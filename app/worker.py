@@ -189,7 +189,7 @@ class InferenceWorker:
     async def _execute(self, batch: list[_Job], infer: InferFn, instances_taken: int) -> None:
         started = time.perf_counter()
         try:
-            stacked = np.stack([job.inputs for job in batch])
+            stacked = batch[0].inputs[None] if len(batch) == 1 else np.stack([job.inputs for job in batch])
             outputs = await asyncio.get_running_loop().run_in_executor(self._executor, infer, stacked)
         except Exception as exc:
             log.exception("inference failed for model %s (batch of %d)", self.name, len(batch))
