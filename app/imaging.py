@@ -93,12 +93,15 @@ def decode(data: bytes, max_pixels: int, reduce_to: tuple[int, int] | None = Non
         )
     try:
         image.seek(0)
-        if reduce_to is not None and image.format in ("JPEG", "MPO"):
-            # A JPEG's EXIF sits in its header: the orientation is known before any pixel is decoded.
-            stored_target = reduce_to[::-1] if _orientation(image) in _TRANSPOSING_ORIENTATIONS else reduce_to
-            image.draft(None, stored_target)
+        jpeg = image.format in ("JPEG", "MPO")
+        # A JPEG's EXIF sits in its header, known before any pixel is decoded; other formats (PNG) may
+        # keep it after the pixels, so theirs is read once the image is loaded.
+        orientation = _orientation(image) if jpeg else 1
+        if reduce_to is not None and jpeg:
+            image.draft(None, reduce_to[::-1] if orientation in _TRANSPOSING_ORIENTATIONS else reduce_to)
         image.load()
-        orientation = _orientation(image)  # other formats (PNG) may keep EXIF after the pixels
+        if not jpeg:
+            orientation = _orientation(image)
         transposed = orientation in _TRANSPOSING_ORIENTATIONS
         if orientation in _ORIENTATION_TRANSPOSE:
             image = image.transpose(_ORIENTATION_TRANSPOSE[orientation])

@@ -74,27 +74,36 @@ def photo_jpeg(width: int, height: int, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
-def start_server(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+def start_listening(
+    command: list[str], ready_path: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """`mvit serve ARGS` on 127.0.0.1 and a free port; returns once /ready answers 200."""
+    """Run `command` + `--port PORT` (a free loopback port) with `env` as its whole environment (default:
+    ours); return once GET `ready_path` answers 200."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
-        env={**os.environ, **(env or {})},
+    process = subprocess.Popen(
+        [*command, "--port", str(port)],
+        env=os.environ.copy() if env is None else env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and server.poll() is None:
+    while time.monotonic() < deadline and process.poll() is None:
         try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return server, url
+            if httpx.get(f"{url}{ready_path}", timeout=2).status_code == 200:
+                return process, url
         except httpx.HTTPError:
             pass
         time.sleep(0.05)
-    server.kill()
-    raise SystemExit(f"mvit serve {' '.join(args)} did not become ready")
+    process.kill()
+    raise SystemExit(f"{' '.join(command)} did not become ready")
+
+
+def start_server(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`mvit serve ARGS` on 127.0.0.1 and a free port; returns once /ready answers 200."""
+    command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", *args]
+    return start_listening(command, "/ready", {**os.environ, **(env or {})}, timeout)

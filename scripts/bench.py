@@ -23,7 +23,6 @@ import asyncio
 import os
 import platform
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
-from _common import BENCH_SETS, bench_set, start_server
+from _common import BENCH_SETS, bench_set, start_listening, start_server
 from _loadgen import LoadResult, closed_loop
 
 if TYPE_CHECKING:
@@ -67,26 +66,9 @@ class Cell:
 
 def start_naive(model: str) -> tuple[subprocess.Popen[bytes], str]:
     """scripts/naive_server.py in the environment a user would give it: none of our tuning."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     script = Path(__file__).with_name("naive_server.py")
-    process = subprocess.Popen(
-        [sys.executable, str(script), model, "--port", str(port)],
-        env={k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MVIT_"))},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit("the naive server did not start (is transformers installed? pip install -e .[test])")
+    plain = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MVIT_"))}
+    return start_listening([sys.executable, str(script), model], "/health", plain, timeout=180)
 
 
 def raw_round(

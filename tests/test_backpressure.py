@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -175,12 +174,12 @@ def test_a_disconnected_clients_queued_work_is_dropped(model_dir: Path, jpeg_byt
         assert backend.images_computed == 1
 
 
-@pytest.mark.parametrize("field", ["max_queue_delay_ms", "max_queue_size", "instances"])
-def test_models_route_reports_batching_settings(model_dir: Path, field: str) -> None:
+def test_models_route_reports_batching_settings(model_dir: Path) -> None:
     with (
         gated_app(model_dir, max_queue_size=5, max_queue_delay_ms=2.5) as (app, _),
         TestClient(app) as client,
     ):
         wait_ready(client)
         described = client.get("/models").json()[0]
-        assert described[field] == {"max_queue_delay_ms": 2.5, "max_queue_size": 5, "instances": 1}[field]
+        for field, value in {"max_queue_delay_ms": 2.5, "max_queue_size": 5, "instances": 1}.items():
+            assert described[field] == value, field

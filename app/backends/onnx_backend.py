@@ -135,17 +135,11 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(
-        self,
-        session: ort.InferenceSession,
-        artifact: str = "",
-        instance_session: ort.InferenceSession | None = None,
-        instances: int = 1,
-    ) -> None:
+    def __init__(self, session: ort.InferenceSession, artifact: str = "") -> None:
         self.artifact = artifact
         self.session = session
-        self.instance_session = instance_session or session
-        self.instances = instances
+        self.instance_session = session  # load_onnx_backend gives CPU models a fewer-threads one
+        self.instances = 1
         self.input_name = session.get_inputs()[0].name
         self.output_names = [output.name for output in session.get_outputs()]
 
