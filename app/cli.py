@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,37 +35,23 @@ def _tool_settings(args: argparse.Namespace) -> Any:
     return _settings(argparse.Namespace(**{**vars(args), "models": None}))
 
 
-def _server_class() -> Any:
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn re-raises SIGTERM after its graceful shutdown, so the exit status says "killed".
-        A clean drain should exit 0: handle the signals on the loop and just stop."""
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            loop = asyncio.get_running_loop()
-            signals = (signal.SIGINT, signal.SIGTERM)
-            for sig in signals:
-                loop.add_signal_handler(sig, self.handle_exit, sig, None)
-            try:
-                yield
-            finally:
-                for sig in signals:
-                    loop.remove_signal_handler(sig)
-
-    return Server
-
-
 async def _serve(settings: Any) -> int:
     import uvicorn
 
+    from app.lifecycle import DrainingServer
     from app.server import create_app
 
     app = create_app(settings)
-    server = _server_class()(
-        uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,  # app.logs configured the handlers
+        access_log=False,  # the app writes its own access lines (request id, model, phases)
+        timeout_graceful_shutdown=_AFTER_DRAIN_S,
     )
+    server = DrainingServer(config, app.state.lifecycle, settings.drain_timeout_s)
     serving = asyncio.create_task(server.serve())
     while not hasattr(app.state, "loader") and not serving.done():
         await asyncio.sleep(0.02)
@@ -81,21 +65,27 @@ async def _serve(settings: Any) -> int:
     return 1 if manager.error else 0
 
 
+# After the drain, how long uvicorn waits for connections still open (a request past the drain timeout,
+# a slow upload) before it cuts them.
+_AFTER_DRAIN_S = 2.0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     # Spinning OpenMP threads steal the cores that decode threads need; sleep when idle instead.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from app.auth import TokenFileError, configured_tokens
     from app.checkpoint import CheckpointError
+    from app.logs import configure_logging
     from app.repository import served_models
 
     settings = _settings(args)
-    try:  # a broken models.yaml stops here, in one line, before anything binds or loads
+    try:  # a broken models.yaml or token file stops here, in one line, before anything binds or loads
         served_models(settings)
-    except CheckpointError as exc:
+        configured_tokens(settings)
+    except (CheckpointError, TokenFileError) as exc:
         print(f"mvit serve: {exc}", file=sys.stderr)
         return 1
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
         return runner.run(_serve(settings))
 
@@ -291,10 +281,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--request-timeout-s", type=float, help="per-request deadline, then 504 (default 30)")
     serve.add_argument(
+        "--body-timeout-s", type=float, help="time to receive a request body, then 408 (default 15)"
+    )
+    serve.add_argument(
+        "--drain-timeout-s", type=float, help="on SIGTERM, time for accepted requests to finish (default 30)"
+    )
+    serve.add_argument(
+        "--api-tokens-file",
+        type=Path,
+        help="bearer tokens, one per line: requests need one (tokens themselves: env MVIT_API_TOKENS only, "
+        "never a flag, which `ps` would show)",
+    )
+    serve.add_argument(
+        "--cors-origin",
+        dest="cors_origins",
+        action="append",
+        metavar="ORIGIN",
+        help="browser origin allowed to call the service, e.g. https://app.example (repeatable; * for any)",
+    )
+    serve.add_argument(
         "--instances", type=int, help="batches one model runs at once (default 0: auto, one per CPU for ONNX)"
     )
     serve.add_argument("--decode-threads", type=int, help="decode/preprocess threads (default: usable CPUs)")
     serve.add_argument("--log-level", help="debug, info, warning, error")
+    serve.add_argument("--log-format", choices=["json", "text"], help="log lines as JSON (default) or text")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo-models", help="write random-weight models of the real architecture (offline)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.cpus import available_cpus
@@ -64,6 +64,33 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         30.0, gt=0, description="Deadline per inference request, body upload included; then 504."
     )
+    body_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="Time a client has to send its whole request body; then 408. Slow uploads never "
+        "hold a queue slot: a request joins its model's queue once its body is in.",
+    )
+    drain_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM: how long accepted requests may take to finish before the process exits.",
+    )
+    api_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Bearer tokens that may call the service (comma-separated in MVIT_API_TOKENS); "
+        "none and no api_tokens_file = no authentication.",
+    )
+    api_tokens_file: Path | None = Field(
+        None, description="A file of bearer tokens, one per line (# starts a comment); adds to api_tokens."
+    )
+    metrics_require_token: bool = Field(True, description="With tokens set, /metrics needs one too.")
+    ready_require_token: bool = Field(
+        False, description="With tokens set, /ready needs one too (probes usually have none)."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the service (comma-separated; * for any); default none.",
+    )
     jpeg_reduce_gap: float = Field(
         2.0,
         description="Decode big JPEGs at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) while at least this "
@@ -80,6 +107,8 @@ class Settings(BaseSettings):
     )
     decode_threads: int = Field(default_factory=available_cpus, ge=1, description="Decode/preprocess pool.")
     log_level: str = "info"
+    log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line.")
+    access_log: bool = Field(True, description="One log line per request (logger mvit.access).")
 
     @field_validator("jpeg_reduce_gap")
     @classmethod
@@ -88,7 +117,7 @@ class Settings(BaseSettings):
             raise ValueError("must be 0 (off) or at least 1 (never decode below the resize size)")
         return value
 
-    @field_validator("models", "onnx_providers", mode="before")
+    @field_validator("models", "onnx_providers", "api_tokens", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

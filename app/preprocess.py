@@ -15,6 +15,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from app.errors import bad_request
+
+# A resize whose output would have more pixels than this (a 20000x2 strip resized to a 256 px short side
+# is 2.56 million x 256 = 2 GB) is done for the center-crop window alone. Below it, the whole image is
+# resized then cropped, exactly as transformers does; no photo comes near it (at 256 px: 256:1 aspect).
+MAX_RESIZED_PIXELS = 16_000_000
+
 _RESAMPLE_NAMES = {
     Image.Resampling.NEAREST: "nearest",
     Image.Resampling.BOX: "box",
@@ -147,6 +154,40 @@ def _center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     return pixels[top : top + height, left : left + width]
 
 
+def _resize_crop_window(image: Image.Image, size: tuple[int, int], spec: Preprocessing) -> Image.Image:
+    """Resize-then-center-crop for an extreme aspect ratio, computing only the pixels the crop keeps.
+
+    Pillow resizes in two passes, horizontal then vertical, rounding to 8 bits in between. This runs the
+    same two passes with `resize(box=...)`, which keeps the full resize's scale and sample positions, over
+    the band of rows the crop's filter support reads: the result equals the full path's, pixel for pixel,
+    with memory bounded by the crop instead of the resized image.
+    """
+    width, height = size
+    if (
+        spec.crop_height_width is None
+        or width < spec.crop_height_width[1]
+        or height < spec.crop_height_width[0]
+    ):
+        raise bad_request(
+            f"The image is {image.width}x{image.height}: resizing it for this model would make a "
+            f"{width}x{height} image. Send an image with a less extreme aspect ratio."
+        )
+    crop_height, crop_width = spec.crop_height_width
+    left, top = (width - crop_width) // 2, (height - crop_height) // 2
+    scale_x, scale_y = image.width / width, image.height / height
+    x0, x1 = left * scale_x, (left + crop_width) * scale_x
+    y0, y1 = top * scale_y, (top + crop_height) * scale_y
+    # Rows the vertical filter reads: its support (3 for Lanczos, the widest) times the scale, plus one.
+    margin = math.ceil(3 * max(scale_y, 1.0)) + 1
+    first, last = max(0, math.floor(y0) - margin), min(image.height, math.ceil(y1) + margin)
+    resample = Image.Resampling(spec.resample)
+    band = image.crop((0, first, image.width, last))
+    across = band.resize((crop_width, band.height), resample=resample, box=(x0, 0, x1, band.height))
+    return across.resize(
+        (crop_width, crop_height), resample=resample, box=(0, y0 - first, crop_width, y1 - first)
+    )
+
+
 def preprocess(
     image: Image.Image, spec: Preprocessing, full_size: tuple[int, int] | None = None
 ) -> np.ndarray:
@@ -158,7 +199,9 @@ def preprocess(
     if image.mode != "RGB":
         raise ValueError(f"expected an RGB image, got mode {image.mode}")
     size = spec.resized_size(*(full_size or image.size))
-    if size != image.size:
+    if size[0] * size[1] > MAX_RESIZED_PIXELS:
+        image = _resize_crop_window(image, size, spec)
+    elif size != image.size:
         image = image.resize(size, resample=Image.Resampling(spec.resample))
     pixels = np.asarray(image)
     if spec.crop_height_width is not None:

@@ -1,9 +1,10 @@
 """Per-model dynamic batcher: admission with a bounded count, an asyncio queue, one inference thread.
 
-A request first `admit()`s itself: at most `max_queue_size` requests may be held per model at once,
-counted from arrival to answer (decode, preprocessing, waiting for a batch, inference, output), so an
-overloaded model refuses new work at once, before reading or decoding anything. Admitted requests
-`submit()` a preprocessed array and await their slice of a batch output.
+A request `admit()`s itself once its body is in: at most `max_queue_size` requests may be held per model
+at once, counted from then to the answer (decode, preprocessing, waiting for a batch, inference, output).
+An overloaded model also refuses new work before reading a body (`refuse_if_full`), so a full queue costs
+callers nothing but the round trip, and slow uploads never hold a place. Admitted requests `submit()` a
+preprocessed array and await their slice of a batch output.
 
 The batching loop takes the oldest job plus whatever else is waiting with the same shape, up to
 `max_batch_size`. With `max_queue_delay_ms` > 0 it waits up to that long (counted from the oldest job's
@@ -93,11 +94,15 @@ class InferenceWorker:
         """A whole number of seconds after which the current backlog should have drained."""
         return max(1, math.ceil(self._admitted * self._seconds_per_item / self.instances))
 
-    @contextlib.contextmanager
-    def admit(self) -> Iterator[None]:
-        """Hold one of the model's `max_queue_size` places for the life of a request, or raise QueueFull."""
+    def refuse_if_full(self) -> None:
+        """Raise QueueFull when `admit()` would."""
         if self._admitted >= self.max_queue_size:
             raise QueueFull(self.name, self.max_queue_size, self.retry_after_seconds())
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold one of the model's `max_queue_size` places for the rest of a request, or raise QueueFull."""
+        self.refuse_if_full()
         self._admitted += 1
         try:
             yield

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import uvicorn
 from fastapi import FastAPI
@@ -183,3 +184,28 @@ def test_models_route_reports_batching_settings(model_dir: Path) -> None:
         described = client.get("/models").json()[0]
         for field, value in {"max_queue_delay_ms": 2.5, "max_queue_size": 5, "instances": 1}.items():
             assert described[field] == value, field
+
+
+def test_a_trickled_upload_gets_408_and_never_holds_a_queue_place(model_dir: Path, jpeg_bytes: bytes) -> None:
+    with gated_app(model_dir, body_timeout_s=1.0) as (app, _), live(app) as port:
+        client = TestClient(app)
+        wait_for(lambda: app.state.manager.ready, "the model to load", 60)
+        head = f"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(jpeg_bytes)}\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port)) as slow:
+            slow.sendall(head.encode())
+            slow.settimeout(0.1)
+            started = time.monotonic()
+            answer = b""
+            for byte in jpeg_bytes[:100]:  # one byte every 50 ms: never idle long, never done
+                slow.sendall(bytes([byte]))
+                assert pending(app) == 0  # an upload in progress holds no place in the model's queue
+                try:
+                    answer = slow.recv(4096)
+                    break
+                except TimeoutError:
+                    time.sleep(0.05)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            assert 0.9 < time.monotonic() - started < 5
+            assert b"did not arrive within 1 s" in answer and b"connection: close" in answer.lower()
+        assert metric(client, rejected("body_timeout")) == 1
+        assert httpx.post(f"http://127.0.0.1:{port}/classify", content=jpeg_bytes).status_code == 200
