@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -351,7 +351,11 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", summary="Readiness: every model is loaded and warmed up, and not shutting down")
+    @app.get(
+        "/ready",
+        summary="Readiness: every model is loaded and warmed up, and not shutting down",
+        responses={503: {"description": "Loading, failed, or draining (status says which); Retry-After"}},
+    )
     async def ready() -> JSONResponse:
         if lifecycle.draining:
             return JSONResponse(
@@ -374,10 +378,12 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     async def list_models() -> list[dict[str, Any]]:
         return [model.describe() for model in manager.models.values()]
 
-    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    if tokens:
+        _document_bearer_auth(app, open_paths(settings))
     # Outermost last: request context (ids, metrics, access log) > CORS (preflights answer without a
     # token, and 401s carry CORS headers so browser code can read them) > bearer auth > routes.
     if tokens:
@@ -395,6 +401,30 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
         )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, log_access=settings.access_log)
     return app
+
+
+def _document_bearer_auth(app: FastAPI, open_routes: frozenset[str]) -> None:
+    """Declare the bearer scheme in the OpenAPI schema, on every route that needs a token, so that /docs'
+    Authorize button and generated clients send it."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+                "type": "http",
+                "scheme": "bearer",
+            }
+            for path, operations in schema["paths"].items():
+                if path in open_routes:
+                    continue
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}]
+                    operation["responses"].setdefault("401", {"description": "Missing or invalid API token"})
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 # Response headers browser code may read on a cross-origin response.

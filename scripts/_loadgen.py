@@ -39,15 +39,19 @@ class LoadResult:
         return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def _request(host: str, port: int, path: str, body: bytes, content_type: str) -> bytes:
+def http_request(
+    host: str, port: int, path: str, body: bytes, content_type: str, headers: dict[str, str] | None = None
+) -> bytes:
+    """One keep-alive HTTP/1.1 POST, as bytes."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n{extra}\r\n"
     )
     return head.encode("latin-1") + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
     """(status, keep_alive) after reading the whole response."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -74,7 +78,7 @@ async def closed_loop(
 ) -> LoadResult:
     """Run the load; bodies are taken in turn. Bounded by both `duration_s` and `max_requests`."""
     check_loopback(url_host)
-    requests = [_request(url_host, port, path, body, content_type) for body in bodies]
+    requests = [http_request(url_host, port, path, body, content_type) for body in bodies]
     turn = itertools.count()
     result = LoadResult()
     started = time.perf_counter()
@@ -91,7 +95,7 @@ async def closed_loop(
                 if writer is None:
                     reader, writer = await asyncio.open_connection(url_host, port)
                 writer.write(requests[n % len(requests)])
-                status, keep_alive = await _read_response(reader)
+                status, keep_alive = await read_response(reader)
             except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
                 result.statuses["connection error"] = result.statuses.get("connection error", 0) + 1
                 if writer is not None:

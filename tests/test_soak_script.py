@@ -1,0 +1,58 @@
+"""scripts/soak.py against a live `mvit serve` with all three tasks, for a few seconds: the script runs,
+mixes valid and hostile requests on every route, and the server answers each as documented."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.test_live_server import start_server, wait_until_ready
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_soak_script_smoke(model_dir: Path, seg_model_dir: Path, det_model_dir: Path) -> None:
+    process, url = start_server(
+        "--model",
+        str(model_dir),
+        "--model",
+        str(seg_model_dir),
+        "--model",
+        str(det_model_dir),
+        "--backend",
+        "onnx",
+        "--log-level",
+        "warning",  # nobody reads the server's output pipe until the end: keep it from filling
+    )
+    try:
+        wait_until_ready(process, url, timeout=120)
+        result = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "soak.py"),
+                "--url",
+                url,
+                "--minutes",
+                "0.15",
+                "--concurrency",
+                "4",
+                "--window-s",
+                "3",
+                "--hostile-share",
+                "0.5",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    out = result.stdout
+    assert "PASS  0 unexpected statuses" in out, out + result.stderr
+    for route_status in ("valid    200", "hostile  400", "hostile  413", "hostile  200"):
+        assert route_status in out, out
+    assert "RSS MB: start" in out  # the server's pid was found from its port
+    assert result.returncode == 0 or "FAIL  RSS drift" in out  # a few seconds are too short to judge drift
