@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Iterator
 
 import uvicorn
@@ -94,6 +95,7 @@ class DrainingServer(uvicorn.Server):
             super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
     async def drain_then_exit(self) -> None:
+        started = time.monotonic()
         self.lifecycle.start_draining()
         if self.lifecycle.active:
             log.info(
@@ -101,7 +103,9 @@ class DrainingServer(uvicorn.Server):
                 self.lifecycle.active,
                 self.drain_timeout_s,
             )
-        if not await self.lifecycle.drained(self.drain_timeout_s):
+        if await self.lifecycle.drained(self.drain_timeout_s):
+            log.info("drained in %.2f s: every accepted request has its answer", time.monotonic() - started)
+        else:
             log.warning(
                 "drain timeout (%g s): %d request(s) still running will be cut off",
                 self.drain_timeout_s,

@@ -59,6 +59,7 @@ class Window:
     started: float
     count: int = 0
     latencies: list[float] = field(default_factory=list)  # valid requests answered 200
+    by_route: dict[str, list[float]] = field(default_factory=dict)  # the same, per route
     unexpected: int = 0
     rss_mb: float | None = None
 
@@ -88,12 +89,12 @@ def plan_requests(
         for item in hostile_corpus()
         for route in routes
     ]
-    rng = random.Random(seed)
-    copies = (
-        max(1, round(hostile_share / (1 - hostile_share) * len(plans) / len(hostile))) if hostile_share else 0
-    )
-    plans += hostile * copies
-    rng.shuffle(plans)
+    if (
+        hostile_share > 0
+    ):  # every hostile request once, and as many copies of the valid ones as the share asks
+        plans *= max(1, round(len(hostile) * (1 - hostile_share) / (len(plans) * hostile_share)))
+        plans += hostile
+    random.Random(seed).shuffle(plans)
     return plans
 
 
@@ -150,7 +151,7 @@ async def soak(
 ) -> tuple[list[Window], dict[tuple[str, str], int], list[str]]:
     started = time.monotonic()
     deadline = started + duration_s
-    windows = [Window(0.0, rss_mb=rss_mb(pid))]
+    windows = [Window(0.0)]
     statuses: dict[tuple[str, str], int] = {}  # (valid|hostile, status) -> count
     examples: list[str] = []
     turn = iter(range(10**12))
@@ -163,6 +164,7 @@ async def soak(
         if outcome.isdigit() and int(outcome) in plan.expected:
             if plan.kind == "valid":
                 window.latencies.append(seconds)
+                window.by_route.setdefault(plan.route, []).append(seconds)
             return
         window.unexpected += 1
         if len(examples) < 20:
@@ -247,6 +249,9 @@ def main() -> int:
         f"{args.hostile_share:.0%} hostile; run id {uuid.uuid4().hex[:8]}"
     )
     plans = plan_requests(host, port, routes, args.hostile_share, token, args.seed)
+    hostile = sum(plan.kind != "valid" for plan in plans)
+    print(f"request cycle: {len(plans)} requests, {hostile / len(plans):.0%} hostile")
+    idle_rss = rss_mb(pid)
     windows, statuses, examples = asyncio.run(
         soak(host, port, plans, args.concurrency, args.minutes * 60, args.window_s, pid)
     )
@@ -257,14 +262,20 @@ def main() -> int:
     unexpected = sum(w.unexpected for w in windows)
     for example in examples:
         print(f"  unexpected: {example}")
+    for route in routes:
+        seconds = [s for w in windows for s in w.by_route.get(route, [])]
+        print(
+            f"  valid {route:10s} p50 {percentile(seconds, 50) * 1000:7.1f} ms  "
+            f"p99 {percentile(seconds, 99) * 1000:7.1f} ms  ({len(seconds)} answers)"
+        )
     rss = [w.rss_mb for w in windows if w.rss_mb is not None]
     verdicts = [("0 unexpected statuses", unexpected == 0, f"{unexpected}")]
     if len(rss) > args.warmup_windows + 1:
         baseline, middle, end = rss[args.warmup_windows], rss[len(rss) // 2], rss[-1]
         drift = (end - baseline) / baseline
         print(
-            f"\nRSS MB: start {rss[0]:.0f}, after warm-up {baseline:.0f}, middle {middle:.0f}, end {end:.0f} "
-            f"(drift after warm-up {drift:+.1%})"
+            f"\nRSS MB: start (idle) {idle_rss:.0f}, after warm-up {baseline:.0f}, middle {middle:.0f}, "
+            f"end {end:.0f} (drift after warm-up {drift:+.1%})"
         )
         verdicts.append(
             (

@@ -69,6 +69,14 @@ def test_compose_serves_the_edge_image_with_full_as_a_profile() -> None:
     assert {"prometheus", "grafana"} <= services.keys()
 
 
+def test_compose_waits_longer_than_the_drain_before_killing() -> None:
+    for name in ("mvit", "mvit-full"):
+        service = COMPOSE["services"][name]
+        grace = int(service["stop_grace_period"].removesuffix("s"))
+        drain = float(service["environment"]["MVIT_DRAIN_TIMEOUT_S"].split(":-")[1].rstrip("}"))
+        assert drain == Settings().drain_timeout_s and grace >= drain + 5
+
+
 def test_prometheus_scrapes_the_service_port_and_metrics_path() -> None:
     (job,) = PROMETHEUS["scrape_configs"]
     assert job["metrics_path"] == "/metrics"
