@@ -16,9 +16,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.config import Settings
 
-# Routes that never need a token: liveness, and the API description (public knowledge, and what lets
-# /docs' "Authorize" button work).
-ALWAYS_OPEN = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+# Routes that never need a token: liveness, the API description (public knowledge, and what lets /docs'
+# "Authorize" button work), and the demo page (static; it asks for a token and sends it with its calls).
+ALWAYS_OPEN = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 
 
 class TokenFileError(ValueError):

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         description="Decode big JPEGs at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) while at least this "
         "many times the model's resize resolution remains; 0 always decodes every pixel.",
     )
+    render_max_side: int = Field(
+        1600,
+        ge=0,
+        description="Longest side of annotated images (render=png|jpeg); 0 draws at the photo's own size.",
+    )
     inference_threads: int = Field(
         default_factory=available_cpus, ge=1, description="Intra-op threads (torch or ONNX Runtime)."
     )

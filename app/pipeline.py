@@ -10,9 +10,24 @@ from typing import Any
 
 import numpy as np
 
+from app import render
 from app.imaging import decode
 from app.preprocess import preprocess
 from app.registry import ServedModel
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    """Answer with the annotated photo instead of JSON."""
+
+    format: str  # png | jpeg
+    max_side: int
+
+
+@dataclass(frozen=True)
+class RenderedImage:
+    data: bytes
+    media_type: str
 
 
 @dataclass
@@ -46,7 +61,8 @@ async def run(
     pool: Executor,
     max_pixels: int,
     timings: Timings,
-) -> list[dict[str, Any]]:
+    render_as: RenderRequest | None = None,
+) -> list[dict[str, Any]] | RenderedImage:
     params = model.task.validate(raw_parameters, model)  # cheap: refuse bad parameters before decoding
     loop = asyncio.get_running_loop()
     tensor, size = await loop.run_in_executor(pool, prepare, model, image_bytes, max_pixels, timings)
@@ -56,12 +72,34 @@ async def run(
     timings.seconds["queue"] = result.queue_seconds
     timings.seconds["inference"] = result.inference_seconds
     started = time.perf_counter()
+    if render_as is not None:
+        try:
+            return await loop.run_in_executor(
+                pool, annotate, model, image_bytes, result.outputs, size, params, render_as, max_pixels
+            )
+        finally:
+            timings.seconds["render"] = time.perf_counter() - started
     try:
         if model.task.cheap_postprocess:
             return model.task.postprocess(result.outputs, size, model, params)
         return await loop.run_in_executor(pool, model.task.postprocess, result.outputs, size, model, params)
     finally:
         timings.seconds["postprocess"] = time.perf_counter() - started
+
+
+def annotate(
+    model: ServedModel,
+    image_bytes: bytes,
+    outputs: dict[str, np.ndarray],
+    size: tuple[int, int],
+    params: Any,
+    render_as: RenderRequest,
+    max_pixels: int,
+) -> RenderedImage:
+    """The photo, decoded again at the render size, with the answer drawn on it. Runs on a decode thread."""
+    photo = render.load_photo(image_bytes, size, render_as.max_side, max_pixels)
+    drawn = render.render(model.task.name, photo, outputs, size, model, params)
+    return RenderedImage(render.encode(drawn, render_as.format), render.MEDIA_TYPES[render_as.format])
 
 
 def predict(

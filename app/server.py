@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import pipeline
+from app import pipeline, render
 from app.auth import BearerAuthMiddleware, TokenChecker, configured_tokens, open_paths
 from app.cancellation import ClientDisconnected, unless_disconnected
 from app.config import Settings
@@ -63,7 +64,22 @@ _IMAGE_BODY = {
         },
     },
 }
-_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+_RENDER_PARAMETER = {
+    "name": "render",
+    "in": "query",
+    "required": False,
+    "description": "Answer with the annotated photo in this format instead of JSON",
+    "schema": {"type": "string", "enum": ["png", "jpeg"]},
+}
+_INFERENCE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The Hugging Face JSON answer, or the annotated photo with render=png|jpeg",
+        "content": {
+            "application/json": {},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
     400: {"description": 'Bad image or bad parameter: {"error": "..."}'},
     401: {"description": "An API token is configured and the request has no valid one"},
     404: {"description": "No such model"},
@@ -192,7 +208,7 @@ class RequestContextMiddleware:
 
 
 _PROBE_PATHS = {"/health", "/ready", "/metrics"}
-_KNOWN_PATHS = {"/health", "/ready", "/models", "/metrics", "/docs", "/openapi.json"} | {
+_KNOWN_PATHS = {"/", "/health", "/ready", "/models", "/metrics", "/docs", "/openapi.json"} | {
     spec.route for spec in TASKS.values()
 }
 
@@ -264,6 +280,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
                     model.worker.refuse_if_full()  # before reading a body the model has no room for
                     async with body_deadline:
                         parsed = await parse_request(request, settings.max_body_bytes)
+                    render_as = _render_request(parsed.parameters, request, settings.render_max_side)
                     with model.worker.admit():
                         result = await unless_disconnected(
                             request.receive,
@@ -274,6 +291,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
                                 pool,
                                 settings.max_image_pixels,
                                 timings,
+                                render_as,
                             ),
                         )
         except ApiError as exc:
@@ -319,6 +337,8 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
         }
         if model.model_dir.random_weights:
             headers["x-model-random-weights"] = "true"
+        if isinstance(result, pipeline.RenderedImage):
+            return Response(result.data, media_type=result.media_type, headers=headers)
         return JSONResponse(result, headers=headers)
 
     def add_task_route(route: str, task: str) -> None:
@@ -331,8 +351,8 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
             methods=["POST"],
             name=task,
             summary=f"{task} with the served {task} model",
-            openapi_extra={"requestBody": _IMAGE_BODY},
-            responses=_ERROR_RESPONSES,
+            openapi_extra={"requestBody": _IMAGE_BODY, "parameters": [_RENDER_PARAMETER]},
+            responses=_INFERENCE_RESPONSES,
         )
 
     for spec in TASKS.values():
@@ -341,11 +361,18 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     @app.post(
         "/models/{model_id:path}",
         summary="Run the model with this id (Hugging Face-style model URL)",
-        openapi_extra={"requestBody": _IMAGE_BODY},
-        responses=_ERROR_RESPONSES,
+        openapi_extra={"requestBody": _IMAGE_BODY, "parameters": [_RENDER_PARAMETER]},
+        responses=_INFERENCE_RESPONSES,
     )
     async def by_model_id(model_id: str, request: Request) -> Response:
         return await infer(request, lambda: manager.get(model_id))
+
+    demo_page = (resources.files("app") / "static" / "index.html").read_bytes()
+
+    @app.get("/", include_in_schema=False)
+    async def demo() -> Response:
+        """The web demo: pick an image and a task, see the annotated image and the JSON (no CDN, no build)."""
+        return Response(demo_page, media_type="text/html; charset=utf-8", headers=_DEMO_PAGE_HEADERS)
 
     @app.get("/health", summary="Liveness: the process is up")
     async def health() -> dict[str, str]:
@@ -403,6 +430,14 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     return app
 
 
+def _render_request(
+    parameters: dict[str, Any], request: Request, max_side: int
+) -> pipeline.RenderRequest | None:
+    """`render=png|jpeg` (query, JSON parameters or form field), or `Accept: image/png|image/jpeg`."""
+    fmt = render.render_format(parameters.pop("render", None), request.headers.get("accept", ""))
+    return pipeline.RenderRequest(fmt, max_side) if fmt else None
+
+
 def _document_bearer_auth(app: FastAPI, open_routes: frozenset[str]) -> None:
     """Declare the bearer scheme in the OpenAPI schema, on every route that needs a token, so that /docs'
     Authorize button and generated clients send it."""
@@ -426,6 +461,15 @@ def _document_bearer_auth(app: FastAPI, open_routes: frozenset[str]) -> None:
 
     app.openapi = openapi  # type: ignore[method-assign]
 
+
+# The demo page loads nothing from elsewhere and may only call this origin.
+_DEMO_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "img-src 'self' blob:; connect-src 'self'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
 
 # Response headers browser code may read on a cross-origin response.
 _EXPOSED_HEADERS = (
