@@ -6,9 +6,13 @@ In one run, on loopback ports, with the same model folder:
   * raw:   the same backend in this process on preprocessed tensors, batch 1/2/4/8, no HTTP, no decode.
 A closed-loop load generator (scripts/_loadgen.py) posts the bench photos (scikit-image's 9 colour
 photos, as 640x480 and 4032x3024 JPEGs at quality 90, and at 4032x3024 with sensor-like grain at quality
-92, which makes them 2-3 MB like a phone's photos) at each concurrency. Servers and raw runs are
-interleaved round by round so machine noise hits them alike; req/s is the median over rounds, p50/p99
-are over all requests of a cell. Load is bounded in requests and in time.
+92, which makes them 2-3 MB like a phone's photos) at each concurrency.
+
+This machine's neighbours come and go in spells of several seconds, so every comparison is paired: in
+each round, each (concurrency, image set) group runs the raw references (best configuration, best single
+call, batch 1) and then each server, in an order that rotates by round, and a ratio is taken within the
+round. Targets report the median and range of those per-round figures; req/s in the table is the median
+over rounds, p50/p99 are over all requests of a cell. Load is bounded in requests and in time.
 
     pip install -e ".[test,bench]"
     mvit demo-models models/ --width 1.0 --task classification
@@ -71,18 +75,26 @@ def start_naive(model: str) -> tuple[subprocess.Popen[bytes], str]:
     return start_listening([sys.executable, str(script), model], "/health", plain, timeout=180)
 
 
-def raw_round(
-    model: ServedModel, batches: dict[int, np.ndarray], seconds: float
-) -> dict[str, tuple[float, float]]:
-    """{configuration: (img/s, p50 seconds per call)}, calling the backend for about `seconds` in all.
+RawResults = dict[str, tuple[float, float]]  # configuration -> (img/s, p50 seconds per call)
 
-    Each batch size runs as one call on all inference threads ("batch N") and, when the backend has
-    several instances, as that many concurrent calls on one instance's threads each ("batch N x I"),
-    which is how the server runs batches under load."""
-    configurations = [(f"batch {n}", n, 1) for n in batches]
-    instances = model.backend.instances
-    if instances > 1:
-        configurations += [(f"batch {n} x{instances}", n, instances) for n in batches]
+
+def raw_configurations(model: ServedModel, sizes: list[int]) -> list[tuple[str, int, int]]:
+    """(label, batch size, concurrent calls). Each batch size runs as one call on all inference threads
+    ("batch N") and, when the backend has several instances, as that many concurrent calls on one
+    instance's threads each ("batch N xI"), which is how the server runs batches under load."""
+    configurations = [(f"batch {n}", n, 1) for n in sizes]
+    if (instances := model.backend.instances) > 1:
+        configurations += [(f"batch {n} x{instances}", n, instances) for n in sizes]
+    return configurations
+
+
+def raw_run(
+    model: ServedModel,
+    batches: dict[int, np.ndarray],
+    configurations: list[tuple[str, int, int]],
+    seconds: float,
+) -> RawResults:
+    """Call the backend in each configuration for `seconds` in all, in turn."""
     results = {}
     for label, size, parallel in configurations:
         infer = model.backend.infer if parallel == 1 else model.backend.infer_on_instance
@@ -107,6 +119,12 @@ def raw_round(
     return results
 
 
+def spread(values: list[float], digits: int = 2) -> str:
+    """Median and range of per-round figures."""
+    low, mid, high = min(values), statistics.median(values), max(values)
+    return f"{mid:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -115,8 +133,8 @@ def main() -> None:
     parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--images", nargs="+", choices=tuple(BENCH_SETS), default=list(BENCH_SETS))
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=6.0, help="load time per cell and round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=4.0, help="load time per cell and round")
     parser.add_argument("--max-requests", type=int, default=2000, help="per cell and round")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     parser.add_argument(
@@ -156,7 +174,15 @@ def main() -> None:
     batches = {
         n: np.ascontiguousarray(np.stack([tensors[i % len(tensors)] for i in range(n)])) for n in (1, 2, 4, 8)
     }
-    raw_round(model, batches, 2.0)  # warm-up at every shape
+    every_configuration = raw_configurations(model, list(batches))
+    raw_run(model, batches, every_configuration, 2.0)  # warm-up at every shape
+    # Which raw configurations are the references: the best one, the best single call, and batch 1.
+    calibration = raw_run(model, batches, every_configuration, 4 * args.seconds)
+    print(f"\nraw {args.backend} backend on preprocessed tensors, calibration (img/s):")
+    print("  " + ", ".join(f"{label} {ips:.1f}" for label, (ips, _) in calibration.items()))
+    best = max(calibration, key=lambda label: calibration[label][0])
+    best_single = max((c for c in calibration if " x" not in c), key=lambda label: calibration[label][0])
+    references = [c for c in every_configuration if c[0] in {best, best_single, "batch 1"}]
 
     servers = {}
     for item in args.mvit:
@@ -165,94 +191,109 @@ def main() -> None:
         servers[label] = start_server("--model", args.model, "--backend", args.backend, env=env)
     if not args.no_naive:
         servers["naive"] = start_naive(args.model)
+    groups = [(image_set, concurrency) for concurrency in args.concurrency for image_set in images]
     cells: dict[tuple[str, int, str], Cell] = {}
-    raw: dict[str, list[tuple[float, float]]] = {}
+    raw: dict[tuple[str, int], list[RawResults]] = {}
     try:
         for _, url in servers.values():
             for bodies in images.values():
                 for body in bodies[:3]:
                     httpx.post(f"{url}/classify", content=body, timeout=120).raise_for_status()
+        names = list(servers)
         for round_number in range(args.rounds):
-            time.sleep(2)  # let the last cell's server go idle (the naive one finishes 12 MP work late)
-            for label, result in raw_round(model, batches, args.seconds).items():
-                raw.setdefault(label, []).append(result)
-            for image_set, bodies in images.items():
-                for concurrency in args.concurrency:
-                    for name, (_, url) in servers.items():
-                        port = int(url.rsplit(":", 1)[1])
-                        result = asyncio.run(
-                            closed_loop(
-                                "127.0.0.1",
-                                port,
-                                "/classify",
-                                bodies,
-                                concurrency,
-                                args.seconds,
-                                args.max_requests,
-                            )
+            order = names[round_number % len(names) :] + names[: round_number % len(names)]
+            for image_set, concurrency in groups:
+                # The raw reference runs right before the servers it is compared with, so a noisy spell
+                # on the machine hits both; the servers take turns at going first.
+                time.sleep(1)  # let the servers' last work finish
+                raw.setdefault((image_set, concurrency), []).append(
+                    raw_run(model, batches, references, args.seconds)
+                )
+                for name in order:
+                    port = int(servers[name][1].rsplit(":", 1)[1])
+                    result = asyncio.run(
+                        closed_loop(
+                            "127.0.0.1",
+                            port,
+                            "/classify",
+                            images[image_set],
+                            concurrency,
+                            args.seconds,
+                            args.max_requests,
                         )
-                        cells.setdefault((image_set, concurrency, name), Cell()).rounds.append(result)
+                    )
+                    cells.setdefault((image_set, concurrency, name), Cell()).rounds.append(result)
             print(f"round {round_number + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         for process, _ in servers.values():
             process.terminate()
             process.wait(timeout=60)
 
-    raw_ips = {label: statistics.median(r[0] for r in rounds) for label, rounds in raw.items()}
-    best = max(raw_ips, key=raw_ips.__getitem__)
-    raw_p50_ms = 1000 * statistics.median(r[1] for r in raw["batch 1"])
-    print(f"\nraw {args.backend} backend on preprocessed tensors (img/s):")
-    print("  " + ", ".join(f"{label} {ips:.1f}" for label, ips in raw_ips.items()))
-    print(f"  best {raw_ips[best]:.1f} img/s ({best}); single image p50 {raw_p50_ms:.1f} ms (batch 1)")
+    every_raw = [r for rounds in raw.values() for r in rounds]
+    print(f"\nraw references, median over {len(every_raw)} runs next to the servers:")
+    for label, _, _ in references:
+        ips = statistics.median(r[label][0] for r in every_raw)
+        p50 = 1000 * statistics.median(r[label][1] for r in every_raw)
+        print(f"  {label}: {ips:.1f} img/s, p50 {p50:.1f} ms per call")
+
+    def vs_raw(key: tuple[str, int, str], label: str = best) -> list[float]:
+        """Per round: the cell's req/s over the raw reference measured just before it."""
+        return [r.throughput / ref[label][0] for r, ref in zip(cells[key].rounds, raw[key[:2]], strict=True)]
+
+    def vs_cell(key: tuple[str, int, str], other: tuple[str, int, str]) -> list[float]:
+        return [
+            a.throughput / b.throughput for a, b in zip(cells[key].rounds, cells[other].rounds, strict=True)
+        ]
+
     print(
         "\n| images | concurrency | server | req/s | p50 ms | p99 ms | errors | vs raw | vs naive |\n"
         "|---|---:|---|---:|---:|---:|---:|---:|---:|"
     )
-    for (image_set, concurrency, name), cell in cells.items():
-        naive = cells.get((image_set, concurrency, "naive"))
-        vs_naive = f"{cell.throughput / naive.throughput:.2f}x" if naive and name != "naive" else ""
-        print(
-            f"| {image_set} | {concurrency} | {name} | {cell.throughput:.1f} | {cell.percentile_ms(50):.1f} | "
-            f"{cell.percentile_ms(99):.1f} | {cell.errors} | {cell.throughput / raw_ips[best]:.2f} | {vs_naive} |"
-        )
+    for image_set, concurrency in groups:
+        for name in names:
+            key = (image_set, concurrency, name)
+            cell = cells[key]
+            naive = (image_set, concurrency, "naive")
+            vs_naive = (
+                f"{statistics.median(vs_cell(key, naive)):.2f}x" if naive in cells and name != "naive" else ""
+            )
+            print(
+                f"| {image_set} | {concurrency} | {name} | {cell.throughput:.1f} | {cell.percentile_ms(50):.1f} | "
+                f"{cell.percentile_ms(99):.1f} | {cell.errors} | {statistics.median(vs_raw(key)):.2f} | {vs_naive} |"
+            )
 
-    print("\ntargets")
+    print(f"\ntargets (median of {args.rounds} rounds, range in brackets; each round pairs adjacent runs)")
     first_set = args.images[0]
-    mvit = next(iter(servers))
+    mvit = names[0]
 
-    def check(label: str, value: float, target: float, above: bool, unit: str = "") -> None:
+    def check(label: str, values: list[float], target: float, above: bool, unit: str = "") -> None:
+        value = statistics.median(values)
         ok = value >= target if above else value <= target
-        print(
-            f"  {'PASS' if ok else 'MISS'} {label}: {value:.2f}{unit} ({'>=' if above else '<='} {target:.2f}{unit})"
-        )
+        sign = ">=" if above else "<="
+        print(f"  {'PASS' if ok else 'MISS'} {label}: {spread(values)}{unit} ({sign} {target:.2f}{unit})")
 
     if (key := (first_set, 8, mvit)) in cells:
-        check(f"{first_set} c=8 throughput / raw best", cells[key].throughput / raw_ips[best], 0.90, True)
-        single = max((label for label in raw_ips if " x" not in label), key=raw_ips.__getitem__)
+        check(f"{first_set} c=8 throughput / raw best ({best})", vs_raw(key), 0.90, True)
         check(
-            f"{first_set} c=8 throughput / raw best single call ({single}, no concurrent instances)",
-            cells[key].throughput / raw_ips[single],
+            f"{first_set} c=8 throughput / raw best single call ({best_single})",
+            vs_raw(key, best_single),
             0.90,
             True,
         )
-        if (naive_key := (first_set, 8, "naive")) in cells:
-            check(
-                f"{first_set} c=8 throughput / naive",
-                cells[key].throughput / cells[naive_key].throughput,
-                3.0,
-                True,
-            )
+        if (naive := (first_set, 8, "naive")) in cells:
+            check(f"{first_set} c=8 throughput / naive", vs_cell(key, naive), 3.0, True)
     if (key := (first_set, 1, mvit)) in cells:
-        check(
-            f"{first_set} c=1 p50 vs raw batch-1 p50 + 5 ms",
-            cells[key].percentile_ms(50),
-            raw_p50_ms + 5,
-            False,
-            " ms",
-        )
+        added = [
+            1000 * (r.percentile(50) - ref["batch 1"][1])
+            for r, ref in zip(cells[key].rounds, raw[key[:2]], strict=True)
+        ]
+        check(f"{first_set} c=1 p50 minus raw batch-1 p50", added, 5.0, False, " ms")
         if len(args.images) > 1 and (big := (args.images[1], 1, mvit)) in cells:
-            ratio = cells[big].percentile_ms(50) / cells[key].percentile_ms(50)
-            check(f"{args.images[1]} c=1 p50 / {first_set} c=1 p50", ratio, 1.5, False)
+            ratios = [
+                b.percentile(50) / s.percentile(50)
+                for b, s in zip(cells[big].rounds, cells[key].rounds, strict=True)
+            ]
+            check(f"{args.images[1]} c=1 p50 / {first_set} c=1 p50", ratios, 1.5, False)
 
 
 if __name__ == "__main__":

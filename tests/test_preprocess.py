@@ -74,3 +74,20 @@ def test_the_resize_target_follows_the_full_size_of_a_reduced_image() -> None:
     reduced = Image.new("RGB", (200, 100))
     assert preprocess(reduced, spec).shape == (3, 100, 200)
     assert preprocess(reduced, spec, full_size=(310, 100)).shape == (3, 100, 310)
+
+
+@pytest.mark.parametrize("resample", [1, 2, 3, 4, 5])  # lanczos, bilinear, bicubic, box, hamming
+@pytest.mark.parametrize("size", [(640, 480), (480, 640), (4032, 3024), (301, 999), (288, 500), (1000, 288)])
+def test_skipping_the_cropped_columns_gives_the_one_call_resize_exactly(
+    resample: int, size: tuple[int, int]
+) -> None:
+    """Preprocessing runs Pillow's two resize passes as two calls and drops the columns the crop cuts
+    in between: the result must be the one-call resize, then crop, bit for bit."""
+    spec = Preprocessing(resize_shortest_edge=288, crop_height_width=(256, 256), resample=resample)
+    image = photo_like(*size, seed=size[1])
+    resized = np.asarray(image.resize(spec.resized_size(*size), resample=Image.Resampling(resample)))
+    top, left = (resized.shape[0] - 256) // 2, (resized.shape[1] - 256) // 2
+    expected = resized[top : top + 256, left : left + 256, ::-1].transpose(2, 0, 1)  # BGR, CHW
+    actual = np.rint(preprocess(image, spec) * 255)
+    assert expected.std() > 10
+    assert np.array_equal(actual, expected)
