@@ -32,6 +32,7 @@ from app.metrics import Metrics
 from app.registry import ModelManager, ServedModel
 from app.request_body import parse_request
 from app.tasks import TASKS
+from app.threads import name_os_thread
 from app.worker import QueueFull
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,9 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     tokens = configured_tokens(settings)
     metrics = manager.metrics if manager is not None else Metrics()
     manager = manager or ModelManager(settings, metrics)
-    pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
+    pool = ThreadPoolExecutor(
+        max_workers=settings.decode_threads, thread_name_prefix="decode", initializer=name_os_thread
+    )
     lifecycle = Lifecycle()
 
     @asynccontextmanager

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.threads import name_os_thread
+
 log = logging.getLogger(__name__)
 
 InferFn = Callable[[np.ndarray], dict[str, np.ndarray]]
@@ -77,7 +79,9 @@ class InferenceWorker:
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self.instances = instances if infer_on_instance is not None else 1
         self._infer_on_instance = infer_on_instance or infer
-        self._executor = ThreadPoolExecutor(max_workers=self.instances, thread_name_prefix=f"infer-{name}")
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.instances, thread_name_prefix=f"infer-{name}", initializer=name_os_thread
+        )
         self._task: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Task[None]] = set()
         self._busy = 0  # instances running a batch

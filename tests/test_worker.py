@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from app.threads import name_os_thread
 from app.worker import InferenceWorker, QueueFull
 
 
@@ -185,3 +188,19 @@ def test_instances_run_batches_side_by_side_and_a_lone_request_gets_every_thread
     asyncio.run(scenario())
     assert calls[0] == "all threads" and set(calls[1:]) == {"instance"}
     assert running["most"] == 2
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names are read from Linux's /proc")
+def test_pool_threads_carry_their_names_at_the_os_level() -> None:
+    """`top -H` tells decode threads from inference threads (scripts/cpu_per_request.py relies on it)."""
+
+    def os_name() -> str:
+        return Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+
+    with ThreadPoolExecutor(1, thread_name_prefix="decode", initializer=name_os_thread) as pool:
+        assert pool.submit(os_name).result() == "decode_0"
+    worker = InferenceWorker("m", lambda batch: {"y": batch})
+    try:
+        assert worker._executor.submit(os_name).result() == "infer-m_0"
+    finally:
+        worker._executor.shutdown()
