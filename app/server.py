@@ -412,14 +412,12 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    if tokens:
-        _document_bearer_auth(app, open_paths(settings))
     # Outermost last: request context (ids, metrics, access log) > CORS (preflights answer without a
     # token, and 401s carry CORS headers so browser code can read them) > bearer auth > routes.
     if tokens:
-        app.add_middleware(
-            BearerAuthMiddleware, checker=TokenChecker(tokens), open_paths=open_paths(settings)
-        )
+        unguarded = open_paths(settings)
+        _document_bearer_auth(app, unguarded)
+        app.add_middleware(BearerAuthMiddleware, checker=TokenChecker(tokens), open_paths=unguarded)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
