@@ -8,9 +8,11 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 log = logging.getLogger("mvit")
 
@@ -38,8 +40,8 @@ def _tool_settings(args: argparse.Namespace) -> Any:
 async def _serve(settings: Any) -> int:
     import uvicorn
 
-    from app.lifecycle import DrainingServer
-    from app.server import create_app
+    from app.api import create_app
+    from app.api.server import DrainingServer
 
     app = create_app(settings)
     config = uvicorn.Config(
@@ -73,10 +75,10 @@ _AFTER_DRAIN_S = 2.0
 def cmd_serve(args: argparse.Namespace) -> int:
     # Spinning OpenMP threads steal the cores that decode threads need; sleep when idle instead.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from app.auth import TokenFileError, configured_tokens
-    from app.checkpoint import CheckpointError
+    from app.api.auth import TokenFileError, configured_tokens
+    from app.errors import CheckpointError
     from app.logs import configure_logging
-    from app.repository import served_models
+    from app.repository.models_yaml import served_models
 
     settings = _settings(args)
     try:  # a broken models.yaml or token file stops here, in one line, before anything binds or loads
@@ -100,29 +102,23 @@ def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-TASK_NAMES = {
-    "classification": "image-classification",
-    "segmentation": "image-segmentation",
-    "detection": "object-detection",
-}
-
-
 def cmd_demo_models(args: argparse.Namespace) -> int:
-    from app.demo import write_demo_model
+    from app.tasks import TASK_BY_CLI_NAME
+    from app.tools.demo_models import write_demo_model
 
     for task in args.task or ["classification"]:
         for width in args.width or [0.5]:
             for size in args.image_size or [None]:
                 path = write_demo_model(
-                    Path(args.directory), TASK_NAMES[task], width=width, image_size=size, seed=args.seed
+                    Path(args.directory), TASK_BY_CLI_NAME[task].name, width=width, image_size=size, seed=args.seed
                 )
                 print(path)
     return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from app.checkpoint import CheckpointError
-    from app.convert import convert_cvnets_checkpoint
+    from app.errors import CheckpointError
+    from app.tools.convert import convert_cvnets_checkpoint
 
     try:
         resample = {"bilinear": 2, "bicubic": 3}.get(args.resample or "")
@@ -137,9 +133,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from app.checkpoint import CheckpointError
-    from app.fetch import DEFAULT_MODELS, fetch
-    from app.repository import REPOSITORY_FILE, add_to_repository_file
+    from app.errors import CheckpointError
+    from app.repository.models_yaml import REPOSITORY_FILE, add_to_repository_file
+    from app.tools.fetch import DEFAULT_MODELS, fetch
 
     settings = _tool_settings(args)
     repository = settings.model_repository
@@ -169,14 +165,15 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from app.checkpoint import CheckpointError, resolve
+    from app.repository import CheckpointError, resolve
 
     try:
-        from app.onnx_export import DEFAULT_OPSET, export_onnx, quantize_int8
+        from app.backends.onnx_export import DEFAULT_OPSET, export_onnx
+        from app.tools.quantize import quantize_int8
     except ImportError as exc:
         print(f"mvit export: needs torch and onnx ({exc}); `pip install .[export]`", file=sys.stderr)
         return 1
-    from app.repository import served_models
+    from app.repository.models_yaml import served_models
 
     settings = _tool_settings(args)
     if args.calibration is not None and not args.calibration.is_dir():
@@ -204,11 +201,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from app.checkpoint import CheckpointError
-    from app.errors import ApiError
-    from app.pipeline import predict
-    from app.registry import load_model
-    from app.repository import served_models
+    from app.errors import CheckpointError, ServiceError
+    from app.repository.models_yaml import served_models
+    from app.runtime.models import load_model
+    from app.runtime.pipeline import predict
 
     settings = _settings(args)
     parameters = {"top_k": args.top_k, "function_to_apply": args.function_to_apply}
@@ -223,88 +219,72 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except (OSError, CheckpointError) as exc:
         print(f"mvit predict: {exc}", file=sys.stderr)
         return 1
-    except ApiError as exc:
+    except ServiceError as exc:
         print(f"mvit predict: {exc.message}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))
     return 0
 
 
+# The settings `mvit predict` takes: which model, and how to load and feed it.
+PREDICT_SETTINGS = (
+    "models",
+    "model_repository",
+    "hub_revision",
+    "backend",
+    "device",
+    "onnx_precision",
+    "onnx_optimization",
+    "onnx_providers",
+    "onnx_allow_spinning",
+    "onnx_cache",
+    "onnx_auto_export",
+    "max_image_pixels",
+    "inference_threads",
+    "jpeg_reduce_gap",
+)
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """One flag per setting, its help and choices taken from the setting's field (app/config.py)."""
+    from pydantic_core import PydanticUndefined
+
+    from app.config import ENVIRONMENT_ONLY, REPEATED_FLAGS, Settings
+
+    for name in names:
+        if name in ENVIRONMENT_ONLY:
+            continue
+        field = Settings.model_fields[name]
+        annotation = field.annotation
+        if get_origin(annotation) in (Union, UnionType):  # X | None
+            annotation = next(a for a in get_args(annotation) if a is not type(None))
+        help_text = (field.description or "").rstrip(".")
+        if field.default is not PydanticUndefined and field.default not in (None, [], ""):
+            default = field.default.value if isinstance(field.default, Enum) else field.default
+            help_text += f" (default {default})"
+        help_text += f"; env MVIT_{name.upper()}"
+        flag = REPEATED_FLAGS.get(name, "--" + name.replace("_", "-"))
+        options: dict[str, Any] = {"dest": name, "help": help_text.replace("%", "%%")}
+        if annotation is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif get_origin(annotation) is list:
+            options.update(action="append", metavar=name.removesuffix("s").upper())
+        elif get_origin(annotation) is Literal:
+            options["choices"] = list(get_args(annotation))
+        else:
+            options["type"] = annotation
+        parser.add_argument(flag, **options)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from app.config import Settings
+    from app.tasks import TASK_BY_CLI_NAME
+
     parser = argparse.ArgumentParser(prog="mvit", description="MobileViTv2 inference service")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def model_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--model",
-            dest="models",
-            action="append",
-            metavar="FOLDER_OR_HUB_ID",
-            help="model folder or Hugging Face Hub id (repeat to serve several; env MVIT_MODELS, comma-separated)",
-        )
-        p.add_argument(
-            "--model-repository", type=Path, help="where downloads and demo models live (default models/)"
-        )
-        p.add_argument("--hub-revision", help="Hub branch, tag or commit to download")
-        p.add_argument("--backend", choices=["torch", "onnx"], help="inference backend (default torch)")
-        p.add_argument("--device", help="cpu (default), cuda or cuda:N")
-        p.add_argument(
-            "--onnx-precision",
-            choices=["fp32", "int8"],
-            help="ONNX file to serve: model.onnx or model.int8.onnx",
-        )
-        p.add_argument(
-            "--onnx-optimization",
-            choices=["disable", "basic", "extended", "all"],
-            help="ONNX Runtime graph optimization level (default all)",
-        )
-        p.add_argument("--max-image-pixels", type=int, help="larger images get 413 (default 50,000,000)")
-        p.add_argument("--inference-threads", type=int, help="intra-op threads (default: usable CPUs)")
-        p.add_argument(
-            "--jpeg-reduce-gap",
-            type=float,
-            help="decode big JPEGs reduced (1/2, 1/4, 1/8) while this many times the resize size remains; "
-            "0 = every pixel (default 2)",
-        )
-
     serve = sub.add_parser("serve", help="run the HTTP service")
-    model_options(serve)
-    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default 8000)")
-    serve.add_argument("--max-body-bytes", type=int, help="larger bodies get 413 (default 20 MiB)")
-    serve.add_argument("--max-batch-size", type=int, help="most requests per inference call (default 8)")
-    serve.add_argument(
-        "--max-queue-delay-ms", type=float, help="wait this long for a batch to fill (default 0: never wait)"
-    )
-    serve.add_argument(
-        "--max-queue-size", type=int, help="requests one model holds; more get 429 (default 64)"
-    )
-    serve.add_argument("--request-timeout-s", type=float, help="per-request deadline, then 504 (default 30)")
-    serve.add_argument(
-        "--body-timeout-s", type=float, help="time to receive a request body, then 408 (default 15)"
-    )
-    serve.add_argument(
-        "--drain-timeout-s", type=float, help="on SIGTERM, time for accepted requests to finish (default 30)"
-    )
-    serve.add_argument(
-        "--api-tokens-file",
-        type=Path,
-        help="bearer tokens, one per line: requests need one (tokens themselves: env MVIT_API_TOKENS only, "
-        "never a flag, which `ps` would show)",
-    )
-    serve.add_argument(
-        "--cors-origin",
-        dest="cors_origins",
-        action="append",
-        metavar="ORIGIN",
-        help="browser origin allowed to call the service, e.g. https://app.example (repeatable; * for any)",
-    )
-    serve.add_argument(
-        "--instances", type=int, help="batches one model runs at once (default 0: auto, one per CPU for ONNX)"
-    )
-    serve.add_argument("--decode-threads", type=int, help="decode/preprocess threads (default: usable CPUs)")
-    serve.add_argument("--log-level", help="debug, info, warning, error")
-    serve.add_argument("--log-format", choices=["json", "text"], help="log lines as JSON (default) or text")
+    add_setting_flags(serve, Settings.model_fields)
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo-models", help="write random-weight models of the real architecture (offline)")
@@ -320,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--task",
-        choices=sorted(TASK_NAMES),
+        choices=sorted(TASK_BY_CLI_NAME),
         action="append",
         help="classification (default), segmentation or detection",
     )
@@ -353,8 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         "coco-ssd-mobilevitv2-0.75, deeplabv3-mobilevitv2-1.0-ade20k (default: the 1.0 classifier, "
         "VOC segmenter and COCO detector, also spelled `default`)",
     )
-    fetch.add_argument("--model-repository", type=Path, help="where to write (default models/)")
-    fetch.add_argument("--hub-revision", help="Hub branch, tag or commit (default: the pinned one)")
+    add_setting_flags(fetch, ("model_repository", "hub_revision"))
     fetch.add_argument(
         "--no-register", action="store_true", help="do not add the fetched models to models.yaml"
     )
@@ -363,8 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export model folders to ONNX (model.onnx), optionally INT8 too")
     export.add_argument("models", nargs="*", metavar="FOLDER_OR_HUB_ID", help="model folders or Hub ids")
     export.add_argument("--all", action="store_true", help="every model the repository's models.yaml lists")
-    export.add_argument("--model-repository", type=Path, help="where downloads live (default models/)")
-    export.add_argument("--hub-revision", help="Hub branch, tag or commit to download")
+    add_setting_flags(export, ("model_repository", "hub_revision"))
     export.add_argument("--opset", type=int, help="ONNX opset (default 17; 18+ uses torch.export)")
     export.add_argument(
         "--quantize",
@@ -379,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="run one image file through a model without HTTP")
     predict.add_argument("image", help="image file")
-    model_options(predict)
+    add_setting_flags(predict, PREDICT_SETTINGS)
     predict.add_argument("--top-k", type=int)
     predict.add_argument("--function-to-apply", choices=["softmax", "sigmoid", "none"])
     predict.set_defaults(func=cmd_predict)

@@ -1,4 +1,8 @@
-"""Service configuration: `MVIT_*` environment variables, overridden by `mvit serve` flags."""
+"""Service configuration, stated once: each field is an `MVIT_*` environment variable and a `mvit serve` flag.
+
+`app.cli` generates the flags and their help from these fields, models.yaml entries take the fields in
+MODEL_OPTIONS, and docs/configuration.md lists them all (a test checks it does).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,27 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from app.cpus import available_cpus
 
 DEFAULT_MODEL = "apple/mobilevitv2-1.0-imagenet1k-256"
+# The settings a models.yaml entry may set for its own model.
+MODEL_OPTIONS = (
+    "backend",
+    "onnx_precision",
+    "device",
+    "max_batch_size",
+    "max_queue_delay_ms",
+    "max_queue_size",
+    "instances",
+)
+# Settings never given as a command-line flag: `ps` shows a process's arguments.
+ENVIRONMENT_ONLY = frozenset({"api_tokens"})
+# List settings whose flag takes one value and may repeat, named in the singular.
+REPEATED_FLAGS = {"models": "--model", "cors_origins": "--cors-origin", "onnx_providers": "--onnx-provider"}
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MVIT_", extra="ignore")
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8000, ge=0, le=65535, description="Port.")
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Model folders or Hugging Face Hub ids to serve (comma-separated in MVIT_MODELS); "
@@ -25,7 +43,7 @@ class Settings(BaseSettings):
     )
     model_repository: Path = Field(Path("models"), description="Where Hub downloads and demo models live.")
     hub_revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to download.")
-    backend: Literal["torch", "onnx"] = "torch"
+    backend: Literal["torch", "onnx"] = Field("torch", description="Inference backend.")
     device: str = Field(
         "cpu", description="cpu, cuda or cuda:N (PyTorch device / ONNX Runtime CUDA provider)."
     )
@@ -78,7 +96,7 @@ class Settings(BaseSettings):
     api_tokens: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Bearer tokens that may call the service (comma-separated in MVIT_API_TOKENS); "
-        "none and no api_tokens_file = no authentication.",
+        "none and no api_tokens_file = no authentication. Environment only: `ps` would show a flag.",
     )
     api_tokens_file: Path | None = Field(
         None, description="A file of bearer tokens, one per line (# starts a comment); adds to api_tokens."
@@ -102,7 +120,9 @@ class Settings(BaseSettings):
         description="Longest side of annotated images (render=png|jpeg); 0 draws at the photo's own size.",
     )
     inference_threads: int = Field(
-        default_factory=available_cpus, ge=1, description="Intra-op threads (torch or ONNX Runtime)."
+        default_factory=available_cpus,
+        ge=1,
+        description="Intra-op threads (torch or ONNX Runtime); default: the CPUs this process may use.",
     )
     instances: int = Field(
         0,
@@ -110,8 +130,12 @@ class Settings(BaseSettings):
         description="Batches one model may run at once (Triton's instance count), splitting the inference "
         "threads between them; 0 = auto: one per inference thread for ONNX Runtime on CPU, else 1.",
     )
-    decode_threads: int = Field(default_factory=available_cpus, ge=1, description="Decode/preprocess pool.")
-    log_level: str = "info"
+    decode_threads: int = Field(
+        default_factory=available_cpus,
+        ge=1,
+        description="Decode/preprocess threads; default: the CPUs this process may use.",
+    )
+    log_level: str = Field("info", description="debug, info, warning or error.")
     log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line.")
     access_log: bool = Field(True, description="One log line per request (logger mvit.access).")
 

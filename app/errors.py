@@ -1,35 +1,57 @@
-"""The one exception type the HTTP layer turns into `{"error": ...}` responses."""
+"""Domain errors. They say what went wrong; `app.api.errors` alone decides the HTTP status."""
 
 from __future__ import annotations
 
 
-class ApiError(Exception):
-    """A failure the caller should see: an HTTP status, a human-readable message, optional extras."""
+class ServiceError(Exception):
+    """A failure the caller should see, with a message written for them."""
 
-    def __init__(
-        self,
-        status_code: int,
-        message: str,
-        *,
-        headers: dict[str, str] | None = None,
-        extra: dict[str, object] | None = None,
-    ) -> None:
+    def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.status_code = status_code
         self.message = message
-        self.headers = headers or {}
-        self.extra = extra or {}
-
-    def body(self) -> dict[str, object]:
-        return {"error": self.message, **self.extra}
 
 
-def bad_request(message: str) -> ApiError:
-    return ApiError(400, message)
+class InvalidInput(ServiceError):
+    """A bad image, body or parameter."""
 
 
-def too_large(message: str) -> ApiError:
-    return ApiError(413, message)
+class TooLarge(ServiceError):
+    """A body or image over a configured limit."""
+
+
+class ModelNotFound(ServiceError):
+    """No served model has that id, or none serves that task."""
+
+
+class ModelLoading(ServiceError):
+    """The model asked for is not loaded yet."""
+
+    def __init__(self, message: str, estimated_time_s: float) -> None:
+        super().__init__(message)
+        self.estimated_time_s = estimated_time_s
+
+
+class QueueFull(ServiceError):
+    """The model already holds `limit` requests."""
+
+    def __init__(self, model: str, limit: int, retry_after_s: int) -> None:
+        super().__init__(
+            f"Model {model} is busy: it already holds {limit} requests. Retry after {retry_after_s} s."
+        )
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+
+class ShuttingDown(ServiceError):
+    """The service is draining and takes no new work."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__("The service is shutting down and takes no new requests; retry in a few seconds.")
+        self.retry_after_s = retry_after_s
+
+
+class CheckpointError(Exception):
+    """A model folder that is missing, incomplete or not a MobileViTv2 checkpoint (start-up and tools)."""
 
 
 def unit_interval_param(name: str, value: object) -> float:
@@ -39,5 +61,5 @@ def unit_interval_param(name: str, value: object) -> float:
     except (TypeError, ValueError):
         number = float("nan")
     if isinstance(value, bool) or not 0.0 <= number <= 1.0:
-        raise bad_request(f"Parameter {name!r} must be a number between 0 and 1, got {value!r}.")
+        raise InvalidInput(f"Parameter {name!r} must be a number between 0 and 1, got {value!r}.")
     return number

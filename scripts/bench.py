@@ -43,7 +43,7 @@ from _common import BENCH_SETS, bench_set, start_listening, start_server
 from _loadgen import LoadResult, closed_loop
 
 if TYPE_CHECKING:
-    from app.registry import ServedModel
+    from app.runtime.models import ServedModel
 
 
 @dataclass
@@ -152,9 +152,9 @@ def main() -> None:
 
     from app.config import Settings
     from app.cpus import available_cpus
-    from app.imaging import decode
-    from app.preprocess import preprocess
-    from app.registry import load_model
+    from app.intake.decode import decode
+    from app.intake.preprocess import preprocess
+    from app.runtime.models import load_model
 
     print(f"$ python {' '.join(map(shlex.quote, sys.argv))}")
     print(

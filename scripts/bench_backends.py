@@ -44,11 +44,11 @@ def main() -> None:
     import numpy as np
     from _common import bench_photos
 
-    from app.checkpoint import ONNX_FILES
     from app.config import Settings
     from app.cpus import available_cpus
-    from app.preprocess import preprocess
-    from app.registry import load_model
+    from app.intake.preprocess import preprocess
+    from app.repository import ONNX_FILES
+    from app.runtime.models import load_model
 
     threads = args.threads or available_cpus()
     print(f"$ python {' '.join(map(shlex.quote, sys.argv))}")

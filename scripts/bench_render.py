@@ -47,8 +47,8 @@ def main() -> int:
     from _common import photo_jpeg
     from fastapi.testclient import TestClient
 
+    from app.api.app import create_app
     from app.config import Settings
-    from app.server import create_app
 
     print(f"$ python {' '.join(map(shlex.quote, sys.argv))}")
     photo = photo_jpeg(4032, 3024)

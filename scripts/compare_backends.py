@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.onnx_export import IMAGE_SUFFIXES
+from app.intake.decode import IMAGE_SUFFIXES
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -65,9 +65,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from app.config import Settings
-    from app.imaging import decode_image
-    from app.preprocess import preprocess
-    from app.registry import load_model
+    from app.intake.decode import decode_image
+    from app.intake.preprocess import preprocess
+    from app.runtime.models import load_model
 
     print(f"$ python {' '.join(map(shlex.quote, sys.argv))}")
     candidates = {"torch": {"backend": "torch"}, "onnx-fp32": {"backend": "onnx"}}

@@ -53,9 +53,9 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from app.config import Settings
-    from app.imaging import decode
-    from app.preprocess import preprocess
-    from app.registry import load_model
+    from app.intake.decode import decode
+    from app.intake.preprocess import preprocess
+    from app.runtime.models import load_model
 
     print(f"$ python {' '.join(map(shlex.quote, sys.argv))}")
     bodies = bench_set("640x480")

@@ -33,9 +33,9 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
     from app.config import Settings
-    from app.imaging import decode
-    from app.preprocess import preprocess
-    from app.registry import load_model
+    from app.intake.decode import decode
+    from app.intake.preprocess import preprocess
+    from app.runtime.models import load_model
     from app.tasks.classification import scores_from_logits
 
     print(f"$ python {' '.join(map(shlex.quote, sys.argv))}")

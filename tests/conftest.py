@@ -11,9 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.api import create_app
 from app.config import Settings
-from app.demo import write_demo_model
-from app.server import create_app
+from app.tools.demo_models import write_demo_model
 
 
 def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.auth import TokenChecker, TokenFileError
+from app.api import create_app
+from app.api.auth import TokenChecker, TokenFileError
 from app.logs import ACCESS_LOGGER, JsonFormatter, TextFormatter
-from app.server import create_app
 from tests.conftest import make_settings, serving
 from tests.test_cli import mvit
 

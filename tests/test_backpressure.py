@@ -18,11 +18,11 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.checkpoint import ModelDir
+from app.api import create_app
 from app.config import Settings
 from app.metrics import Metrics
-from app.registry import ModelManager, load_backend
-from app.server import create_app
+from app.repository import ModelDir
+from app.runtime.models import ModelManager, load_backend
 from tests.conftest import make_settings, wait_ready
 
 MODEL_ID = "mobilevitv2-0.5-imagenet1k-256-random"
@@ -70,7 +70,7 @@ def gated_app(model_dir: Path, **overrides: object) -> Iterator[tuple[FastAPI, G
 
 
 def pending(app: FastAPI) -> int:
-    return int(app.state.manager.models[MODEL_ID].worker.pending)
+    return int(app.state.manager.models[MODEL_ID].batcher.pending)
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app.server import create_app
+from app.api import create_app
 from tests.conftest import encode, make_settings, photo_like
 from tests.test_backpressure import live, wait_for
 

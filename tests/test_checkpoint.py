@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-from app.checkpoint import CheckpointError, hub_folder, read_model_dir, resolve
+from app.repository import CheckpointError, read_model_dir, resolve
+from app.repository.hub import hub_folder
 
 
 def test_local_folder_and_repository_name(model_dir: Path) -> None:

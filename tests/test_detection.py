@@ -13,12 +13,11 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.backends.torch_backend import build_network
-from app.checkpoint import read_model_dir
 from app.config import Settings
-from app.convert import convert_cvnets_checkpoint
 from app.labels import read_labels
-from app.registry import load_model
+from app.nn.build import build_network
+from app.repository import read_model_dir
+from app.runtime.models import load_model
 from app.tasks.detection import (
     Detector,
     SSDConfig,
@@ -28,6 +27,7 @@ from app.tasks.detection import (
     softmax,
     ssd_anchors,
 )
+from app.tools.convert import convert_cvnets_checkpoint
 from tests.conftest import encode, photo_like, serving
 
 FIXTURE = (
@@ -171,7 +171,7 @@ def test_boxes_map_back_to_non_square_images(det_client: TestClient, det_model_d
     check_detections(body, (640, 360), 0.3)
     assert len(body) >= 3
     # The same detections, computed here from the normalised boxes: x scales by 640, y by 360.
-    from app.preprocess import preprocess
+    from app.intake.preprocess import preprocess
 
     outputs = model.backend.infer(preprocess(image, model.preprocessing)[None])
     detections = model.detector.detect(outputs["logits"][0], outputs["box_regression"][0], 0.3)

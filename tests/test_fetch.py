@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from app.checkpoint import CheckpointError
 from app.cli import main
-from app.demo import write_demo_model
-from app.fetch import DEFAULT_MODELS, HUB_REVISIONS, cvnets_catalog
-from app.repository import REPOSITORY_FILE, served_models
+from app.repository import CheckpointError
+from app.repository.models_yaml import REPOSITORY_FILE, served_models
+from app.tools.demo_models import write_demo_model
+from app.tools.fetch import DEFAULT_MODELS, HUB_REVISIONS, cvnets_catalog
 from tests.conftest import make_settings, serving
 from tests.test_checkpoint import FakeHub, hub_like
 
@@ -23,7 +23,7 @@ CVNETS_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "
 @pytest.fixture(autouse=True)
 def network_resolves(monkeypatch: pytest.MonkeyPatch) -> None:
     """The downloads are faked per test; the DNS pre-check must not depend on this machine's network."""
-    monkeypatch.setattr("app.fetch._check_reachable", lambda url: None)
+    monkeypatch.setattr("app.tools.fetch._check_reachable", lambda url: None)
 
 
 def test_an_unresolvable_host_fails_at_once(
@@ -31,7 +31,7 @@ def test_an_unresolvable_host_fails_at_once(
 ) -> None:
     import socket
 
-    from app import fetch
+    from app.tools import fetch
 
     monkeypatch.undo()
 
@@ -159,7 +159,7 @@ def test_fetch_from_cvnets_converts_and_verifies(tmp_path: Path, monkeypatch: py
         assert url.endswith("/detection/mobilevitv2/coco-ssd-mobilevitv2-0.5.pt")
         torch.save(state, destination)  # as Apple ships them
 
-    monkeypatch.setattr("app.fetch._download", download)
+    monkeypatch.setattr("app.tools.fetch._download", download)
     repository = tmp_path / "models"
     assert main(["fetch", "coco-ssd-mobilevitv2-0.5", "--model-repository", str(repository)]) == 0
     folder = repository / "cvnets-mobilevitv2-0.5-coco-ssdlite"

@@ -26,10 +26,10 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-import app.preprocess
+import app.intake.preprocess
+from app.api import create_app
 from app.config import Settings
-from app.preprocess import Preprocessing, preprocess
-from app.server import create_app
+from app.intake.preprocess import Preprocessing, preprocess
 from tests.conftest import encode, make_settings, photo_like, wait_ready
 from tests.test_backpressure import live, wait_for
 
@@ -75,10 +75,10 @@ def test_preprocessing_memory_stays_bounded_on_the_corpus(
         from pathlib import Path
         sys.path.insert(0, {str(Path(__file__).resolve().parent.parent / "scripts")!r})
         from hostile_images import hostile_corpus
-        from app.checkpoint import resolve
-        from app.errors import ApiError
-        from app.imaging import decode
-        from app.preprocess import Preprocessing, preprocess
+        from app.repository import resolve
+        from app.errors import ServiceError
+        from app.intake.decode import decode
+        from app.intake.preprocess import Preprocessing, preprocess
         specs = [Preprocessing.from_hf_config(resolve(p, Path(".")).preprocessor_config)
                  for p in {[str(model_dir), str(seg_model_dir), str(det_model_dir)]!r}]
         corpus = hostile_corpus()
@@ -90,7 +90,7 @@ def test_preprocessing_memory_stays_bounded_on_the_corpus(
                 try:
                     decoded = decode(item.data, 50_000_000, spec.min_decode_size(2))
                     preprocess(decoded.image, spec, decoded.size)
-                except ApiError:
+                except ServiceError:
                     pass
         print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
         """
@@ -108,7 +108,7 @@ def test_crop_window_resize_matches_the_full_resize(
     spec = Preprocessing(resize_shortest_edge=288, crop_height_width=(256, 256), resample=resample)
     image = photo_like(width, height, seed=5)
     full = preprocess(image, spec)
-    monkeypatch.setattr(app.preprocess, "MAX_RESIZED_PIXELS", 0)  # force the window path
+    monkeypatch.setattr(app.intake.preprocess, "MAX_RESIZED_PIXELS", 0)  # force the window path
     window = preprocess(image, spec)
     assert full.std() > 0.05  # a real image, not a flat one
     difference = np.abs(full - window) * 255
@@ -116,12 +116,12 @@ def test_crop_window_resize_matches_the_full_resize(
 
 
 def test_an_extreme_aspect_ratio_without_a_crop_is_a_clear_400(monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.errors import ApiError
+    from app.errors import InvalidInput
 
     spec = Preprocessing(resize_shortest_edge=256, crop_height_width=None)
-    with pytest.raises(ApiError, match="less extreme aspect ratio") as raised:
+    with pytest.raises(InvalidInput, match="less extreme aspect ratio") as raised:
         preprocess(photo_like(20_000, 2), spec)
-    assert raised.value.status_code == 400
+    assert isinstance(raised.value, InvalidInput)
 
 
 # --- hypothesis: the request parser ---------------------------------------------------------------
@@ -306,8 +306,8 @@ def test_a_served_pickle_checkpoint_is_refused_without_running_code(
 
 
 def test_models_yaml_cannot_construct_python_objects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.checkpoint import CheckpointError
-    from app.repository import served_models
+    from app.repository import CheckpointError
+    from app.repository.models_yaml import served_models
 
     (tmp_path / "models.yaml").write_text(
         "models:\n  - !!python/object/apply:os.system ['touch PWNED']\n", encoding="utf-8"

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.checkpoint import ModelDir
+from app.api import create_app
 from app.config import Settings
 from app.metrics import Metrics
-from app.registry import ModelManager, load_backend
-from app.server import create_app
+from app.repository import ModelDir
+from app.runtime.models import ModelManager, load_backend
 from tests.conftest import encode, make_settings, photo_like, serving, wait_ready
 
 MODEL_ID = "mobilevitv2-0.5-imagenet1k-256-random"

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from app.errors import ApiError
-from app.imaging import decode, decode_image
-from app.preprocess import Preprocessing, preprocess
+from app.errors import InvalidInput, TooLarge
+from app.intake.decode import decode, decode_image
+from app.intake.preprocess import Preprocessing, preprocess
 from tests.conftest import encode, photo_like
 
 LIMIT = 10_000_000
@@ -81,31 +81,31 @@ def test_every_mode_becomes_rgb(mode: str) -> None:
 
 
 def test_empty_body() -> None:
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(InvalidInput) as err:
         decode_image(b"", LIMIT)
-    assert err.value.status_code == 400 and "empty" in err.value.message
+    assert "empty" in err.value.message
 
 
 def test_not_an_image() -> None:
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(InvalidInput) as err:
         decode_image(b"%PDF-1.7 this is a document, not a picture", LIMIT)
-    assert err.value.status_code == 400 and "not a recognised image" in err.value.message
+    assert "not a recognised image" in err.value.message
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "TIFF"])
 def test_truncated(fmt: str) -> None:
     data = encode(photo_like(200, 150), fmt)
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(InvalidInput) as err:
         decode_image(data[: len(data) // 2], LIMIT)
-    assert err.value.status_code == 400
+    assert isinstance(err.value, InvalidInput)
 
 
 def test_corrupt_jpeg_body() -> None:
     data = bytearray(encode(photo_like(200, 150), "PNG"))
     data[200:400] = b"\x00" * 200  # inside the compressed IDAT stream
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(InvalidInput) as err:
         decode_image(bytes(data), LIMIT)
-    assert err.value.status_code == 400
+    assert isinstance(err.value, InvalidInput)
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -127,9 +127,9 @@ def png_header_only(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize(("width", "height"), [(5000, 5000), (100_000, 100_000), (2**31 - 1, 2)])
 def test_pixel_limit_is_413_before_decoding(width: int, height: int) -> None:
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(TooLarge) as err:
         decode_image(png_header_only(width, height), LIMIT)
-    assert err.value.status_code == 413
+    assert isinstance(err.value, TooLarge)
     assert "limit" in err.value.message
 
 

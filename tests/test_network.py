@@ -11,10 +11,11 @@ import torch
 from transformers import MobileViTV2Config as HFConfig
 from transformers import MobileViTV2ForImageClassification as HFClassifier
 
-from app.backends.torch_backend import build_network
-from app.checkpoint import CheckpointError, read_model_dir
-from app.nn.mobilevitv2 import MobileViTBlock, MobileViTV2Config, randomize_weights
-from app.preprocess import Preprocessing
+from app.intake.preprocess import Preprocessing
+from app.nn.build import build_network
+from app.nn.configs import MobileViTV2Config
+from app.nn.mobilevitv2 import MobileViTBlock, randomize_weights
+from app.repository import CheckpointError, read_model_dir
 
 NUM_LABELS = 1000
 

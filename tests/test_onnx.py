@@ -15,15 +15,16 @@ import torch
 from PIL import Image
 
 from app.backends.onnx_backend import CACHE_DIR, _cache_path, load_onnx_backend
+from app.backends.onnx_export import PARITY_TOLERANCE, export_onnx, read_metadata
 from app.backends.torch_backend import load_torch_backend
-from app.checkpoint import CheckpointError, file_sha256, read_model_dir
 from app.cli import main
-from app.demo import write_demo_model
-from app.imaging import decode_image
-from app.onnx_export import PARITY_TOLERANCE, export_onnx, quantize_int8, read_metadata
-from app.pipeline import predict
-from app.preprocess import preprocess
-from app.registry import load_model
+from app.intake.decode import decode_image
+from app.intake.preprocess import preprocess
+from app.repository import CheckpointError, file_sha256, read_model_dir
+from app.runtime.models import load_model
+from app.runtime.pipeline import predict
+from app.tools.demo_models import write_demo_model
+from app.tools.quantize import quantize_int8
 from tests.conftest import encode, make_settings, photo_like
 
 TASKS = ("image-classification", "image-segmentation", "object-detection")
@@ -197,7 +198,7 @@ def test_missing_export_without_torch_says_what_to_do(
     folder = copy_model(exported["image-classification"], tmp_path)
     (folder / "model.onnx").unlink()
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails as if not installed
-    monkeypatch.delitem(sys.modules, "app.onnx_export", raising=False)
+    monkeypatch.delitem(sys.modules, "app.backends.onnx_export", raising=False)
     with pytest.raises(CheckpointError, match=r"cannot export \(no torch\)\. Run `mvit export"):
         load_onnx_backend(read_model_dir(folder), make_settings(folder, backend="onnx"))
     with pytest.raises(CheckpointError, match="run `mvit export"):

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from transformers.models.mobilevit.image_processing_pil_mobilevit import MobileViTImageProcessorPil
 
-from app.preprocess import Preprocessing, preprocess
+from app.intake.preprocess import Preprocessing, preprocess
 from tests.conftest import photo_like
 
 HUB_STYLE_CONFIGS = [

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app import render
-from app.server import create_app
+from app.tasks import classification, detection, drawing, segmentation
+from app.api import create_app
 from tests.conftest import encode, make_settings, photo_like, wait_ready
 
 ROUTES = ("/classify", "/segment", "/detect")
@@ -90,10 +90,10 @@ def test_render_max_side_zero_draws_at_the_photos_size(model_dir: Path) -> None:
 
 
 def test_class_colors_are_stable_and_distinct() -> None:
-    colors = [render.class_color(i) for i in range(21)]
+    colors = [drawing.class_color(i) for i in range(21)]
     assert colors[0] == (0, 0, 0) and colors[1] == (128, 0, 0) and colors[15] == (192, 128, 128)  # VOC's map
     assert len(set(colors)) == 21
-    assert colors == [render.class_color(i) for i in range(21)]
+    assert colors == [drawing.class_color(i) for i in range(21)]
 
 
 def test_segmentation_tints_each_class_and_leaves_background_clear() -> None:
@@ -101,9 +101,9 @@ def test_segmentation_tints_each_class_and_leaves_background_clear() -> None:
     label_ids = np.zeros((100, 200), dtype=np.int64)
     label_ids[:, 100:] = 15  # person
     drawn = np.asarray(
-        render.draw_segmentation(photo, label_ids, ["background", *[f"c{i}" for i in range(1, 21)]])
+        segmentation.draw(photo, label_ids, ["background", *[f"c{i}" for i in range(1, 21)]])
     )
-    expected = np.round(0.5 * 100 + 0.5 * np.array(render.class_color(15)))
+    expected = np.round(0.5 * 100 + 0.5 * np.array(drawing.class_color(15)))
     assert np.abs(drawn[10, 150].astype(int) - expected).max() <= 1  # tinted, above the legend
     assert tuple(drawn[10, 50]) == (100, 100, 100)  # background untouched
     assert not np.array_equal(drawn[95, 5], drawn[10, 50])  # the legend, bottom left
@@ -112,8 +112,8 @@ def test_segmentation_tints_each_class_and_leaves_background_clear() -> None:
 def test_detection_boxes_are_drawn_where_the_json_says() -> None:
     photo = Image.new("RGB", (400, 300), (90, 90, 90))
     results = [{"score": 0.9, "label": "dog", "box": {"xmin": 200, "ymin": 150, "xmax": 600, "ymax": 450}}]
-    drawn = np.asarray(render.draw_detection(photo, results, (800, 600), ["background", "cat", "dog"]))
-    color = render._bright(render.class_color(2))
+    drawn = np.asarray(detection.draw(photo, results, (800, 600), ["background", "cat", "dog"]))
+    color = drawing.bright(drawing.class_color(2))
     assert tuple(drawn[225, 100]) == color  # left edge, at half scale
     assert tuple(drawn[225, 300]) == color  # right edge
     assert tuple(drawn[200, 200]) == (90, 90, 90)  # inside the box: the photo
@@ -123,7 +123,7 @@ def test_detection_boxes_are_drawn_where_the_json_says() -> None:
 def test_classification_panel_lists_the_top_k() -> None:
     photo = Image.new("RGB", (400, 300), (90, 90, 90))
     results = [{"label": "tabby", "score": 0.7}, {"label": "tiger cat", "score": 0.2}]
-    drawn = np.asarray(render.draw_classification(photo, results))
+    drawn = np.asarray(classification.draw(photo, results))
     assert (drawn[:60, :100] != 90).any()  # the panel, top left
     assert (drawn[200:, 200:] == 90).all()  # the rest of the photo untouched
 

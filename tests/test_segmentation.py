@@ -16,13 +16,13 @@ from PIL import Image
 from transformers import MobileViTV2Config as HFConfig
 from transformers import MobileViTV2ForSemanticSegmentation as HFSegmenter
 
-from app.backends.torch_backend import build_network
-from app.checkpoint import read_model_dir
-from app.convert import convert_cvnets_checkpoint
+from app.intake.preprocess import Preprocessing
 from app.labels import read_labels
+from app.nn.build import build_network
 from app.nn.mobilevitv2 import randomize_weights
-from app.preprocess import Preprocessing
+from app.repository import read_model_dir
 from app.tasks.segmentation import label_map
+from app.tools.convert import convert_cvnets_checkpoint
 from tests.conftest import encode, photo_like, serving
 from tests.test_network import smooth_images
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from fastapi.testclient import TestClient
 
-from app.lifecycle import RETRY_AFTER_DRAINING_S
+from app.runtime.drain import RETRY_AFTER_DRAINING_S
 from tests.conftest import encode, photo_like, wait_ready
 from tests.test_backpressure import gated_app, metric, pending, rejected, wait_for
 from tests.test_live_server import start_server, wait_until_ready

@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.checkpoint import read_model_dir
-from app.demo import write_demo_model
-from app.onnx_export import export_onnx
+from app.backends.onnx_export import export_onnx
+from app.repository import read_model_dir
+from app.tools.demo_models import write_demo_model
 from tests.conftest import encode, photo_like
 from tests.test_live_server import start_server, wait_until_ready
 

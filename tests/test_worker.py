@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.threads import name_os_thread
-from app.worker import InferenceWorker, QueueFull
+from app.errors import QueueFull
+from app.runtime.batcher import Batcher
+from app.runtime.threads import name_os_thread
 
 
 def doubling(batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -27,7 +28,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_slice() -> None:
         return doubling(batch)
 
     async def scenario() -> list:
-        worker = InferenceWorker("m", slow, max_batch_size=4, on_batch=sizes.append)
+        worker = Batcher("m", slow, max_batch_size=4, on_batch=sizes.append)
         worker.start()
         first = asyncio.ensure_future(worker.submit(np.full((2, 2), 0.0)))
         await asyncio.sleep(0.05)  # the worker is now busy with `first`
@@ -50,7 +51,7 @@ def test_different_shapes_are_not_stacked() -> None:
     sizes: list[int] = []
 
     async def scenario() -> None:
-        worker = InferenceWorker("m", doubling, max_batch_size=8, on_batch=sizes.append)
+        worker = Batcher("m", doubling, max_batch_size=8, on_batch=sizes.append)
         worker.start()
         shapes = [(2, 2), (2, 2), (3, 3), (3, 3), (2, 2)]
         results = await asyncio.gather(*(worker.submit(np.ones(s)) for s in shapes))
@@ -71,7 +72,7 @@ def test_cancelled_work_is_never_computed() -> None:
         return {"out": batch}
 
     async def scenario() -> None:
-        worker = InferenceWorker("m", record, max_batch_size=8)
+        worker = Batcher("m", record, max_batch_size=8)
         worker.start()
         busy = asyncio.ensure_future(worker.submit(np.array([0.0])))
         await asyncio.sleep(0.05)
@@ -97,7 +98,7 @@ def test_backend_errors_reach_every_caller_and_the_worker_survives() -> None:
         return doubling(batch)
 
     async def scenario() -> None:
-        worker = InferenceWorker("m", flaky)
+        worker = Batcher("m", flaky)
         worker.start()
         with pytest.raises(RuntimeError, match="boom"):
             await worker.submit(np.ones(1))
@@ -110,9 +111,7 @@ def test_backend_errors_reach_every_caller_and_the_worker_survives() -> None:
 def test_queue_delay_waits_for_a_batch_to_fill_and_zero_does_not() -> None:
     async def batch_sizes(delay_ms: float) -> list[int]:
         sizes: list[int] = []
-        worker = InferenceWorker(
-            "m", doubling, max_batch_size=8, max_queue_delay_ms=delay_ms, on_batch=sizes.append
-        )
+        worker = Batcher("m", doubling, max_batch_size=8, max_queue_delay_ms=delay_ms, on_batch=sizes.append)
         worker.start()
         jobs = []
         for i in range(3):  # three requests 20 ms apart
@@ -129,7 +128,7 @@ def test_queue_delay_waits_for_a_batch_to_fill_and_zero_does_not() -> None:
 
 def test_admission_is_bounded_and_released() -> None:
     async def scenario() -> None:
-        worker = InferenceWorker("m", doubling, max_queue_size=2)
+        worker = Batcher("m", doubling, max_queue_size=2)
         with worker.admit(), worker.admit():
             assert worker.pending == 2
             with pytest.raises(QueueFull) as full, worker.admit():
@@ -165,7 +164,7 @@ def test_instances_run_batches_side_by_side_and_a_lone_request_gets_every_thread
         return infer
 
     async def scenario() -> None:
-        worker = InferenceWorker(
+        worker = Batcher(
             "m", tracked("all threads"), max_batch_size=8, instances=2, infer_on_instance=tracked("instance")
         )
         worker.start()
@@ -199,7 +198,7 @@ def test_pool_threads_carry_their_names_at_the_os_level() -> None:
 
     with ThreadPoolExecutor(1, thread_name_prefix="decode", initializer=name_os_thread) as pool:
         assert pool.submit(os_name).result() == "decode_0"
-    worker = InferenceWorker("m", lambda batch: {"y": batch})
+    worker = Batcher("m", lambda batch: {"y": batch})
     try:
         assert worker._executor.submit(os_name).result() == "infer-m_0"
     finally:

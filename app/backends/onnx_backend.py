@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from app.checkpoint import CheckpointError, ModelDir, file_sha256
 from app.config import Settings
-from app.preprocess import Preprocessing
+from app.errors import CheckpointError
+from app.intake.preprocess import Preprocessing
+from app.repository import ModelDir, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ class OnnxBackend:
 def _export(model_dir: ModelDir, why: str) -> Path:
     log.info("%s: %s; exporting to ONNX", model_dir.model_id, why)
     try:
-        from app.onnx_export import export_onnx
+        from app.backends.onnx_export import export_onnx
 
         return export_onnx(model_dir)
     except ImportError as exc:  # an ONNX-only install: torch / onnx are not there
@@ -223,3 +224,6 @@ def load_onnx_backend(model_dir: ModelDir, settings: Settings) -> OnnxBackend:
         backend.instance_session = create_session(source, settings, providers, threads)
         backend.instances = instances
     return backend
+
+
+load = load_onnx_backend

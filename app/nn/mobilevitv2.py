@@ -12,13 +12,11 @@ col2im does not export to ONNX at opset 17.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from app.checkpoint import config_fields
+from app.nn.configs import MobileViTV2Config, make_divisible
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "swish": nn.SiLU,
@@ -26,61 +24,6 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
 }
-
-
-def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
-    """Round a channel count to a multiple of `divisor`, never more than 10% below `value`."""
-    min_value = divisor if min_value is None else min_value
-    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * value:
-        rounded += divisor
-    return int(rounded)
-
-
-@dataclass(frozen=True)
-class MobileViTV2Config:
-    """The architecture fields of a Hugging Face `MobileViTV2Config` (config.json)."""
-
-    width_multiplier: float = 1.0
-    num_channels: int = 3
-    patch_size: int = 2
-    expand_ratio: float = 2.0
-    hidden_act: str = "swish"
-    conv_kernel_size: int = 3
-    output_stride: int = 32
-    layer_norm_eps: float = 1e-5
-    n_attn_blocks: tuple[int, int, int] = (2, 4, 3)
-    base_attn_unit_dims: tuple[int, int, int] = (128, 192, 256)
-    ffn_multiplier: int = 2
-    aspp_out_channels: int = 512
-    atrous_rates: tuple[int, int, int] = (6, 12, 18)
-    # ml-cvnets dilates the local 3x3 depthwise conv of a dilated stage; transformers does not.
-    # Checkpoints converted from cvnets set this so they reproduce cvnets.
-    dilate_local_conv: bool = False
-
-    @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> MobileViTV2Config:
-        values = config_fields(cls, config)
-        if values.get("hidden_act", "swish") not in _ACTIVATIONS:
-            raise ValueError(f"unsupported hidden_act {values['hidden_act']!r}")
-        return cls(**values)
-
-    @property
-    def stage_channels(self) -> tuple[int, int, int, int, int, int]:
-        """Output channels of the stem and of encoder layers 1..5."""
-        w = self.width_multiplier
-        return (
-            make_divisible(min(max(32 * w, 16), 64), divisor=8, min_value=16),
-            make_divisible(64 * w, divisor=16),
-            make_divisible(128 * w, divisor=8),
-            make_divisible(256 * w, divisor=8),
-            make_divisible(384 * w, divisor=8),
-            make_divisible(512 * w, divisor=8),
-        )
-
-    @property
-    def attn_unit_dims(self) -> tuple[int, int, int]:
-        return tuple(make_divisible(d * self.width_multiplier, divisor=8) for d in self.base_attn_unit_dims)
 
 
 class ConvLayer(nn.Module):

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from app.nn.mobilevitv2 import ConvLayer, MobileViTV2Backbone, MobileViTV2Config
-from app.tasks.detection import SSDConfig
+from app.nn.configs import MobileViTV2Config, SSDConfig
+from app.nn.mobilevitv2 import ConvLayer, MobileViTV2Backbone
 
 COORDINATES = 4
 

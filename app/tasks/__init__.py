@@ -1,4 +1,8 @@
-"""Tasks: the parameters a task accepts and how its model outputs become the response JSON."""
+"""The TASKS table: one row per task, naming everything the service does for it.
+
+A task's behaviour (its parameters, how outputs become the Hugging Face JSON, how the answer is drawn)
+lives in its own module; the network that serves it is its row in `app.nn.configs.ARCHITECTURES`.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+from PIL import Image
 
-from app.errors import bad_request
+from app.errors import InvalidInput
 from app.tasks import classification, detection, segmentation
+
+Outputs = dict[str, np.ndarray]  # one image's model outputs, by output name
 
 
 class ModelContext(Protocol):
@@ -21,57 +28,82 @@ class ModelContext(Protocol):
 
 
 @dataclass(frozen=True)
-class TaskSpec:
-    name: str
+class Task:
+    name: str  # the Hugging Face pipeline tag
+    cli_name: str  # `mvit demo-models --task ...`
     route: str
     parameters: tuple[str, ...]
     # (raw parameters, model) -> validated parameters
     parse_params: Callable[[Mapping[str, Any], ModelContext], Any]
-    # (one image's model outputs, original image (width, height), model, parameters) -> response JSON
-    postprocess: Callable[[dict[str, np.ndarray], tuple[int, int], ModelContext, Any], list[dict[str, Any]]]
+    # (outputs, original image (width, height), model, parameters) -> response JSON
+    postprocess: Callable[[Outputs, tuple[int, int], ModelContext, Any], list[dict[str, Any]]]
+    # (photo at render size, outputs, original image (width, height), model, parameters) -> annotated photo
+    draw: Callable[[Image.Image, Outputs, tuple[int, int], ModelContext, Any], Image.Image]
     # Microseconds of work (a softmax and a top-k) run on the event loop: a thread hop would cost more.
     cheap_postprocess: bool = False
 
     def validate(self, raw: Mapping[str, Any], model: ModelContext) -> Any:
         unknown = sorted(set(raw) - set(self.parameters))
         if unknown:
-            raise bad_request(
+            raise InvalidInput(
                 f"Unknown parameter(s) for {self.name}: {', '.join(unknown)}. "
                 f"Accepted: {', '.join(self.parameters)}."
             )
         return self.parse_params(raw, model)
 
 
-TASKS: dict[str, TaskSpec] = {
-    classification.TASK: TaskSpec(
-        name=classification.TASK,
-        route="/classify",
-        parameters=classification.PARAMETERS,
-        parse_params=lambda raw, model: classification.parse_params(raw, len(model.labels)),
-        postprocess=lambda outputs, size, model, params: classification.classify(
-            outputs["logits"], model.labels, params
+def _detections(
+    outputs: Outputs, size: tuple[int, int], model: ModelContext, threshold: float
+) -> list[dict[str, Any]]:
+    found = model.detector.detect(outputs["logits"], outputs["box_regression"], threshold)
+    return detection.to_hf(found, size, model.labels, threshold)
+
+
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        Task(
+            name=classification.TASK,
+            cli_name="classification",
+            route="/classify",
+            parameters=classification.PARAMETERS,
+            parse_params=lambda raw, model: classification.parse_params(raw, len(model.labels)),
+            postprocess=lambda outputs, size, model, params: classification.classify(
+                outputs["logits"], model.labels, params
+            ),
+            draw=lambda photo, outputs, size, model, params: classification.draw(
+                photo, classification.classify(outputs["logits"], model.labels, params)
+            ),
+            cheap_postprocess=True,
         ),
-        cheap_postprocess=True,
-    ),
-    segmentation.TASK: TaskSpec(
-        name=segmentation.TASK,
-        route="/segment",
-        parameters=segmentation.PARAMETERS,
-        parse_params=lambda raw, model: segmentation.parse_params(raw),
-        postprocess=lambda outputs, size, model, params: segmentation.segment(
-            outputs["logits"], size, model.labels, model.upsample_align_corners
+        Task(
+            name=segmentation.TASK,
+            cli_name="segmentation",
+            route="/segment",
+            parameters=segmentation.PARAMETERS,
+            parse_params=lambda raw, model: segmentation.parse_params(raw),
+            postprocess=lambda outputs, size, model, params: segmentation.segment(
+                outputs["logits"], size, model.labels, model.upsample_align_corners
+            ),
+            draw=lambda photo, outputs, size, model, params: segmentation.draw(
+                photo,
+                segmentation.label_map(
+                    outputs["logits"], photo.height, photo.width, model.upsample_align_corners
+                ),
+                model.labels,
+            ),
         ),
-    ),
-    detection.TASK: TaskSpec(
-        name=detection.TASK,
-        route="/detect",
-        parameters=detection.PARAMETERS,
-        parse_params=lambda raw, model: detection.parse_params(raw),
-        postprocess=lambda outputs, size, model, threshold: detection.to_hf(
-            model.detector.detect(outputs["logits"], outputs["box_regression"], threshold),
-            size,
-            model.labels,
-            threshold,
+        Task(
+            name=detection.TASK,
+            cli_name="detection",
+            route="/detect",
+            parameters=detection.PARAMETERS,
+            parse_params=lambda raw, model: detection.parse_params(raw),
+            postprocess=_detections,
+            draw=lambda photo, outputs, size, model, threshold: detection.draw(
+                photo, _detections(outputs, size, model, threshold), size, model.labels
+            ),
         ),
-    ),
+    )
 }
+TASK_BY_CLI_NAME = {task.cli_name: task for task in TASKS.values()}

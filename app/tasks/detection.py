@@ -10,45 +10,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw
 
-from app.checkpoint import config_fields
 from app.errors import unit_interval_param
+from app.nn.configs import SSDConfig
+from app.tasks import drawing
 
 TASK = "object-detection"
 PARAMETERS = ("threshold",)
 DEFAULT_THRESHOLD = 0.5
-
-
-@dataclass(frozen=True)
-class SSDConfig:
-    """Detection settings, stored in config.json beside the backbone's fields (cvnets' COCO defaults)."""
-
-    output_strides: tuple[int, ...] = (16, 32, 64, 128, 256, -1)
-    proj_channels: tuple[int, ...] = (512, 256, 256, 128, 128, 64)
-    anchor_aspect_ratios: tuple[tuple[int, ...], ...] = ((2, 3), (2, 3), (2, 3), (2, 3), (2, 3), (2,))
-    anchor_min_scale: float = 0.1
-    anchor_max_scale: float = 1.05
-    center_variance: float = 0.1
-    size_variance: float = 0.2
-    conf_threshold: float = 0.01
-    nms_iou_threshold: float = 0.5
-    top_k_per_class: int = 400
-    objects_per_image: int = 200
-
-    @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> SSDConfig:
-        return cls(**config_fields(cls, config))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @property
-    def anchors_per_location(self) -> tuple[int, ...]:
-        return tuple(2 + 2 * len(ratios) for ratios in self.anchor_aspect_ratios)
 
 
 @dataclass(frozen=True)
@@ -219,3 +193,28 @@ def to_hf(
             }
         )
     return results
+
+
+def draw(
+    photo: Image.Image, results: Sequence[dict[str, Any]], full_size: tuple[int, int], labels: Sequence[str]
+) -> Image.Image:
+    """A box per object, labelled with its class and score."""
+    scale_x, scale_y = photo.width / full_size[0], photo.height / full_size[1]
+    face = drawing.text_font(drawing.text_size(photo))
+    line_width = max(2, round(max(photo.size) / 400))
+    class_ids = {label: i for i, label in enumerate(labels)}
+    out = photo.copy()
+    canvas = ImageDraw.Draw(out)
+    for result in sorted(results, key=lambda r: r["score"]):  # the most confident drawn last, on top
+        box = result["box"]
+        x0, y0 = box["xmin"] * scale_x, box["ymin"] * scale_y
+        x1, y1 = box["xmax"] * scale_x, box["ymax"] * scale_y
+        color = drawing.bright(drawing.class_color(class_ids.get(result["label"], 0)))
+        canvas.rectangle((x0, y0, x1, y1), outline=color, width=line_width)
+        tag = f"{result['label']} {result['score']:.2f}"
+        left, top, right, bottom = canvas.textbbox((0, 0), tag, font=face)
+        tag_height = bottom - top + 2 * line_width
+        tag_y = y0 - tag_height if y0 - tag_height >= 0 else y0
+        canvas.rectangle((x0, tag_y, x0 + right - left + 2 * line_width, tag_y + tag_height), fill=color)
+        canvas.text((x0 + line_width, tag_y + line_width - top), tag, font=face, fill=(0, 0, 0))
+    return out

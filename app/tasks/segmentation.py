@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from app.errors import bad_request, unit_interval_param
+from app.errors import InvalidInput, unit_interval_param
+from app.tasks import drawing
 
 TASK = "image-segmentation"
 PARAMETERS = ("subtask", "threshold", "mask_threshold", "overlap_mask_area_threshold")
 # Most float32 values one band of boundary pixels may hold (x 4 corners): ~64 MB.
 BAND_FLOATS = 4_000_000
 PNG_COMPRESS_LEVEL = 1
+OVERLAY_OPACITY = 0.5
 
 
 def parse_params(raw: Mapping[str, Any]) -> None:
@@ -32,9 +34,11 @@ def parse_params(raw: Mapping[str, Any]) -> None:
     subtask = raw.get("subtask")
     if subtask is not None:
         if not isinstance(subtask, str) or subtask.lower() not in ("semantic", "instance", "panoptic"):
-            raise bad_request(f"Parameter 'subtask' must be semantic, instance or panoptic; got {subtask!r}.")
+            raise InvalidInput(
+                f"Parameter 'subtask' must be semantic, instance or panoptic; got {subtask!r}."
+            )
         if subtask.lower() != "semantic":
-            raise bad_request(
+            raise InvalidInput(
                 f"subtask={subtask!r} is not available: this DeepLabV3 model is semantic-only "
                 "(one mask per class, no instances). Use subtask=semantic or leave it out."
             )
@@ -133,3 +137,15 @@ def segment(
         mask *= 255
         results.append({"label": labels[class_id], "mask": encode_png(mask)})
     return results
+
+
+def draw(photo: Image.Image, label_ids: np.ndarray, labels: Sequence[str]) -> Image.Image:
+    """Translucent per-class colours (background left clear) and a legend."""
+    palette = np.array([drawing.class_color(i) for i in range(len(labels))], dtype=np.uint8)
+    colors = Image.fromarray(palette[label_ids], "RGB")
+    background = labels.index("background") if "background" in labels else -1
+    tinted = Image.fromarray(((label_ids != background) * 255).astype(np.uint8), "L")
+    out = Image.composite(Image.blend(photo, colors, OVERLAY_OPACITY), photo, tinted)
+    counts = np.bincount(label_ids.ravel(), minlength=len(labels))
+    present = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] and i != background]
+    return drawing.legend(out, [(labels[i], drawing.class_color(i)) for i in present])

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from app.errors import bad_request
+from app.errors import InvalidInput
 
 # A resize whose output would have more pixels than this (a 20000x2 strip resized to a 256 px short side
 # is 2.56 million x 256 = 2 GB) is done for the center-crop window alone. Below it, the whole image is
@@ -200,7 +200,7 @@ def _resize_crop_window(image: Image.Image, size: tuple[int, int], spec: Preproc
         or width < spec.crop_height_width[1]
         or height < spec.crop_height_width[0]
     ):
-        raise bad_request(
+        raise InvalidInput(
             f"The image is {image.width}x{image.height}: resizing it for this model would make a "
             f"{width}x{height} image. Send an image with a less extreme aspect ratio."
         )

@@ -8,19 +8,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from app.checkpoint import CheckpointError, ModelDir, resolve
+from app.backends import Backend, load_backend
 from app.config import Settings
-from app.errors import ApiError
+from app.errors import CheckpointError, ModelLoading, ModelNotFound
+from app.intake.preprocess import Preprocessing
 from app.metrics import Metrics
-from app.preprocess import Preprocessing
-from app.repository import served_models
-from app.tasks import TASKS, TaskSpec
-from app.tasks.detection import Detector, SSDConfig
-from app.worker import InferenceWorker
+from app.nn.configs import SSDConfig
+from app.repository import ModelDir, resolve
+from app.repository.models_yaml import served_models
+from app.runtime.batcher import Batcher
+from app.tasks import TASKS, Task
+from app.tasks.detection import Detector
 
 log = logging.getLogger(__name__)
 
@@ -28,32 +30,19 @@ log = logging.getLogger(__name__)
 DEFAULT_LOAD_ESTIMATE_S = 10.0
 
 
-class Backend(Protocol):
-    name: str
-    artifact: str  # the file it runs: model.safetensors, model.onnx, ...
-    instances: int  # how many `infer_on_instance` calls may run at once
-
-    @property
-    def device_type(self) -> str: ...
-
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Run one batch on all the inference threads."""
-
-    def infer_on_instance(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Run one batch on one instance's share of the threads, beside `instances - 1` others."""
-
-
 @dataclass
 class ServedModel:
+    """A loaded, warmed-up model with its batcher; `ModelManager` starts the batcher on the event loop."""
+
     id: str
-    task: TaskSpec
+    task: Task
     model_dir: ModelDir
     backend: Backend
     preprocessing: Preprocessing
     labels: list[str]
     width: float
+    batcher: Batcher
     min_decode_size: tuple[int, int] | None = None  # how far a JPEG may be reduced while decoding
-    worker: InferenceWorker | None = None
 
     @cached_property
     def detector(self) -> Detector:
@@ -81,9 +70,9 @@ class ServedModel:
             "device": self.backend.device_type,
             "width_multiplier": self.width,
             "input_size": list(self.input_size) if self.input_size else None,
-            "max_batch_size": self.worker.max_batch_size if self.worker else None,
-            "max_queue_delay_ms": self.worker.max_queue_delay_ms if self.worker else None,
-            "max_queue_size": self.worker.max_queue_size if self.worker else None,
+            "max_batch_size": self.batcher.max_batch_size,
+            "max_queue_delay_ms": self.batcher.max_queue_delay_ms,
+            "max_queue_size": self.batcher.max_queue_size,
             "instances": self.backend.instances,
             "num_labels": len(self.labels),
             "source": self.model_dir.source,
@@ -93,29 +82,13 @@ class ServedModel:
         }
 
 
-def load_backend(model_dir: ModelDir, settings: Settings) -> Backend:
-    try:
-        if settings.backend == "onnx":
-            from app.backends.onnx_backend import load_onnx_backend
-
-            return load_onnx_backend(model_dir, settings)
-        from app.backends.torch_backend import load_torch_backend, set_threads
-    except ImportError as exc:
-        extra = "onnx" if settings.backend == "onnx" else "torch"
-        raise CheckpointError(
-            f"the {settings.backend} backend needs {exc.name or 'a missing package'}, which is not installed: "
-            f"`pip install .[{extra}]`, or choose the other backend (--backend / MVIT_BACKEND)"
-        ) from None
-    set_threads(settings.inference_threads)
-    return load_torch_backend(model_dir, settings.device)
-
-
 def load_model(
     source: str,
     settings: Settings,
     backend_loader: Callable[[ModelDir, Settings], Backend] = load_backend,
+    metrics: Metrics | None = None,
 ) -> ServedModel:
-    """Resolve, load and warm up one model (blocking). The caller attaches a worker to serve it."""
+    """Resolve, load and warm up one model (blocking), with a batcher configured by `settings`."""
     model_dir = resolve(source, settings.model_repository, settings.hub_revision)
     if model_dir.task not in TASKS:
         raise CheckpointError(f"{model_dir.path}: task {model_dir.task!r} is not served by this version")
@@ -129,6 +102,16 @@ def load_model(
     backend.infer(warm_up)
     if backend.instances > 1:
         backend.infer_on_instance(warm_up)
+    batcher = Batcher(
+        model_dir.model_id,
+        backend.infer,
+        max_batch_size=settings.max_batch_size,
+        max_queue_delay_ms=settings.max_queue_delay_ms,
+        max_queue_size=settings.max_queue_size,
+        on_batch=metrics.batch_size.labels(model_dir.model_id).observe if metrics else None,
+        instances=backend.instances,
+        infer_on_instance=backend.infer_on_instance,
+    )
     return ServedModel(
         id=model_dir.model_id,
         task=TASKS[model_dir.task],
@@ -137,6 +120,7 @@ def load_model(
         preprocessing=preprocessing,
         labels=labels,
         width=float(model_dir.config.get("width_multiplier", 1.0)),
+        batcher=batcher,
         min_decode_size=preprocessing.min_decode_size(settings.jpeg_reduce_gap),
     )
 
@@ -170,22 +154,16 @@ class ModelManager:
         elapsed_on_current = time.monotonic() - self._load_started - sum(self._load_times)
         return round(max(1.0, remaining * per_model - elapsed_on_current), 1)
 
-    def _loading_error(self, what: str) -> ApiError:
-        estimate = self.estimated_time()
-        return ApiError(
-            503,
-            f"Model {what} is currently loading",
-            headers={"Retry-After": str(max(1, round(estimate)))},
-            extra={"estimated_time": estimate},
-        )
+    def _loading_error(self, what: str) -> ModelLoading:
+        return ModelLoading(f"Model {what} is currently loading", self.estimated_time())
 
     def get(self, model_id: str) -> ServedModel:
         if model_id in self.models:
             return self.models[model_id]
         if self.loading:
             raise self._loading_error(model_id)
-        raise ApiError(
-            404, f"Model {model_id!r} is not served here. Served: {', '.join(self.models) or 'none'}."
+        raise ModelNotFound(
+            f"Model {model_id!r} is not served here. Served: {', '.join(self.models) or 'none'}."
         )
 
     def for_task(self, task: str) -> ServedModel:
@@ -194,7 +172,7 @@ class ModelManager:
                 return model
         if self.loading:
             raise self._loading_error(f"for {task}")
-        raise ApiError(404, f"No {task} model is served here. Served: {', '.join(self.models) or 'none'}.")
+        raise ModelNotFound(f"No {task} model is served here. Served: {', '.join(self.models) or 'none'}.")
 
     async def load_all(self) -> None:
         """Load every configured model in order; stop at the first failure and keep its message."""
@@ -205,21 +183,13 @@ class ModelManager:
             for entry in entries:
                 started = time.monotonic()
                 settings = entry.settings(self.settings)
-                model = await asyncio.to_thread(load_model, entry.name, settings, self._backend_loader)
+                model = await asyncio.to_thread(
+                    load_model, entry.name, settings, self._backend_loader, self.metrics
+                )
                 if model.id in self.models:
                     raise CheckpointError(f"two configured models have the id {model.id!r}")
-                model.worker = InferenceWorker(
-                    model.id,
-                    model.backend.infer,
-                    max_batch_size=settings.max_batch_size,
-                    max_queue_delay_ms=settings.max_queue_delay_ms,
-                    max_queue_size=settings.max_queue_size,
-                    on_batch=self.metrics.batch_size.labels(model.id).observe,
-                    instances=model.backend.instances,
-                    infer_on_instance=model.backend.infer_on_instance,
-                )
-                self.metrics.pending.labels(model.id).set_function(lambda w=model.worker: w.pending)
-                model.worker.start()
+                self.metrics.pending.labels(model.id).set_function(lambda b=model.batcher: b.pending)
+                model.batcher.start()
                 self.models[model.id] = model
                 task, backend, model_dir, width = model.task, model.backend, model.model_dir, model.width
                 seconds = time.monotonic() - started
@@ -258,4 +228,4 @@ class ModelManager:
 
     async def close(self) -> None:
         for model in self.models.values():
-            await model.worker.stop()
+            await model.batcher.stop()

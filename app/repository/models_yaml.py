@@ -3,13 +3,7 @@
     # models/models.yaml
     models:
       - name: hub/apple--mobilevitv2-1.0-imagenet1k-256   # a folder in the repository, a path, or a Hub id
-        backend: onnx          # optional, per model: torch | onnx (default: --backend)
-        onnx_precision: fp32   # optional: fp32 | int8
-        device: cpu            # optional
-        max_batch_size: 8      # optional
-        max_queue_delay_ms: 0  # optional
-        max_queue_size: 64     # optional
-        instances: 0           # optional: concurrent batches (0 = auto)
+        backend: onnx                                     # optional: any of config.MODEL_OPTIONS
 
 Unknown keys, wrong types and duplicate names are refused at start with the file, the entry and the
 field, in the spirit of Triton's model repository (one folder per model, one file saying how to run it).
@@ -17,28 +11,29 @@ field, in the spirit of Triton's model repository (one folder per model, one fil
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from app.checkpoint import CheckpointError
-from app.config import DEFAULT_MODEL, Settings
+from app.config import DEFAULT_MODEL, MODEL_OPTIONS, Settings
+from app.errors import CheckpointError
 
 REPOSITORY_FILE = "models.yaml"
 
 
-class ModelEntry(BaseModel):
+def _optional(name: str) -> tuple[Any, Any]:
+    """A Settings field as an optional models.yaml key: same type, limits and description; default None."""
+    field = copy.copy(Settings.model_fields[name])
+    field.default, field.default_factory = None, None
+    return field.annotation | None, field
+
+
+class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, description="A folder in the repository, a path, or a Hub id.")
-    backend: Literal["torch", "onnx"] | None = None
-    onnx_precision: Literal["fp32", "int8"] | None = None
-    device: str | None = None
-    max_batch_size: int | None = Field(None, ge=1)
-    max_queue_delay_ms: float | None = Field(None, ge=0)
-    max_queue_size: int | None = Field(None, ge=1)
-    instances: int | None = Field(None, ge=0)
 
     def settings(self, defaults: Settings) -> Settings:
         """The server settings with this entry's overrides."""
@@ -46,10 +41,18 @@ class ModelEntry(BaseModel):
         return defaults.model_copy(update=overrides) if overrides else defaults
 
 
+ModelEntry = create_model(
+    "ModelEntry",
+    __base__=_Options,
+    __doc__="One models.yaml entry: a model, and the settings it overrides (config.MODEL_OPTIONS).",
+    **{name: _optional(name) for name in MODEL_OPTIONS},
+)
+
+
 class RepositoryFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    models: list[ModelEntry] = Field(min_length=1)
+    models: list[ModelEntry] = Field(min_length=1)  # type: ignore[valid-type]
 
     @field_validator("models")
     @classmethod

@@ -21,7 +21,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from app.errors import bad_request, too_large
+from app.errors import InvalidInput, TooLarge
 
 _JSON_SHAPE = 'Expected {"inputs": "<base64-encoded image>", "parameters": {...}}.'
 
@@ -35,13 +35,13 @@ class InferenceRequest:
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise too_large(f"The request body is {int(declared):,} bytes; the limit is {limit:,}.")
+        raise TooLarge(f"The request body is {int(declared):,} bytes; the limit is {limit:,}.")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise too_large(f"The request body is over the limit of {limit:,} bytes.")
+            raise TooLarge(f"The request body is over the limit of {limit:,} bytes.")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -49,41 +49,41 @@ async def read_body(request: Request, limit: int) -> bytes:
 def decode_base64_image(value: str) -> bytes:
     text = value.strip()
     if text.lower().startswith(("http://", "https://", "ftp://", "file:")):
-        raise bad_request(
+        raise InvalidInput(
             "URL inputs are not fetched: this server does not download from URLs (that would let callers "
             "make it reach other hosts). Send the image bytes, or base64 in 'inputs'."
         )
     if text.startswith("data:"):
         header, sep, text = text.partition(",")
         if not sep or ";base64" not in header:
-            raise bad_request("A data: URL in 'inputs' must be base64-encoded (data:image/...;base64,...).")
+            raise InvalidInput("A data: URL in 'inputs' must be base64-encoded (data:image/...;base64,...).")
     text = "".join(text.split())
     if not text:
-        raise bad_request("'inputs' is empty: put the base64-encoded image there.")
+        raise InvalidInput("'inputs' is empty: put the base64-encoded image there.")
     text += "=" * (-len(text) % 4)
     try:
         if "-" in text or "_" in text:
             return base64.urlsafe_b64decode(text)
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise bad_request("'inputs' is not valid base64 of an image file.") from None
+        raise InvalidInput("'inputs' is not valid base64 of an image file.") from None
 
 
 def parse_json(body: bytes) -> InferenceRequest:
     try:
         payload = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise bad_request(f"The body is not valid JSON ({exc}). {_JSON_SHAPE}") from None
+        raise InvalidInput(f"The body is not valid JSON ({exc}). {_JSON_SHAPE}") from None
     if not isinstance(payload, dict):
-        raise bad_request(f"The JSON body must be an object. {_JSON_SHAPE}")
+        raise InvalidInput(f"The JSON body must be an object. {_JSON_SHAPE}")
     inputs = payload.get("inputs", payload.get("image"))
     if inputs is None:
-        raise bad_request(f"The JSON body has no 'inputs'. {_JSON_SHAPE}")
+        raise InvalidInput(f"The JSON body has no 'inputs'. {_JSON_SHAPE}")
     if not isinstance(inputs, str):
-        raise bad_request(f"'inputs' must be a string (base64 of one image), got {type(inputs).__name__}.")
+        raise InvalidInput(f"'inputs' must be a string (base64 of one image), got {type(inputs).__name__}.")
     parameters = payload.get("parameters") or {}
     if not isinstance(parameters, dict):
-        raise bad_request(f"'parameters' must be an object, got {type(parameters).__name__}.")
+        raise InvalidInput(f"'parameters' must be an object, got {type(parameters).__name__}.")
     return InferenceRequest(decode_base64_image(inputs), parameters)
 
 
@@ -94,10 +94,10 @@ async def parse_multipart(request: Request, body: bytes) -> InferenceRequest:
     try:
         form = await MultiPartParser(request.headers, stream()).parse()
     except MultiPartException as exc:
-        raise bad_request(f"The multipart body could not be parsed: {exc.message}") from None
+        raise InvalidInput(f"The multipart body could not be parsed: {exc.message}") from None
     files = [(key, value) for key, value in form.multi_items() if isinstance(value, UploadFile)]
     if len(files) != 1:
-        raise bad_request(f"Send exactly one image file in the form; got {len(files)} file fields.")
+        raise InvalidInput(f"Send exactly one image file in the form; got {len(files)} file fields.")
     image = await files[0][1].read()
     parameters: dict[str, Any] = {}
     for key, value in form.multi_items():
@@ -106,9 +106,9 @@ async def parse_multipart(request: Request, body: bytes) -> InferenceRequest:
                 try:
                     extra = json.loads(value)
                 except ValueError:
-                    raise bad_request("The form field 'parameters' must be a JSON object.") from None
+                    raise InvalidInput("The form field 'parameters' must be a JSON object.") from None
                 if not isinstance(extra, dict):
-                    raise bad_request("The form field 'parameters' must be a JSON object.")
+                    raise InvalidInput("The form field 'parameters' must be a JSON object.")
                 parameters.update(extra)
             else:
                 parameters[key] = value

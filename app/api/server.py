@@ -4,7 +4,7 @@ On SIGTERM (or SIGINT) the service drains before uvicorn stops listening, so tha
 meantime get a clear 503 + Retry-After (and `/ready` turns 503 at once, taking the instance out of a load
 balancer) instead of a refused connection. Requests already accepted, queued ones included, run to their
 answer, for up to `drain_timeout_s`. Then uvicorn closes idle connections and runs the app's shutdown
-(workers stop, models close). A second signal skips the wait.
+(batchers stop, models close). A second signal skips the wait.
 """
 
 from __future__ import annotations
@@ -18,52 +18,9 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from app.errors import ApiError
+from app.runtime.drain import Lifecycle
 
 log = logging.getLogger(__name__)
-
-# What a turned-away caller is told: retry soon, presumably on another instance or after a restart.
-RETRY_AFTER_DRAINING_S = 5
-
-
-class Lifecycle:
-    """Counts the inference requests the service has accepted and refuses new ones once draining."""
-
-    def __init__(self) -> None:
-        self.draining = False
-        self.active = 0
-        self._idle = asyncio.Event()
-
-    @contextlib.contextmanager
-    def accept(self) -> Iterator[None]:
-        """Hold the request open for the drain, or raise a 503 ApiError when the service is draining."""
-        if self.draining:
-            raise ApiError(
-                503,
-                "The service is shutting down and takes no new requests; retry in a few seconds.",
-                headers={"Retry-After": str(RETRY_AFTER_DRAINING_S), "Connection": "close"},
-            )
-        self.active += 1
-        try:
-            yield
-        finally:
-            self.active -= 1
-            if self.active == 0:
-                self._idle.set()
-
-    def start_draining(self) -> None:
-        self.draining = True
-
-    async def drained(self, timeout_s: float) -> bool:
-        """Wait until every accepted request has its answer; False when `timeout_s` ran out first."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                while self.active:
-                    self._idle.clear()
-                    await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
 
 
 class DrainingServer(uvicorn.Server):

@@ -1,4 +1,4 @@
-"""Per-model dynamic batcher: admission with a bounded count, an asyncio queue, one inference thread.
+"""The per-model dynamic batcher: admission with a bounded count, an asyncio queue, one inference thread.
 
 A request `admit()`s itself once its body is in: at most `max_queue_size` requests may be held per model
 at once, counted from then to the answer (decode, preprocessing, waiting for a batch, inference, output).
@@ -27,24 +27,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.threads import name_os_thread
+from app.errors import QueueFull
+from app.runtime.threads import name_os_thread
 
 log = logging.getLogger(__name__)
 
 InferFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
-class QueueFull(Exception):
-    """The model already holds `max_queue_size` requests."""
-
-    def __init__(self, model: str, limit: int, retry_after_s: int) -> None:
-        super().__init__(f"model {model} already holds {limit} requests")
-        self.limit = limit
-        self.retry_after_s = retry_after_s
-
-
 @dataclass(frozen=True)
-class WorkerResult:
+class BatchResult:
     outputs: dict[str, np.ndarray]
     queue_seconds: float
     inference_seconds: float
@@ -54,11 +46,11 @@ class WorkerResult:
 @dataclass
 class _Job:
     inputs: np.ndarray
-    future: asyncio.Future[WorkerResult]
+    future: asyncio.Future[BatchResult]
     enqueued_at: float
 
 
-class InferenceWorker:
+class Batcher:
     def __init__(
         self,
         name: str,
@@ -129,10 +121,10 @@ class InferenceWorker:
                 job.future.set_exception(RuntimeError(f"model {self.name} is shutting down"))
         self._executor.shutdown(wait=True)
 
-    async def submit(self, inputs: np.ndarray) -> WorkerResult:
+    async def submit(self, inputs: np.ndarray) -> BatchResult:
         if self._task is None:
             raise RuntimeError(f"worker for {self.name} is not running")
-        future: asyncio.Future[WorkerResult] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Job(inputs, future, time.perf_counter()))
         return await future
 
@@ -216,7 +208,7 @@ class InferenceWorker:
         for i, job in enumerate(batch):
             if not job.future.done():
                 job.future.set_result(
-                    WorkerResult(
+                    BatchResult(
                         outputs={name: value[i] for name, value in outputs.items()},
                         queue_seconds=started - job.enqueued_at,
                         inference_seconds=elapsed,

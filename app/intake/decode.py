@@ -8,9 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from app.errors import ApiError, bad_request, too_large
+from app.errors import InvalidInput, ServiceError, TooLarge
 
 _FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+# File names tools take for images (calibration folders, benchmark photos).
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 Image.init()  # register every plugin now: Image.open(formats=...) only knows the loaded ones
 # MPO (phone cameras: a JPEG with extra frames) has its own opener in some Pillow versions.
 ACCEPTED_FORMATS = tuple(f for f in ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF") if f in Image.OPEN)
@@ -68,27 +70,27 @@ def decode(data: bytes, max_pixels: int, reduce_to: tuple[int, int] | None = Non
     never below `reduce_to`. That skips most of the work of decoding a 12 MP photo only to shrink it.
     Other formats are always decoded in full.
 
-    Raises ApiError: 400 for empty, unknown, truncated or corrupt input; 413 when the image has more
+    Raises InvalidInput for empty, unknown, truncated or corrupt input; TooLarge when the image has more
     than `max_pixels` pixels (checked from the header, before any pixel is decoded).
     """
     if not data:
-        raise bad_request("The request body is empty: send the image file's bytes.")
+        raise InvalidInput("The request body is empty: send the image file's bytes.")
     try:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
-        raise bad_request(
+        raise InvalidInput(
             f"The body is not a recognised image ({len(data)} bytes); send a {_FORMAT_NAMES} file."
         ) from None
     except Image.DecompressionBombError:
-        raise too_large(f"The image has too many pixels (limit {max_pixels:,}).") from None
+        raise TooLarge(f"The image has too many pixels (limit {max_pixels:,}).") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise bad_request(f"The image could not be read: {exc}") from None
+        raise InvalidInput(f"The image could not be read: {exc}") from None
 
     width, height = image.size
     if width <= 0 or height <= 0:
-        raise bad_request(f"The image has an invalid size {width}x{height}.")
+        raise InvalidInput(f"The image has an invalid size {width}x{height}.")
     if width * height > max_pixels:
-        raise too_large(
+        raise TooLarge(
             f"The image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}."
         )
     try:
@@ -106,12 +108,12 @@ def decode(data: bytes, max_pixels: int, reduce_to: tuple[int, int] | None = Non
         if orientation in _ORIENTATION_TRANSPOSE:
             image = image.transpose(_ORIENTATION_TRANSPOSE[orientation])
         return DecodedImage(to_rgb(image), (height, width) if transposed else (width, height))
-    except ApiError:
+    except ServiceError:
         raise
     except Image.DecompressionBombError:
-        raise too_large(f"The image has too many pixels (limit {max_pixels:,}).") from None
+        raise TooLarge(f"The image has too many pixels (limit {max_pixels:,}).") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as exc:
-        raise bad_request(f"The {image.format or ''} image is truncated or corrupt: {exc}") from None
+        raise InvalidInput(f"The {image.format or ''} image is truncated or corrupt: {exc}") from None
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:

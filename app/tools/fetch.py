@@ -22,13 +22,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.checkpoint import (
-    CheckpointError,
-    download_from_hub,
-    move_into_place,
-    partial_folder,
-    read_model_dir,
-)
+from app.errors import CheckpointError
+from app.repository import read_model_dir
+from app.repository.hub import download_from_hub, move_into_place, partial_folder
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +94,7 @@ def cvnets_catalog() -> dict[str, CvnetsCheckpoint]:
 
 def verify_model_folder(path: Path) -> None:
     """Refuse a folder whose weights do not load strictly into the network its config describes."""
-    from app.backends.torch_backend import build_network
+    from app.nn.build import build_network
 
     build_network(read_model_dir(path))
 
@@ -125,7 +121,7 @@ def _download(url: str, destination: Path) -> None:
 
 
 def fetch_cvnets(checkpoint: CvnetsCheckpoint, repository: Path) -> Path:
-    from app.convert import convert_cvnets_checkpoint
+    from app.tools.convert import convert_cvnets_checkpoint
 
     with partial_folder(repository / checkpoint.name) as partial:
         weights = partial / Path(checkpoint.url).name

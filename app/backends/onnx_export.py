@@ -1,4 +1,4 @@
-"""`mvit export`: a model folder's network to ONNX, checked against PyTorch, optionally quantized to INT8.
+"""A model folder's network to ONNX (`model.onnx`), checked against PyTorch before it is written.
 
 Needs torch and onnx (`pip install .[export]`); serving the result needs neither (app/backends/onnx_backend.py).
 
@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from app.checkpoint import CheckpointError, ModelDir, file_sha256
-from app.preprocess import Preprocessing
+from app.errors import CheckpointError
+from app.intake.preprocess import Preprocessing
+from app.repository import ModelDir, file_sha256
 
 INPUT_NAME = "pixel_values"
 # Opset 17 is read by every current runtime (ONNX Runtime >= 1.13, TensorRT 8.5+, OpenVINO 2022.3+). The
@@ -30,8 +31,6 @@ INPUT_NAME = "pixel_values"
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
 METADATA_PREFIX = "mvit."
-QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def onnx_metadata(model_dir: ModelDir, output_names: list[str], opset: int) -> dict[str, str]:
@@ -103,14 +102,14 @@ def _for_export(net: Any) -> Any:
     return net
 
 
-def _temporary(target: Path, tag: str) -> Path:
+def temporary_path(target: Path, tag: str) -> Path:
     return target.with_name(f".{target.stem}.{tag}.{os.getpid()}.tmp.onnx")
 
 
 @contextlib.contextmanager
-def _replacing(target: Path, tag: str) -> Iterator[Path]:
+def replacing(target: Path, tag: str) -> Iterator[Path]:
     """A temporary path next to `target` that replaces it atomically on success, and is removed on failure."""
-    tmp = _temporary(target, tag)
+    tmp = temporary_path(target, tag)
     try:
         yield tmp
         os.replace(tmp, target)
@@ -118,7 +117,7 @@ def _replacing(target: Path, tag: str) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _set_metadata(path: Path, metadata: dict[str, str]) -> None:
+def set_metadata(path: Path, metadata: dict[str, str]) -> None:
     import onnx
 
     model = onnx.load(str(path))
@@ -170,7 +169,7 @@ def export_onnx(model_dir: ModelDir, opset: int = DEFAULT_OPSET) -> Path:
     """Write `<model_dir>/model.onnx` (atomically) after checking it against PyTorch on a batch of 2."""
     import torch
 
-    from app.backends.torch_backend import build_network
+    from app.nn.build import build_network
 
     net = build_network(model_dir)
     size = Preprocessing.from_hf_config(model_dir.preprocessor_config).fixed_input_size
@@ -179,7 +178,7 @@ def export_onnx(model_dir: ModelDir, opset: int = DEFAULT_OPSET) -> Path:
     output_names = list(getattr(net, "output_names", ("logits",)))
     sample = _parity_sample(*size)
     target = model_dir.onnx_file("fp32")
-    with _replacing(target, "export") as tmp, warnings.catch_warnings():
+    with replacing(target, "export") as tmp, warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of torch.export, which cannot write opset 17;
         # the tracer warns about the static H/W checks in the patch unfolding, which is right for a
         # graph whose only dynamic dimension is the batch.
@@ -210,85 +209,6 @@ def export_onnx(model_dir: ModelDir, opset: int = DEFAULT_OPSET) -> Path:
                 dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=4096)}},
                 **common,
             )
-        _set_metadata(tmp, onnx_metadata(model_dir, output_names, opset))
+        set_metadata(tmp, onnx_metadata(model_dir, output_names, opset))
         _check_parity(tmp, net, sample, output_names)
-    return target
-
-
-def calibration_images(folder: Path, count: int) -> list[Path]:
-    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not images:
-        raise CheckpointError(f"no calibration images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
-    return images[:count]
-
-
-def quantize_int8(model_dir: ModelDir, calibration: Path | None, count: int = 100) -> Path:
-    """Write `<model_dir>/model.int8.onnx` from model.onnx.
-
-    With a calibration folder: static QDQ (per-channel int8 weights, uint8 activations, MinMax ranges over
-    `count` images run through the model's own preprocessing), the fast path on CPU. Without: dynamic
-    quantization, which needs no data but turns convolutions into ConvInteger, slower than fp32 on CPU.
-    """
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from app.errors import ApiError
-    from app.imaging import decode_image
-    from app.preprocess import preprocess
-
-    source = model_dir.onnx_file("fp32")
-    if not source.is_file():
-        source = export_onnx(model_dir)
-    target = model_dir.onnx_file("int8")
-    metadata = read_metadata(source)
-    spec = Preprocessing.from_hf_config(model_dir.preprocessor_config)
-
-    class Images(CalibrationDataReader):
-        def __init__(self, paths: list[Path]) -> None:
-            self._paths = iter(paths)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            path = next(self._paths, None)
-            if path is None:
-                return None
-            try:
-                image = decode_image(path.read_bytes(), max_pixels=200_000_000)
-            except ApiError as exc:
-                raise CheckpointError(f"calibration image {path}: {exc.message}") from None
-            pixels = preprocess(image, spec)
-            return {INPUT_NAME: pixels[None]}
-
-    prepared = _temporary(target, "prepared")
-    try:
-        quant_pre_process(str(source), str(prepared))
-        with _replacing(target, "quantize") as tmp:
-            if calibration is not None:
-                paths = calibration_images(calibration, count)
-                quantize_static(
-                    str(prepared),
-                    str(tmp),
-                    Images(paths),
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=True,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    # Convolutions and the classifier carry the compute. Quantizing the norms' reductions,
-                    # softmax and attention products too added little speed and cost a lot of agreement.
-                    op_types_to_quantize=QUANTIZED_OPS,
-                )
-                method = f"static QDQ, per-channel, {len(paths)} calibration images from {calibration}"
-            else:
-                quantize_dynamic(
-                    str(prepared), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS
-                )
-                method = "dynamic, int8 weights"
-            _set_metadata(tmp, {**metadata, f"{METADATA_PREFIX}quantization": f"int8 {method}"})
-    finally:
-        prepared.unlink(missing_ok=True)
     return target

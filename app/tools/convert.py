@@ -12,16 +12,16 @@ upsampled with `align_corners=True` (`manifest.json`).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from app.checkpoint import MANIFEST_FILE, CheckpointError
+from app.errors import CheckpointError
+from app.intake.preprocess import Preprocessing
 from app.labels import labels_for
-from app.preprocess import Preprocessing
-from app.tasks.detection import SSDConfig
+from app.nn.configs import ARCHITECTURE_BY_TASK, SSDConfig
+from app.repository.writer import hf_config, write_model_folder
 
 T = TypeVar("T")
 
@@ -162,25 +162,12 @@ def write_converted(
     (cvnets' COCO validation dataset resizes bicubic: pass `resample=3` to match that instead.)
     """
     import torch
-    from safetensors.torch import save_file
-
-    from app.demo import hf_config
 
     info = describe_cvnets_state(state)
+    architecture = ARCHITECTURE_BY_TASK[info["task"]]
     dataset, labels = labels_for(info["num_classes"])
-    segmentation = info["task"] == "image-segmentation"
-    detection = info["task"] == "object-detection"
-    size = image_size or (512 if segmentation else 320 if detection else 256)
-    if detection:
-        architecture = "MobileViTV2SSD"
-        # cvnets' detection prediction: the whole image resized to 320x320, bilinear, RGB.
-        preprocessing = Preprocessing(resize_height_width=(size, size), resample=resample or 2, bgr=False)
-    elif segmentation:
-        architecture = "MobileViTV2ForSemanticSegmentation"
-        # The whole image, squashed to the model's size: masks then cover the full photo.
-        preprocessing = Preprocessing(resize_height_width=(size, size), resample=resample or 2, bgr=False)
-    else:
-        architecture = "MobileViTV2ForImageClassification"
+    size = image_size or architecture.image_size
+    if architecture.task == "image-classification":
         # cvnets' ImageNet evaluation: short side to 288/256 of the crop (bicubic), center crop.
         preprocessing = Preprocessing(
             resize_shortest_edge=size * 288 // 256,
@@ -188,37 +175,29 @@ def write_converted(
             crop_height_width=(size, size),
             bgr=False,
         )
-    config = hf_config(info["width"], size, labels, architecture)
+    else:
+        # The whole photo resized to size x size, bilinear, RGB, as cvnets' detection predict does; for
+        # segmentation the masks then cover the full photo.
+        preprocessing = Preprocessing(resize_height_width=(size, size), resample=resample or 2, bgr=False)
+    config = hf_config(info["width"], size, labels, architecture.name)
     config["dilate_local_conv"] = True
-    if segmentation:
-        config["output_stride"] = 16
-    if detection:
+    if architecture.output_stride != 32:
+        config["output_stride"] = architecture.output_stride
+    if info["task"] == "object-detection":
         config.update(SSDConfig().to_dict())
-    kind = "deeplabv3" if segmentation else "ssdlite" if detection else str(size)
+    kind = {"image-segmentation": "deeplabv3", "object-detection": "ssdlite"}.get(info["task"], str(size))
     name = name or f"cvnets-mobilevitv2-{info['width']}-{dataset}-{kind}"
-    path = out_dir / name
-    path.mkdir(parents=True, exist_ok=True)
-    files = {
-        "config.json": config,
-        "preprocessor_config.json": preprocessing.to_hf_config(),
-        MANIFEST_FILE: {
-            "id": name,
-            "task": info["task"],
-            "random_weights": False,
-            "source_format": "cvnets",
-            "source": source,
-            "converted_by": "mvit convert",
-            "upsample_align_corners": True,
-        },
+    manifest = {
+        "id": name,
+        "task": info["task"],
+        "random_weights": False,
+        "source_format": "cvnets",
+        "source": source,
+        "converted_by": "mvit convert",
+        "upsample_align_corners": True,
     }
-    for filename, content in files.items():
-        (path / filename).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-    tensors = {
-        k: (v if isinstance(v, torch.Tensor) else torch.as_tensor(v)).contiguous() for k, v in state.items()
-    }
-    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
-    (path / "model.safetensors").chmod(0o644)  # safetensors writes 0600; a container user must read it
-    return path
+    tensors = {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(v) for k, v in state.items()}
+    return write_model_folder(out_dir / name, config, preprocessing.to_hf_config(), manifest, tensors)
 
 
 def convert_cvnets_checkpoint(
@@ -231,7 +210,7 @@ def convert_cvnets_checkpoint(
     source: str | None = None,
 ) -> Path:
     """`.pt` (loaded with weights_only=True) or `.safetensors` with cvnets keys -> a model folder."""
-    from app.backends.torch_backend import load_state_dict
+    from app.nn.build import load_state_dict
 
     state = cvnets_to_hf_keys(load_state_dict(checkpoint))
     return write_converted(state, out_dir, source or str(checkpoint), image_size, resample, name)

@@ -1,0 +1,135 @@
+"""The inference routes: one per task (/classify, /segment, /detect) and /models/{model_id}.
+
+A request is refused before its body is read when its model is full, reads its body within the body
+timeout, holds one of its model's places and one drain count until answered, and is dropped when its
+client goes away or its deadline passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
+
+from app.api.body import parse_request
+from app.api.disconnect import ClientDisconnected, unless_disconnected
+from app.api.errors import CLIENT_CLOSED_REQUEST, HttpError
+from app.api.openapi import IMAGE_BODY, INFERENCE_RESPONSES, RENDER_PARAMETER
+from app.config import Settings
+from app.errors import QueueFull, ShuttingDown
+from app.metrics import Metrics
+from app.runtime.drain import Lifecycle
+from app.runtime.models import ModelManager, ServedModel
+from app.runtime.pipeline import Pipeline, RenderedImage
+from app.tasks import TASKS
+from app.tasks.drawing import render_format
+
+
+class InferenceRoutes:
+    def __init__(
+        self,
+        settings: Settings,
+        manager: ModelManager,
+        pipeline: Pipeline,
+        lifecycle: Lifecycle,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.pipeline = pipeline
+        self.lifecycle = lifecycle
+        self.metrics = metrics
+
+    def add_to(self, app: FastAPI) -> None:
+        for task in TASKS.values():
+            self._add_task_route(app, task.route, task.name)
+
+        @app.post(
+            "/models/{model_id:path}",
+            summary="Run the model with this id (Hugging Face-style model URL)",
+            openapi_extra={"requestBody": IMAGE_BODY, "parameters": [RENDER_PARAMETER]},
+            responses=INFERENCE_RESPONSES,
+        )
+        async def by_model_id(model_id: str, request: Request) -> Response:
+            return await self.infer(request, lambda: self.manager.get(model_id))
+
+    def _add_task_route(self, app: FastAPI, route: str, task: str) -> None:
+        async def endpoint(request: Request) -> Response:
+            return await self.infer(request, lambda: self.manager.for_task(task))
+
+        app.add_api_route(
+            route,
+            endpoint,
+            methods=["POST"],
+            name=task,
+            summary=f"{task} with the served {task} model",
+            openapi_extra={"requestBody": IMAGE_BODY, "parameters": [RENDER_PARAMETER]},
+            responses=INFERENCE_RESPONSES,
+        )
+
+    async def infer(self, request: Request, find: Callable[[], ServedModel]) -> Response:
+        started = time.perf_counter()
+        model = find()
+        settings = self.settings
+        state = request.scope["state"]
+        state["model_id"] = model.id
+        deadline = asyncio.timeout(settings.request_timeout_s)
+        body_deadline = asyncio.timeout(settings.body_timeout_s)
+        parsed = None
+        try:
+            with self.lifecycle.accept():
+                async with deadline:
+                    model.batcher.refuse_if_full()  # before reading a body the model has no room for
+                    async with body_deadline:
+                        parsed = await parse_request(request, settings.max_body_bytes)
+                    fmt = render_format(
+                        parsed.parameters.pop("render", None), request.headers.get("accept", "")
+                    )
+                    with model.batcher.admit():
+                        result = await unless_disconnected(
+                            request.receive, self.pipeline.run(model, parsed.image, parsed.parameters, fmt)
+                        )
+        except ShuttingDown:
+            self.metrics.rejected.labels(model.id, "shutting_down").inc()
+            raise
+        except QueueFull:
+            self.metrics.rejected.labels(model.id, "queue_full").inc()
+            raise
+        except TimeoutError:
+            if parsed is None and (body_deadline.expired() or deadline.expired()):
+                self.metrics.rejected.labels(model.id, "body_timeout").inc()
+                limit = min(settings.body_timeout_s, settings.request_timeout_s)
+                raise HttpError(
+                    408,
+                    f"The request body did not arrive within {limit:g} s (MVIT_BODY_TIMEOUT_S).",
+                    headers={"Connection": "close"},
+                ) from None
+            if not deadline.expired():
+                raise
+            self.metrics.rejected.labels(model.id, "timeout").inc()
+            raise HttpError(
+                504,
+                f"The request did not finish within {settings.request_timeout_s:g} s "
+                "(MVIT_REQUEST_TIMEOUT_S); its work was dropped.",
+            ) from None
+        except (ClientDisconnected, ClientDisconnect):
+            self.metrics.rejected.labels(model.id, "client_disconnected").inc()
+            return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; it labels the metrics
+        state["phases"] = result.phases
+        for phase, seconds in result.phases.items():
+            self.metrics.phase_duration.labels(model.id, phase).observe(seconds)
+        headers = {
+            "x-compute-time": f"{time.perf_counter() - started:.3f}",
+            "x-compute-type": model.backend.device_type,
+            "x-model-id": model.id,
+            "server-timing": result.server_timing(),
+        }
+        if model.model_dir.random_weights:
+            headers["x-model-random-weights"] = "true"
+        if isinstance(result.answer, RenderedImage):
+            return Response(result.answer.data, media_type=result.answer.media_type, headers=headers)
+        return JSONResponse(result.answer, headers=headers)

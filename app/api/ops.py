@@ -1,0 +1,67 @@
+"""The operations routes: the web demo page, liveness, readiness, the model list and Prometheus metrics."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.metrics import Metrics
+from app.runtime.drain import RETRY_AFTER_DRAINING_S, Lifecycle
+from app.runtime.models import ModelManager
+
+# The demo page loads nothing from elsewhere and may only call this origin.
+DEMO_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "img-src 'self' blob:; connect-src 'self'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+def add_ops_routes(app: FastAPI, manager: ModelManager, lifecycle: Lifecycle, metrics: Metrics) -> None:
+    demo_page = (resources.files("app") / "static" / "index.html").read_bytes()
+
+    @app.get("/", include_in_schema=False)
+    async def demo() -> Response:
+        """The web demo: pick an image and a task, see the annotated image and the JSON (no CDN, no build)."""
+        return Response(demo_page, media_type="text/html; charset=utf-8", headers=DEMO_PAGE_HEADERS)
+
+    @app.get("/health", summary="Liveness: the process is up")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/ready",
+        summary="Readiness: every model is loaded and warmed up, and not shutting down",
+        responses={503: {"description": "Loading, failed, or draining (status says which); Retry-After"}},
+    )
+    async def ready() -> JSONResponse:
+        if lifecycle.draining:
+            return JSONResponse(
+                {"status": "draining", "error": "The service is shutting down"},
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_DRAINING_S)},
+            )
+        if manager.ready:
+            return JSONResponse({"status": "ready", "models": list(manager.models)})
+        if manager.loading:
+            estimate = manager.estimated_time()
+            return JSONResponse(
+                {"status": "loading", "error": "Models are loading", "estimated_time": estimate},
+                status_code=503,
+                headers={"Retry-After": str(max(1, round(estimate)))},
+            )
+        return JSONResponse({"status": "failed", "error": f"Model loading failed: {manager.error}"}, 503)
+
+    @app.get("/models", summary="The served models")
+    async def list_models() -> list[dict[str, Any]]:
+        return [model.describe() for model in manager.models.values()]
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,102 @@
+"""Hugging Face Hub downloads into the model repository, atomic: a half download never looks like a model."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from app.errors import CheckpointError
+from app.repository.model_dir import WEIGHT_FILES
+
+
+def hub_folder(repository: Path, repo_id: str) -> Path:
+    return repository / "hub" / repo_id.replace("/", "--")
+
+
+@contextlib.contextmanager
+def partial_folder(target: Path) -> Iterator[Path]:
+    """A hidden, empty folder beside `target` for a download in progress, removed however the block ends.
+
+    Whatever should survive is moved out of it with `move_into_place`, so an interrupted or refused
+    download never leaves a half model where the server would find it.
+    """
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def move_into_place(folder: Path, target: Path) -> None:
+    if target.exists():
+        shutil.rmtree(target)
+    folder.rename(target)
+
+
+def download_from_hub(
+    repo_id: str,
+    repository: Path,
+    revision: str | None = None,
+    verify: Callable[[Path], None] | None = None,
+) -> Path:
+    """Download a Hub checkpoint into the model repository (`models/hub/<org>--<name>`), atomically.
+
+    Files land in a hidden partial folder first; only a complete download (config, preprocessing,
+    weights, and `verify` passing when given) is renamed into place, so an interrupted fetch never
+    leaves a half model where the server would find it.
+    """
+    try:
+        import huggingface_hub  # noqa: F401
+    except ImportError:
+        raise CheckpointError(
+            f"cannot download {repo_id!r}: huggingface_hub is not installed (an ONNX-only install). "
+            "Fetch and export models with the full install (`pip install .[export]`, `mvit fetch`, "
+            "`mvit export`), then serve the model folder"
+        ) from None
+
+    target = hub_folder(repository, repo_id)
+    try:
+        with partial_folder(target) as partial:
+            _download_hub_files(repo_id, revision, partial)
+            if verify is not None:
+                verify(partial)
+            move_into_place(partial, target)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # network, auth, missing repo: one clear line for the operator
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(
+            f"could not download {repo_id!r} from the Hugging Face Hub ({type(exc).__name__}: {reason}). "
+            "Check the network and the model id, or serve a local folder "
+            "(`mvit demo-models models/` writes offline demo models)"
+        ) from None
+    finally:
+        with contextlib.suppress(OSError):  # an empty hub/ left by a failed first download
+            target.parent.rmdir()
+    return target
+
+
+def _download_hub_files(repo_id: str, revision: str | None, folder: Path) -> None:
+    """config.json, preprocessor_config.json and the first of WEIGHT_FILES the repository has."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    def fetch(filename: str) -> None:
+        hf_hub_download(repo_id, filename, revision=revision, local_dir=folder)
+
+    fetch("config.json")
+    fetch("preprocessor_config.json")
+    for name in WEIGHT_FILES:
+        try:
+            fetch(name)
+            break
+        except EntryNotFoundError:
+            continue
+    else:
+        raise CheckpointError(f"{repo_id} on the Hub has none of {', '.join(WEIGHT_FILES)}")
+    shutil.rmtree(folder / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping

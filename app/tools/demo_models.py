@@ -1,0 +1,64 @@
+"""Models of the real MobileViTv2 architecture with seeded random weights, for offline demos and tests.
+
+They are written in exactly the format the server loads (Hugging Face layout, safetensors), so
+`transformers` can load them too, and carry `manifest.json` with `"random_weights": true` so that
+`/models` and the `x-model-random-weights` response header say what they are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.intake.preprocess import Preprocessing
+from app.labels import read_labels
+from app.nn.configs import ARCHITECTURE_BY_TASK, SSDConfig
+from app.repository.writer import hf_config, write_model_folder
+
+NAME_PARTS = {"imagenet1k": "imagenet1k", "voc": "voc-deeplabv3", "coco": "coco-ssdlite"}
+
+
+def write_demo_model(
+    out_dir: Path,
+    task: str = "image-classification",
+    width: float = 0.5,
+    image_size: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write `<out_dir>/mobilevitv2-<width>-<imagenet1k|voc-deeplabv3|coco-ssdlite>-<size>-random/`."""
+    from app.nn.build import create_network
+    from app.nn.mobilevitv2 import randomize_weights
+
+    if task not in ARCHITECTURE_BY_TASK:
+        raise ValueError(f"unknown task {task!r}: {', '.join(ARCHITECTURE_BY_TASK)}")
+    architecture = ARCHITECTURE_BY_TASK[task]
+    width = float(width)
+    size = image_size or architecture.image_size
+    if size % 32:
+        raise ValueError(f"image size must be a multiple of 32, got {size}")
+    labels = read_labels(architecture.dataset)
+    if architecture.demo_resize == "crop":
+        preprocessing = Preprocessing(
+            resize_shortest_edge=round(size * architecture.short_side_ratio),
+            resample=2,
+            crop_height_width=(size, size),
+        )
+    else:  # ml-cvnets' detectors see the whole photo resized to size x size, in RGB
+        preprocessing = Preprocessing(resize_height_width=(size, size), resample=2, bgr=False)
+
+    config = hf_config(width, size, labels, architecture.name)
+    config["output_stride"] = architecture.output_stride
+    if task == "object-detection":
+        config.update(SSDConfig().to_dict())
+    model = create_network(architecture, config, len(labels)).eval()
+    randomize_weights(model, seed, head_names=architecture.head_names)
+    name = f"mobilevitv2-{width}-{NAME_PARTS[architecture.dataset]}-{size}-random"
+    manifest = {
+        "id": name,
+        "task": task,
+        "random_weights": True,
+        "seed": seed,
+        "generated_by": "mvit demo-models",
+    }
+    return write_model_folder(
+        out_dir / name, config, preprocessing.to_hf_config(), manifest, model.state_dict()
+    )

@@ -1,0 +1,358 @@
+"""The HTTP golden set: a fixed list of requests against the three tasks, and what a response is reduced to.
+
+Recorded once (`tests/golden/http.json`) and played back by `tests/api/test_golden.py`: status, the headers
+that matter and the body must stay the same, apart from timings and request ids. Image payloads (masks,
+annotated images) are compared as decoded pixels, and numbers within a relative tolerance, so the set
+survives a change of CPU (other SIMD kernels round the last float bits differently).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+# Headers whose values are part of the contract; `server-timing` is reduced to its phase names.
+HEADERS = (
+    "content-type",
+    "x-model-id",
+    "x-compute-type",
+    "x-model-random-weights",
+    "retry-after",
+    "www-authenticate",
+    "connection",
+    "access-control-allow-origin",
+)
+TASK_ROUTES = {"classification": "/classify", "segmentation": "/segment", "detection": "/detect"}
+TASK_PARAMETERS = {
+    "classification": {"top_k": 2, "function_to_apply": "sigmoid"},
+    "segmentation": {"subtask": "semantic"},
+    "detection": {"threshold": 0.9},
+}
+BAD_PARAMETERS = {
+    "classification": [{"top_k": 0}, {"top_k": "many"}, {"function_to_apply": "tanh"}],
+    "segmentation": [{"subtask": "instance"}, {"threshold": 2}, {"mask_threshold": "x"}],
+    "detection": [{"threshold": 1.5}, {"threshold": True}],
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    method: str
+    path: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def photo(width: int = 160, height: int = 120, seed: int = 3) -> bytes:
+    """A small photo-like JPEG: smooth colour waves with noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    waves = np.stack(
+        [128 + 100 * np.sin(xx / 9), 128 + 100 * np.cos(yy / 7), 128 + 90 * np.sin((xx + yy) / 13)], axis=-1
+    )
+    pixels = np.clip(waves + rng.normal(0, 10, waves.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _big_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (1100, 1000), (10, 20, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def cases(task: str, model_id: str) -> Iterator[Case]:
+    """The requests for one task's model. Settings: max_body_bytes 200_000, max_image_pixels 1_000_000."""
+    route = TASK_ROUTES[task]
+    image = photo()
+    b64 = base64.b64encode(image).decode()
+    params = TASK_PARAMETERS[task]
+    yield Case("raw jpeg", "POST", route, {"content": image, "headers": {"content-type": "image/jpeg"}})
+    yield Case("raw, curl's form content type", "POST", route, {"content": image})
+    yield Case("json inputs", "POST", route, {"json": {"inputs": b64}})
+    yield Case("json data url", "POST", route, {"json": {"inputs": f"data:image/jpeg;base64,{b64}"}})
+    yield Case("json parameters", "POST", route, {"json": {"inputs": b64, "parameters": params}})
+    yield Case("json image alias, options", "POST", route, {"json": {"image": b64, "options": {"x": 1}}})
+    yield Case("query parameters", "POST", route, {"content": image, "params": params})
+    yield Case(
+        "multipart with parameter fields",
+        "POST",
+        route,
+        {"files": {"file": ("p.jpg", image, "image/jpeg")}, "data": {k: str(v) for k, v in params.items()}},
+    )
+    yield Case(
+        "multipart parameters field",
+        "POST",
+        route,
+        {"files": {"file": ("p.jpg", image, "image/jpeg")}, "data": {"parameters": json.dumps(params)}},
+    )
+    yield Case("by model id", "POST", f"/models/{model_id}", {"content": image})
+    yield Case("render png", "POST", route, {"content": image, "params": {"render": "png"}})
+    yield Case(
+        "render jpeg in json", "POST", route, {"json": {"inputs": b64, "parameters": {"render": "jpg"}}}
+    )
+    yield Case("accept image/png", "POST", route, {"content": image, "headers": {"accept": "image/png"}})
+    yield Case(
+        "accept json wins",
+        "POST",
+        route,
+        {"content": image, "headers": {"accept": "image/png, application/json"}},
+    )
+    # Error paths
+    yield Case("empty body", "POST", route, {"content": b""})
+    yield Case("not an image", "POST", route, {"content": b"hello, this is text"})
+    yield Case("truncated jpeg", "POST", route, {"content": image[: len(image) // 3]})
+    yield Case(
+        "bad json",
+        "POST",
+        route,
+        {"content": b'{"inputs": ', "headers": {"content-type": "application/json"}},
+    )
+    yield Case("json array", "POST", route, {"json": [1, 2]})
+    yield Case("json without inputs", "POST", route, {"json": {"parameters": {}}})
+    yield Case("inputs not a string", "POST", route, {"json": {"inputs": 12}})
+    yield Case("inputs not base64", "POST", route, {"json": {"inputs": "###"}})
+    yield Case("inputs empty", "POST", route, {"json": {"inputs": "  "}})
+    yield Case("inputs a url", "POST", route, {"json": {"inputs": "https://example.com/cat.jpg"}})
+    yield Case("data url not base64", "POST", route, {"json": {"inputs": "data:image/jpeg,abc"}})
+    yield Case("parameters not an object", "POST", route, {"json": {"inputs": b64, "parameters": [1]}})
+    yield Case("unknown parameter", "POST", route, {"json": {"inputs": b64, "parameters": {"colour": "red"}}})
+    for n, bad in enumerate(BAD_PARAMETERS[task]):
+        yield Case(f"bad parameter {n}", "POST", route, {"json": {"inputs": b64, "parameters": bad}})
+    yield Case("render gif", "POST", route, {"content": image, "params": {"render": "gif"}})
+    yield Case(
+        "multipart two files",
+        "POST",
+        route,
+        {"files": [("a", ("a.jpg", image, "image/jpeg")), ("b", ("b.jpg", image, "image/jpeg"))]},
+    )
+    yield Case(
+        "multipart parameters not json",
+        "POST",
+        route,
+        {"files": {"file": ("p.jpg", image, "image/jpeg")}, "data": {"parameters": "{oops"}},
+    )
+    yield Case("body over the limit", "POST", route, {"content": b"\xff" * 200_001})
+    yield Case("image over the pixel limit", "POST", route, {"content": _big_png()})
+    yield Case("GET on an inference route", "GET", route)
+
+
+def service_cases(model_ids: list[str]) -> Iterator[Case]:
+    yield Case("health", "GET", "/health")
+    yield Case("ready", "GET", "/ready")
+    yield Case("models", "GET", "/models")
+    yield Case("unknown model", "POST", "/models/no-such-model", {"content": photo()})
+    yield Case("unknown route", "GET", "/nowhere")
+    yield Case("demo page", "GET", "/")
+    yield Case("metrics", "GET", "/metrics")
+    yield Case("openapi", "GET", "/openapi.json")
+
+
+def auth_cases(model_id: str) -> Iterator[Case]:
+    image = photo()
+    yield Case("no token", "POST", "/classify", {"content": image})
+    yield Case(
+        "wrong token", "POST", "/classify", {"content": image, "headers": {"authorization": "Bearer nope"}}
+    )
+    yield Case(
+        "not bearer", "POST", "/classify", {"content": image, "headers": {"authorization": "Basic eA=="}}
+    )
+    yield Case(
+        "good token", "POST", "/classify", {"content": image, "headers": {"authorization": "Bearer s3cret"}}
+    )
+    yield Case("health is open", "GET", "/health")
+    yield Case("ready is open", "GET", "/ready")
+    yield Case("metrics needs a token", "GET", "/metrics")
+    yield Case("openapi is open", "GET", "/openapi.json")
+    yield Case(
+        "cors preflight",
+        "OPTIONS",
+        "/classify",
+        {"headers": {"origin": "https://app.example", "access-control-request-method": "POST"}},
+    )
+
+
+def draining_cases() -> Iterator[Case]:
+    yield Case("inference while draining", "POST", "/classify", {"content": photo()})
+    yield Case("ready while draining", "GET", "/ready")
+    yield Case("health while draining", "GET", "/health")
+
+
+def _image_summary(data: bytes) -> dict[str, Any]:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return {"format": image.format, "mode": image.mode, "size": list(image.size), "pixels": _pixels(image)}
+
+
+def _pixels(image: Image.Image) -> str:
+    """A coarse thumbnail, base64 of raw bytes: enough to see that the same thing was drawn."""
+    thumb = image.convert("RGB").resize((32, 24), Image.Resampling.BOX)
+    return base64.b64encode(thumb.tobytes()).decode()
+
+
+def _reduce_json(value: Any) -> Any:
+    """Masks (base64 PNG) become image summaries; everything else stays."""
+    if isinstance(value, list):
+        return [_reduce_json(v) for v in value]
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key == "mask" and isinstance(item, str):
+                out[key] = _image_summary(base64.b64decode(item))
+            else:
+                out[key] = _reduce_json(item)
+        return out
+    return value
+
+
+def reduce(response: Any, replacements: dict[str, str]) -> dict[str, Any]:
+    """A response as the golden set keeps it (`response`: an httpx.Response)."""
+    headers = {name: response.headers[name] for name in HEADERS if name in response.headers}
+    if "server-timing" in response.headers:
+        headers["server-timing"] = [
+            p.split(";")[0].strip() for p in response.headers["server-timing"].split(",")
+        ]
+    headers["x-request-id"] = "x-request-id" in response.headers
+    content_type = response.headers.get("content-type", "")
+    body: Any
+    if content_type.startswith("image/"):
+        body = _image_summary(response.content)
+    elif content_type.startswith("application/json"):
+        text = response.text
+        for old, new in replacements.items():
+            text = text.replace(json.dumps(old)[1:-1], new)
+        body = _reduce_json(json.loads(text))
+    elif content_type.startswith("text/plain"):  # /metrics: the metric names, not their values
+        body = sorted(
+            {
+                line.split("{")[0].split(" ")[0]
+                for line in response.text.splitlines()
+                if line and line[0] != "#"
+            }
+        )
+    else:
+        body = {"bytes": len(response.content)}
+    exact = None
+    if not content_type.startswith("text/plain"):  # metrics values change from run to run
+        exact = hashlib.sha256(_replaced(response.content, replacements)).hexdigest()
+    return {"status": response.status_code, "headers": headers, "body": body, "sha256": exact}
+
+
+def _replaced(content: bytes, replacements: dict[str, str]) -> bytes:
+    for old, new in replacements.items():
+        content = content.replace(json.dumps(old)[1:-1].encode(), new.encode())
+    return content
+
+
+def play(send: Callable[[Case], Any], case_list: list[Case], replacements: dict[str, str]) -> dict[str, Any]:
+    return {
+        f"{case.method} {case.path} | {case.name}": reduce(send(case), replacements) for case in case_list
+    }
+
+
+def differences(
+    expected: Any, got: Any, where: str = "", rel: float = 1e-4, pixel_tol: float = 3.0
+) -> list[str]:
+    """Where `got` differs from `expected`: numbers within `rel`, thumbnails within `pixel_tol` mean abs."""
+    if isinstance(expected, dict) and isinstance(got, dict):
+        if "pixels" in expected and "pixels" in got:
+            a = np.frombuffer(base64.b64decode(expected["pixels"]), np.uint8).astype(float)
+            b = np.frombuffer(base64.b64decode(got["pixels"]), np.uint8).astype(float)
+            problems = differences(
+                {k: v for k, v in expected.items() if k != "pixels"},
+                {k: v for k, v in got.items() if k != "pixels"},
+                where,
+                rel,
+                pixel_tol,
+            )
+            if a.shape != b.shape or np.abs(a - b).mean() > pixel_tol:
+                problems.append(f"{where}: pixels differ")
+            return problems
+        expected = {k: v for k, v in expected.items() if k != "sha256"}  # exact bytes: same CPU only
+        got = {k: v for k, v in got.items() if k != "sha256"}
+        if expected.keys() != got.keys():
+            return [f"{where}: keys {sorted(expected)} != {sorted(got)}"]
+        return [
+            p
+            for key in expected
+            for p in differences(expected[key], got[key], f"{where}.{key}", rel, pixel_tol)
+        ]
+    if isinstance(expected, list) and isinstance(got, list):
+        if len(expected) != len(got):
+            return [f"{where}: {len(expected)} items != {len(got)}"]
+        return [
+            p
+            for i, (a, b) in enumerate(zip(expected, got, strict=True))
+            for p in differences(a, b, f"{where}[{i}]", rel, pixel_tol)
+        ]
+    if isinstance(expected, float) or isinstance(got, float):
+        if isinstance(expected, bool) or isinstance(got, bool) or not isinstance(got, int | float):
+            return [f"{where}: {expected!r} != {got!r}"]
+        if abs(expected - got) > rel * max(abs(expected), abs(got), 1e-3):
+            return [f"{where}: {expected!r} != {got!r}"]
+        return []
+    return [] if expected == got else [f"{where}: {expected!r} != {got!r}"]
+
+
+def record_all(
+    create_app: Callable[..., Any], settings_class: type, write_demo_model: Callable[..., Any], folder: Any
+) -> dict[str, Any]:
+    """Serve the three demo models (and an app with auth and CORS) and play every case."""
+    from fastapi.testclient import TestClient
+
+    models = {
+        task: write_demo_model(folder, name, width=0.5, seed=seed)
+        for seed, (task, name) in enumerate(
+            [
+                ("classification", "image-classification"),
+                ("segmentation", "image-segmentation"),
+                ("detection", "object-detection"),
+            ]
+        )
+    }
+    replacements = {str(folder): "<models>"}
+    common = {"inference_threads": 2, "decode_threads": 2, "model_repository": folder}
+
+    def client(**overrides: Any) -> Any:
+        return TestClient(
+            create_app(settings_class(**{**common, **overrides})), raise_server_exceptions=False
+        )
+
+    def sender(test_client: Any) -> Callable[[Case], Any]:
+        return lambda case: test_client.request(case.method, case.path, **case.kwargs)
+
+    def wait(test_client: Any) -> None:
+        import time
+
+        manager = test_client.app.state.manager
+        while manager.loading:
+            time.sleep(0.05)
+        assert manager.ready, manager.error
+
+    golden: dict[str, Any] = {}
+    with client(
+        models=[str(p) for p in models.values()], max_body_bytes=200_000, max_image_pixels=1_000_000
+    ) as c:
+        wait(c)
+        for task, path in models.items():
+            golden[task] = play(sender(c), list(cases(task, path.name)), replacements)
+        golden["service"] = play(
+            sender(c), list(service_cases([p.name for p in models.values()])), replacements
+        )
+        c.app.state.lifecycle.start_draining()
+        golden["draining"] = play(sender(c), list(draining_cases()), replacements)
+    with client(
+        models=[str(models["classification"])], api_tokens="s3cret", cors_origins="https://app.example"
+    ) as c:
+        wait(c)
+        golden["auth"] = play(sender(c), list(auth_cases(models["classification"].name)), replacements)
+    return golden
