@@ -110,7 +110,11 @@ def cmd_demo_models(args: argparse.Namespace) -> int:
         for width in args.width or [0.5]:
             for size in args.image_size or [None]:
                 path = write_demo_model(
-                    Path(args.directory), TASK_BY_CLI_NAME[task].name, width=width, image_size=size, seed=args.seed
+                    Path(args.directory),
+                    TASK_BY_CLI_NAME[task].name,
+                    width=width,
+                    image_size=size,
+                    seed=args.seed,
                 )
                 print(path)
     return 0
@@ -280,14 +284,21 @@ def build_parser() -> argparse.ArgumentParser:
     from app.config import Settings
     from app.tasks import TASK_BY_CLI_NAME
 
-    parser = argparse.ArgumentParser(prog="mvit", description="MobileViTv2 inference service")
+    # No abbreviated flags: `--api-tokens X` must not quietly become `--api-tokens-file X`.
+    parser = argparse.ArgumentParser(
+        prog="mvit", description="MobileViTv2 inference service", allow_abbrev=False
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the HTTP service")
+    serve = sub.add_parser("serve", allow_abbrev=False, help="run the HTTP service")
     add_setting_flags(serve, Settings.model_fields)
     serve.set_defaults(func=cmd_serve)
 
-    demo = sub.add_parser("demo-models", help="write random-weight models of the real architecture (offline)")
+    demo = sub.add_parser(
+        "demo-models",
+        allow_abbrev=False,
+        help="write random-weight models of the real architecture (offline)",
+    )
     demo.add_argument("directory", help="where to write the model folders, e.g. models/")
     demo.add_argument(
         "--width", type=float, action="append", help="width multiplier, 0.5 to 2.0 (repeatable)"
@@ -307,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo_models)
 
-    convert = sub.add_parser("convert", help="convert an Apple ml-cvnets checkpoint into a model folder")
+    convert = sub.add_parser(
+        "convert", allow_abbrev=False, help="convert an Apple ml-cvnets checkpoint into a model folder"
+    )
     convert.add_argument("checkpoint", help="cvnets .pt (loaded with weights_only=True) or .safetensors")
     convert.add_argument("directory", help="where to write the model folder, e.g. models/")
     convert.add_argument(
@@ -323,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(func=cmd_convert)
 
     fetch = sub.add_parser(
-        "fetch", help="download pretrained models into the model repository (verified, atomic)"
+        "fetch",
+        allow_abbrev=False,
+        help="download pretrained models into the model repository (verified, atomic)",
     )
     fetch.add_argument(
         "names",
@@ -339,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fetch.set_defaults(func=cmd_fetch)
 
-    export = sub.add_parser("export", help="export model folders to ONNX (model.onnx), optionally INT8 too")
+    export = sub.add_parser(
+        "export", allow_abbrev=False, help="export model folders to ONNX (model.onnx), optionally INT8 too"
+    )
     export.add_argument("models", nargs="*", metavar="FOLDER_OR_HUB_ID", help="model folders or Hub ids")
     export.add_argument("--all", action="store_true", help="every model the repository's models.yaml lists")
     add_setting_flags(export, ("model_repository", "hub_revision"))
@@ -355,7 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(func=cmd_export)
 
-    predict = sub.add_parser("predict", help="run one image file through a model without HTTP")
+    predict = sub.add_parser(
+        "predict", allow_abbrev=False, help="run one image file through a model without HTTP"
+    )
     predict.add_argument("image", help="image file")
     add_setting_flags(predict, PREDICT_SETTINGS)
     predict.add_argument("--top-k", type=int)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -107,3 +108,10 @@ def start_server(
     """`mvit serve ARGS` on 127.0.0.1 and a free port; returns once /ready answers 200."""
     command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", *args]
     return start_listening(command, "/ready", {**os.environ, **(env or {})}, timeout)
+
+
+def command_line() -> str:
+    """The command that ran this script, as a reader would type it: `python -m scripts.NAME ARGS`."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    program = f"-m {spec.name}" if spec is not None else shlex.quote(sys.argv[0])
+    return f"python {program} {' '.join(map(shlex.quote, sys.argv[1:]))}".rstrip()

@@ -17,7 +17,7 @@ over rounds, p50/p99 are over all requests of a cell. Load is bounded in request
     pip install -e ".[test,bench]"
     mvit demo-models models/ --width 1.0 --task classification
     mvit export models/mobilevitv2-1.0-imagenet1k-256-random
-    python scripts/bench.py models/mobilevitv2-1.0-imagenet1k-256-random
+    python -m scripts.bench models/mobilevitv2-1.0-imagenet1k-256-random
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import os
 import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -39,8 +38,9 @@ from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
-from _common import BENCH_SETS, bench_set, start_listening, start_server
-from _loadgen import LoadResult, closed_loop
+
+from scripts._common import BENCH_SETS, bench_set, command_line, start_listening, start_server
+from scripts._loadgen import LoadResult, closed_loop
 
 if TYPE_CHECKING:
     from app.runtime.models import ServedModel
@@ -148,7 +148,6 @@ def main() -> None:
     args = parser.parse_args()
     # The same thread budget everywhere: torch's OpenMP threads must not spin beside the decode pool.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
     from app.config import Settings
     from app.cpus import available_cpus
@@ -156,7 +155,7 @@ def main() -> None:
     from app.intake.preprocess import preprocess
     from app.runtime.models import load_model
 
-    print(f"$ python {' '.join(map(shlex.quote, sys.argv))}")
+    print(f"$ {command_line()}")
     print(
         f"{time.strftime('%Y-%m-%d')}; {os.cpu_count()} cores, {available_cpus()} usable; {platform.machine()}, "
         f"Python {platform.python_version()}; backend {args.backend}"

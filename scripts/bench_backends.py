@@ -7,7 +7,7 @@ interleaved round by round so machine noise hits them alike; medians are reporte
     pip install -e ".[export,bench]"
     mvit demo-models models/ --width 1.0 --task classification --task segmentation --task detection
     mvit export models/mobilevitv2-1.0-*-random
-    python scripts/bench_backends.py models/mobilevitv2-1.0-*-random --rounds 20
+    python -m scripts.bench_backends models/mobilevitv2-1.0-*-random --rounds 20
 
 `onnx-int8` is measured for folders that have model.int8.onnx (`mvit export --quantize int8`).
 """
@@ -18,11 +18,11 @@ import argparse
 import contextlib
 import os
 import platform
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
+
+from scripts._common import command_line
 
 
 def main() -> None:
@@ -39,19 +39,17 @@ def main() -> None:
     parser.add_argument("--spin", action="store_true", help="let idle threads spin (OMP and ONNX Runtime)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE" if args.spin else "PASSIVE")  # before torch loads
-
-    sys.path.insert(0, str(Path(__file__).parent))
     import numpy as np
-    from _common import bench_photos
 
     from app.config import Settings
     from app.cpus import available_cpus
     from app.intake.preprocess import preprocess
     from app.repository import ONNX_FILES
     from app.runtime.models import load_model
+    from scripts._common import bench_photos
 
     threads = args.threads or available_cpus()
-    print(f"$ python {' '.join(map(shlex.quote, sys.argv))}")
+    print(f"$ {command_line()}")
     print(
         f"machine: {os.cpu_count()} cores, {available_cpus()} usable by this process, {threads} intra-op threads; "
         f"{platform.machine()}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"

@@ -1,6 +1,6 @@
 """Time of the annotated-image answers (`render=png|jpeg`) on a 12 MP photo, per task and format.
 
-    python scripts/bench_render.py models/mobilevitv2-1.0-imagenet1k-256-random \
+    python -m scripts.bench_render models/mobilevitv2-1.0-imagenet1k-256-random \
         models/mobilevitv2-1.0-voc-deeplabv3-512-random models/mobilevitv2-1.0-coco-ssdlite-320-random
 
 Runs the app in-process and reads the `render` phase of each answer's Server-Timing header: decoding the
@@ -10,14 +10,10 @@ photo again at the render size, drawing, and encoding. Medians of --rounds answe
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scripts._common import command_line
 
 ROUTES = {
     "image-classification": "/classify",
@@ -44,13 +40,13 @@ def main() -> int:
     parser.add_argument("--max-side", type=int, default=1600, help="render_max_side (0: full size)")
     args = parser.parse_args()
 
-    from _common import photo_jpeg
     from fastapi.testclient import TestClient
 
     from app.api.app import create_app
     from app.config import Settings
+    from scripts._common import photo_jpeg
 
-    print(f"$ python {' '.join(map(shlex.quote, sys.argv))}")
+    print(f"$ {command_line()}")
     photo = photo_jpeg(4032, 3024)
     print(
         f"{time.strftime('%Y-%m-%d')}; 12 MP JPEG (4032x3024, {len(photo) / 1e6:.1f} MB), render_max_side {args.max_side}"

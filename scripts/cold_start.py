@@ -3,18 +3,16 @@
 Each run is a new process: interpreter start, imports, model load (ONNX: session creation from the
 optimization cache after the first run; torch: building the network and loading weights), warm-up.
 
-    python scripts/cold_start.py models/mobilevitv2-1.0-imagenet1k-256-random --runs 5
+    python -m scripts.cold_start models/mobilevitv2-1.0-imagenet1k-256-random --runs 5
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
-import sys
 import time
 
-from _common import start_server
+from scripts._common import command_line, start_server
 
 
 def main() -> None:
@@ -25,7 +23,7 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["onnx", "torch"])
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    print(f"$ python {' '.join(map(shlex.quote, sys.argv))}")
+    print(f"$ {command_line()}")
     model_args = [arg for model in args.models for arg in ("--model", model)]
     seconds: dict[str, list[float]] = {backend: [] for backend in args.backends}
     for _ in range(args.runs):

@@ -9,21 +9,20 @@ An ImageNet-style folder (one subfolder per class) also gives top-1 accuracy per
 matched to classes by index ("0", "1", ...), by the label text in config.json, or, when there is one
 subfolder per class, in sorted order (the torchvision ImageFolder convention: sorted WordNet ids).
 
-    python scripts/bench_images.py bench-images/
-    python scripts/compare_backends.py models/mobilevitv2-1.0-imagenet1k-256-random bench-images/640x480
-    python scripts/compare_backends.py models/mobilevitv2-1.0-imagenet1k-256 /data/imagenet/val --limit 5000
+    python -m scripts.bench_images bench-images/
+    python -m scripts.compare_backends models/mobilevitv2-1.0-imagenet1k-256-random bench-images/640x480
+    python -m scripts.compare_backends models/mobilevitv2-1.0-imagenet1k-256 /data/imagenet/val --limit 5000
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from app.intake.decode import IMAGE_SUFFIXES
+from scripts._common import command_line
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -69,7 +68,7 @@ def main() -> None:
     from app.intake.preprocess import preprocess
     from app.runtime.models import load_model
 
-    print(f"$ python {' '.join(map(shlex.quote, sys.argv))}")
+    print(f"$ {command_line()}")
     candidates = {"torch": {"backend": "torch"}, "onnx-fp32": {"backend": "onnx"}}
     candidates["onnx-int8"] = {"backend": "onnx", "onnx_precision": "int8"}
     models = {}

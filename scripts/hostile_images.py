@@ -6,7 +6,7 @@ of pixels (decompression bombs), a GIF whose canvas is far larger than its one f
 (a naive shortest-edge resize of one allocates gigabytes), 16-bit, CMYK, palette + transparency,
 multi-frame files, broken EXIF.
 
-    python scripts/hostile_images.py OUT_DIR     # write the corpus as files, to try with curl
+    python -m scripts.hostile_images OUT_DIR     # write the corpus as files, to try with curl
 """
 
 from __future__ import annotations

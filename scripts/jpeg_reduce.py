@@ -5,20 +5,18 @@ libjpeg's DCT-domain scaling at each gap, then compare the model input tensors (
 and the model outputs (max |logit diff|, top-1 agreement, max |softmax diff|). Times are medians of
 decode + preprocess on one thread.
 
-    python scripts/jpeg_reduce.py models/mobilevitv2-1.0-imagenet1k-256-random --gaps 1 2 4
+    python -m scripts.jpeg_reduce models/mobilevitv2-1.0-imagenet1k-256-random --gaps 1 2 4
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-from _common import bench_set
+
+from scripts._common import bench_set, command_line
 
 
 def main() -> None:
@@ -30,7 +28,6 @@ def main() -> None:
     parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
     parser.add_argument("--repeats", type=int, default=5, help="timed decodes per image and setting")
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
     from app.config import Settings
     from app.intake.decode import decode
@@ -38,7 +35,7 @@ def main() -> None:
     from app.runtime.models import load_model
     from app.tasks.classification import scores_from_logits
 
-    print(f"$ python {' '.join(map(shlex.quote, sys.argv))}")
+    print(f"$ {command_line()}")
     model = load_model(
         args.model, Settings(models=[args.model], backend=args.backend, onnx_auto_export=False)
     )

@@ -3,7 +3,7 @@
 FastAPI + `transformers.pipeline("image-classification")` over the same checkpoint, PyTorch on CPU,
 one image per call. Not part of the service.
 
-    python scripts/naive_server.py MODEL_FOLDER --port 8001
+    python -m scripts.naive_server MODEL_FOLDER --port 8001
 """
 
 from __future__ import annotations

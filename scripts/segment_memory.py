@@ -5,7 +5,7 @@ records the server's RSS, resets its peak-RSS counter (/proc/PID/clear_refs, Lin
 4032x3024 JPEG to /segment, and reads the new peak (VmHWM). Also reports the server's own phase
 timings for those requests (from /metrics) and what the naive dense upsample would have allocated.
 
-    python scripts/segment_memory.py models/mobilevitv2-1.0-voc-deeplabv3-512-random --rounds 3
+    python -m scripts.segment_memory models/mobilevitv2-1.0-voc-deeplabv3-512-random --rounds 3
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ import argparse
 import base64
 import io
 import re
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-from _common import photo_jpeg, start_server
 from PIL import Image
+
+from scripts._common import command_line, photo_jpeg, start_server
 
 
 def status_kib(pid: int, field: str) -> int:
@@ -96,7 +95,7 @@ def main() -> None:
         )
     naive = num_labels * 4032 * 3024 * 4 / 2**20
     print(f"a dense float32 upsample of the logits alone would allocate {naive:.0f} MB")
-    print("command: python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]))
+    print(f"command: {command_line()}")
 
 
 if __name__ == "__main__":

@@ -3,13 +3,13 @@
 Standard library only, so it runs with any environment's Python, including the ONNX-only install that
 has no torch (CI uses it to prove that install serves all three tasks):
 
-    python scripts/smoke_serve.py --mvit /tmp/edge/bin/mvit --expect-no torch -- --backend onnx \\
+    python -m scripts.smoke_serve --mvit /tmp/edge/bin/mvit --expect-no torch -- --backend onnx \\
         --model models/mobilevitv2-0.5-imagenet1k-256-random
 
 Everything after `--` goes to `mvit serve`. Or run a Dockerfile target's exact ENTRYPOINT + CMD with its
 ENV, from an installed environment's bin folder (what CI does for the edge image, which it cannot build):
 
-    python scripts/smoke_serve.py --dockerfile Dockerfile --target edge --bin /tmp/edge/bin \
+    python -m scripts.smoke_serve --dockerfile Dockerfile --target edge --bin /tmp/edge/bin \
         --env MVIT_MODEL_REPOSITORY=/tmp/models
 
 Prints the cold start (process start to /ready) and one line per request; exits non-zero on any failure.
@@ -77,8 +77,7 @@ def main() -> int:
     port = free_port()
     loopback = {"MVIT_HOST": "127.0.0.1", "MVIT_PORT": str(port)}
     if args.dockerfile:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from _dockerfile import read_stages
+        from scripts._dockerfile import read_stages
 
         stage = read_stages(args.dockerfile)[args.target]
         executable, *rest = stage.command

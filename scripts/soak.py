@@ -1,7 +1,7 @@
 """Soak a running service: N minutes at concurrency C on loopback, valid and hostile requests on every task.
 
     mvit serve --backend onnx &                        # the service under test, on 127.0.0.1:8000
-    python scripts/soak.py --minutes 10 --concurrency 16
+    python -m scripts.soak --minutes 10 --concurrency 16
 
 Every request knows what it may get back: a valid photo 200; a hostile upload (scripts/hostile_images.py)
 its documented 400/413 (or 200 for the awkward-but-valid ones). Anything else is "unexpected". Each window
@@ -18,9 +18,7 @@ import base64
 import json
 import os
 import random
-import shlex
 import statistics
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -29,10 +27,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import photo_jpeg
-from _loadgen import check_loopback, http_request, read_response
-from hostile_images import hostile_corpus
+from scripts._common import command_line, photo_jpeg
+from scripts._loadgen import check_loopback, http_request, read_response
+from scripts.hostile_images import hostile_corpus
 
 ROUTES = {
     "image-classification": "/classify",
@@ -235,7 +232,7 @@ def main() -> int:
     args = parser.parse_args()
     token = os.environ.get("MVIT_SOAK_TOKEN")  # not a flag: `ps` would show it
 
-    print(f"$ python {' '.join(map(shlex.quote, sys.argv))}")
+    print(f"$ {command_line()}")
     url = urlsplit(args.url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
     check_loopback(host)

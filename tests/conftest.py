@@ -1,41 +1,29 @@
+"""Session fixtures (demo models of the three tasks, a photo, a served client) and the test groups.
+
+tests/unit    one module at a time, no server: the quick subset (`python -m pytest -m quick`)
+tests/api     the HTTP contract, in process (FastAPI's TestClient or uvicorn on loopback)
+tests/e2e     the real CLI, live `mvit serve` processes, a browser, the deploy files
+tests/parity  against the references: transformers and ml-cvnets (../shared/fixtures/cvnets), ONNX Runtime
+"""
+
 from __future__ import annotations
 
-import io
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
-from app.api import create_app
-from app.config import Settings
 from app.tools.demo_models import write_demo_model
+from tests.support import CVNETS_FIXTURES, cvnets_fixture, encode, photo_like, serving
+
+QUICK_FOLDERS = ("unit",)
 
 
-def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
-    """A smooth colour image with noise: varied enough that models and resizers disagree on mistakes."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack(
-        [
-            128 + 100 * np.sin(xx / (7 + 13 * rng.random()) + rng.random() * 6),
-            128 + 100 * np.cos(yy / (5 + 11 * rng.random()) + rng.random() * 6),
-            128 + 90 * np.sin((xx + yy) / (9 + 17 * rng.random())),
-        ],
-        axis=-1,
-    )
-    noisy = base + rng.normal(0, 12, base.shape)
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
-
-
-def encode(image: Image.Image, fmt: str = "JPEG", **kwargs: object) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format=fmt, **kwargs)
-    return buf.getvalue()
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.parent.name in QUICK_FOLDERS:
+            item.add_marker(pytest.mark.quick)
 
 
 @pytest.fixture(scope="session")
@@ -47,36 +35,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def jpeg_bytes() -> bytes:
     return encode(photo_like(640, 480, seed=1), quality=90)
-
-
-def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
-    """Until every model is loaded (asked of the app itself: /ready may need a token)."""
-    manager = client.app.state.manager  # type: ignore[attr-defined]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and manager.loading:
-        time.sleep(0.05)
-    if not manager.ready:
-        raise AssertionError(f"service not ready: loading={manager.loading}, error={manager.error}")
-
-
-def make_settings(model_dir: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "models": [str(model_dir)],
-        "inference_threads": 2,
-        "decode_threads": 2,
-        "model_repository": model_dir.parent,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-@contextmanager
-def serving(model_dir: Path, **overrides: object) -> Iterator[TestClient]:
-    """An in-process app serving one model folder, ready (loaded and warmed up)."""
-    app = create_app(make_settings(model_dir, **overrides))
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        wait_ready(test_client)
-        yield test_client
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +53,11 @@ def seg_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def det_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real-architecture SSDLite-MobileViTv2-0.5 (COCO, 320 px) with seeded random weights."""
     return write_demo_model(tmp_path_factory.mktemp("det-models"), "object-detection", width=0.5, seed=2)
+
+
+@pytest.fixture(scope="session")
+def cvnets_fixtures() -> Path:
+    """../shared/fixtures/cvnets, all three folders: a skip where missing, a failure in CI."""
+    for name in ("mobilevitv2_0.5_imagenet", "deeplabv3_mobilevitv2_0.5_voc", "ssdlite_mobilevitv2_0.5_coco"):
+        cvnets_fixture(name)
+    return CVNETS_FIXTURES

@@ -8,8 +8,8 @@ Session setup, in order:
 - threads: intra-op threads from the CPUs this process may use, one inter-op thread, no spin-waiting by
   default (spinning threads steal the cores the decode pool needs);
 - instances: on CPU, a second session whose threads are split between `instances` concurrent runs (one
-  thread each on 2 CPUs). Small convolutional nets scale poorly across intra-op threads: two batches on
-  one thread each beat one batch on two threads by about 20% here. The all-threads session still serves
+  thread each on 2 CPUs). Small convolutional nets scale poorly across intra-op threads, so concurrent
+  single-thread batches beat one batch on all threads (docs/performance.md). The all-threads session serves
   a request that has the model to itself, which is the lowest latency;
 - graph optimizations: the level is configurable; the hardware-neutral part (up to "extended") is saved
   under `onnx-cache/` so a restart skips it. Layout transforms ("all") are cheap and CPU-specific, so

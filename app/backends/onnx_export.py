@@ -66,9 +66,9 @@ def _staged_group_norm_class() -> type:
         """GroupNorm with one group over (C, H, W), written so ONNX Runtime reduces accurately.
 
         Exported as-is, nn.GroupNorm(1, C) becomes InstanceNormalization over the flattened C*H*W, whose
-        CPU kernel sums ~500k float32 values in one pass: 1e-5 error per norm, 4e-4 on the logits of a
-        width-1.0 DeepLabV3 (PyTorch's pairwise sums: 1e-5). Means taken one axis at a time (equal-sized
-        groups, so the mean of means is the mean) keep ONNX Runtime as close to float64 as PyTorch.
+        CPU kernel sums the whole map in one float32 pass, far less accurately than PyTorch's pairwise
+        sums (docs/performance.md). Means taken one axis at a time (equal-sized groups, so the mean of
+        means is the mean) keep ONNX Runtime as close to float64 as PyTorch.
         """
 
         def __init__(self, norm: nn.GroupNorm) -> None:

@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import encode, photo_like
-
-
-def mvit(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=300
-    )
+from tests.support import cvnets_fixture, encode, mvit, photo_like
 
 
 def test_demo_models_writes_loadable_random_models(tmp_path: Path) -> None:
@@ -62,13 +54,7 @@ def test_convert_cvnets_checkpoint_then_predict(tmp_path: Path) -> None:
     import torch
     from safetensors.torch import load_file
 
-    fixture = (
-        Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cvnets" / "mobilevitv2_0.5_imagenet"
-    )
-    if not fixture.is_dir():
-        import pytest
-
-        pytest.skip(f"cvnets reference fixtures not found at {fixture}")
+    fixture = cvnets_fixture("mobilevitv2_0.5_imagenet")
     checkpoint = tmp_path / "mobilevitv2-0.5.pt"  # as Apple publishes them: a plain torch.save'd state dict
     torch.save(load_file(str(fixture / "state_dict.safetensors")), checkpoint)
     result = mvit("convert", str(checkpoint), str(tmp_path / "models"))

@@ -8,9 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.test_live_server import start_server, wait_until_ready
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT, start_server, wait_until_ready
 
 
 def test_soak_script_smoke(model_dir: Path, seg_model_dir: Path, det_model_dir: Path) -> None:
@@ -31,7 +29,8 @@ def test_soak_script_smoke(model_dir: Path, seg_model_dir: Path, det_model_dir: 
         result = subprocess.run(
             [
                 sys.executable,
-                str(ROOT / "scripts" / "soak.py"),
+                "-m",
+                "scripts.soak",
                 "--url",
                 url,
                 "--minutes",
@@ -46,6 +45,7 @@ def test_soak_script_smoke(model_dir: Path, seg_model_dir: Path, det_model_dir: 
             capture_output=True,
             text=True,
             timeout=120,
+            cwd=ROOT,
         )
     finally:
         process.send_signal(signal.SIGTERM)

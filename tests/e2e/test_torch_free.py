@@ -12,8 +12,7 @@ import pytest
 from app.backends.onnx_export import export_onnx
 from app.repository import read_model_dir
 from app.tools.demo_models import write_demo_model
-from tests.conftest import encode, photo_like
-from tests.test_live_server import start_server, wait_until_ready
+from tests.support import encode, photo_like, start_server, wait_until_ready
 
 # What the ONNX-only install ([onnx] extra) does not have. Importing any of them fails, as it would
 # there, and at exit the process reports which of them were loaded anyway (must be none).

@@ -11,9 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.tasks import classification, detection, drawing, segmentation
 from app.api import create_app
-from tests.conftest import encode, make_settings, photo_like, wait_ready
+from app.tasks import classification, detection, drawing, segmentation
+from tests.support import encode, make_settings, photo_like, wait_ready
 
 ROUTES = ("/classify", "/segment", "/detect")
 
@@ -100,9 +100,7 @@ def test_segmentation_tints_each_class_and_leaves_background_clear() -> None:
     photo = Image.new("RGB", (200, 100), (100, 100, 100))
     label_ids = np.zeros((100, 200), dtype=np.int64)
     label_ids[:, 100:] = 15  # person
-    drawn = np.asarray(
-        segmentation.draw(photo, label_ids, ["background", *[f"c{i}" for i in range(1, 21)]])
-    )
+    drawn = np.asarray(segmentation.draw(photo, label_ids, ["background", *[f"c{i}" for i in range(1, 21)]]))
     expected = np.round(0.5 * 100 + 0.5 * np.array(drawing.class_color(15)))
     assert np.abs(drawn[10, 150].astype(int) - expected).max() <= 1  # tinted, above the legend
     assert tuple(drawn[10, 50]) == (100, 100, 100)  # background untouched

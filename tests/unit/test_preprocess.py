@@ -8,7 +8,7 @@ from PIL import Image
 from transformers.models.mobilevit.image_processing_pil_mobilevit import MobileViTImageProcessorPil
 
 from app.intake.preprocess import Preprocessing, preprocess
-from tests.conftest import photo_like
+from tests.support import photo_like
 
 HUB_STYLE_CONFIGS = [
     # apple/mobilevitv2-*-imagenet1k-256 style, legacy int sizes

@@ -4,92 +4,14 @@ caller is gone (timed out, disconnected) dropped before it reaches the backend."
 from __future__ import annotations
 
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
-import numpy as np
-import uvicorn
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.api import create_app
-from app.config import Settings
-from app.metrics import Metrics
-from app.repository import ModelDir
-from app.runtime.models import ModelManager, load_backend
-from tests.conftest import make_settings, wait_ready
-
-MODEL_ID = "mobilevitv2-0.5-imagenet1k-256-random"
-
-
-class GatedBackend:
-    """A real backend whose calls, once armed, wait for the test to open the gate; counts real work."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner, self.name, self.artifact, self.instances = inner, inner.name, inner.artifact, 1
-        self.armed = False
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-        self.images_computed = 0
-
-    @property
-    def device_type(self) -> str:
-        return str(self.inner.device_type)
-
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        if self.armed:
-            self.entered.set()
-            assert self.gate.wait(30), "the test never opened the gate"
-            self.images_computed += len(batch)
-        return dict(self.inner.infer(batch))
-
-    infer_on_instance = infer
-
-
-@contextmanager
-def gated_app(model_dir: Path, **overrides: object) -> Iterator[tuple[FastAPI, GatedBackend]]:
-    settings = make_settings(model_dir, max_batch_size=1, instances=1, **overrides)
-    backends: list[GatedBackend] = []
-
-    def loader(folder: ModelDir, s: Settings) -> GatedBackend:
-        backends.append(GatedBackend(load_backend(folder, s)))
-        return backends[-1]
-
-    app = create_app(settings, ModelManager(settings, Metrics(), backend_loader=loader))
-    try:
-        yield app, backends
-    finally:
-        for backend in backends:
-            backend.gate.set()
-
-
-def pending(app: FastAPI) -> int:
-    return int(app.state.manager.models[MODEL_ID].batcher.pending)
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-def metric(client: TestClient, needle: str) -> float:
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith(needle):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
-def rejected(reason: str) -> str:
-    return f'mvit_requests_rejected_total{{model="{MODEL_ID}",reason="{reason}"}}'
+from tests.support import MODEL_ID, gated_app, live, metric, pending, rejected, wait_for, wait_ready
 
 
 def test_a_full_queue_answers_429_at_once_with_retry_after(model_dir: Path, jpeg_bytes: bytes) -> None:
@@ -132,23 +54,6 @@ def test_past_the_deadline_504_and_queued_work_is_dropped(model_dir: Path, jpeg_
         assert metric(client, rejected("timeout")) == 2
         backend.armed = False
         assert client.post("/classify", content=jpeg_bytes).status_code == 200
-
-
-@contextmanager
-def live(app: FastAPI) -> Iterator[int]:
-    """The app under a real uvicorn on a loopback port, in a thread."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, "uvicorn to start")
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def test_a_disconnected_clients_queued_work_is_dropped(model_dir: Path, jpeg_bytes: bytes) -> None:

@@ -16,18 +16,9 @@ from app.nn.build import build_network
 from app.nn.configs import MobileViTV2Config
 from app.nn.mobilevitv2 import MobileViTBlock, randomize_weights
 from app.repository import CheckpointError, read_model_dir
+from tests.support import smooth_images
 
 NUM_LABELS = 1000
-
-
-def smooth_images(n: int, height: int, width: int, seed: int) -> torch.Tensor:
-    """Distinct, image-like inputs in [0, 1]: coarse random colour fields plus fine noise."""
-    gen = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, 3, 8, 8, generator=gen)
-    fields = torch.nn.functional.interpolate(
-        coarse, size=(height, width), mode="bilinear", align_corners=False
-    )
-    return (0.9 * fields + 0.1 * torch.rand(n, 3, height, width, generator=gen)).clamp(0, 1)
 
 
 def save_hf_checkpoint(

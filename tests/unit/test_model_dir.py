@@ -7,10 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+from huggingface_hub.errors import LocalEntryNotFoundError
 
 from app.repository import CheckpointError, read_model_dir, resolve
 from app.repository.hub import hub_folder
+from tests.support import FakeHub, hub_like
 
 
 def test_local_folder_and_repository_name(model_dir: Path) -> None:
@@ -19,34 +20,6 @@ def test_local_folder_and_repository_name(model_dir: Path) -> None:
     assert by_path.path == by_name.path == model_dir
     assert by_path.model_id == model_dir.name and by_path.random_weights
     assert by_path.task == "image-classification" and len(by_path.labels) == 1000
-
-
-class FakeHub:
-    """Stands in for huggingface_hub.hf_hub_download, serving files of a local folder."""
-
-    def __init__(self, source: Path, files: set[str]) -> None:
-        self.source, self.files, self.calls = source, files, []
-
-    def __call__(self, repo_id: str, filename: str, revision: str | None, local_dir: Path) -> str:
-        self.calls.append((repo_id, filename, revision))
-        if filename not in self.files:
-            raise EntryNotFoundError(f"{filename} not in {repo_id}")
-        local_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy(self.source / filename, local_dir / filename)
-        return str(local_dir / filename)
-
-
-def hub_like(model_dir: Path, tmp_path: Path) -> Path:
-    """A copy of the demo model as the Hub has it: pytorch_model.bin only, no manifest."""
-    import torch
-    from safetensors.torch import load_file
-
-    folder = tmp_path / "upstream"
-    folder.mkdir()
-    for name in ("config.json", "preprocessor_config.json"):
-        shutil.copy(model_dir / name, folder / name)
-    torch.save(load_file(str(model_dir / "model.safetensors")), folder / "pytorch_model.bin")
-    return folder
 
 
 def test_hub_id_downloads_once_into_the_repository(
@@ -108,6 +81,7 @@ def test_broken_folders_are_explained(model_dir: Path, tmp_path: Path) -> None:
     (folder / "manifest.json").unlink()
     with pytest.raises(CheckpointError, match="no supported architecture"):
         _ = read_model_dir(folder).task
-    (folder / "model.safetensors").unlink()
+    for weights in [folder / "model.safetensors", *folder.glob("*.onnx")]:  # other tests may have exported
+        weights.unlink()
     with pytest.raises(CheckpointError, match="has no weights"):
         read_model_dir(folder)

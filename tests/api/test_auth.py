@@ -14,8 +14,7 @@ from fastapi.testclient import TestClient
 from app.api import create_app
 from app.api.auth import TokenChecker, TokenFileError
 from app.logs import ACCESS_LOGGER, JsonFormatter, TextFormatter
-from tests.conftest import make_settings, serving
-from tests.test_cli import mvit
+from tests.support import make_settings, mvit, serving
 
 TOKENS = ("tok-alpha-1234", "tok-beta-5678")
 ORIGIN = "https://app.example"

@@ -14,10 +14,7 @@ from app.repository import CheckpointError
 from app.repository.models_yaml import REPOSITORY_FILE, served_models
 from app.tools.demo_models import write_demo_model
 from app.tools.fetch import DEFAULT_MODELS, HUB_REVISIONS, cvnets_catalog
-from tests.conftest import make_settings, serving
-from tests.test_checkpoint import FakeHub, hub_like
-
-CVNETS_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cvnets"
+from tests.support import CVNETS_FIXTURES, FakeHub, hub_like, make_settings, serving
 
 
 @pytest.fixture(autouse=True)
@@ -148,12 +145,12 @@ def test_catalog_covers_every_width_and_the_defaults() -> None:
     assert DEFAULT_MODELS[2] in catalog and all("/" in name for name in DEFAULT_MODELS[:2])
 
 
-@pytest.mark.skipif(not CVNETS_FIXTURE.is_dir(), reason=f"cvnets fixtures not found at {CVNETS_FIXTURE}")
+@pytest.mark.usefixtures("cvnets_fixtures")
 def test_fetch_from_cvnets_converts_and_verifies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
     from safetensors.torch import load_file
 
-    state = load_file(str(CVNETS_FIXTURE / "ssdlite_mobilevitv2_0.5_coco" / "state_dict.safetensors"))
+    state = load_file(str(CVNETS_FIXTURES / "ssdlite_mobilevitv2_0.5_coco" / "state_dict.safetensors"))
 
     def download(url: str, destination: Path) -> None:
         assert url.endswith("/detection/mobilevitv2/coco-ssd-mobilevitv2-0.5.pt")

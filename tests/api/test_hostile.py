@@ -30,11 +30,8 @@ import app.intake.preprocess
 from app.api import create_app
 from app.config import Settings
 from app.intake.preprocess import Preprocessing, preprocess
-from tests.conftest import encode, make_settings, photo_like, wait_ready
-from tests.test_backpressure import live, wait_for
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from hostile_images import hostile_corpus
+from scripts.hostile_images import hostile_corpus
+from tests.support import ROOT, encode, live, make_settings, photo_like, wait_for, wait_ready
 
 ROUTES = ("/classify", "/segment", "/detect")
 CORPUS = hostile_corpus()
@@ -73,8 +70,7 @@ def test_preprocessing_memory_stays_bounded_on_the_corpus(
         f"""
         import resource, sys
         from pathlib import Path
-        sys.path.insert(0, {str(Path(__file__).resolve().parent.parent / "scripts")!r})
-        from hostile_images import hostile_corpus
+        from scripts.hostile_images import hostile_corpus
         from app.repository import resolve
         from app.errors import ServiceError
         from app.intake.decode import decode
@@ -95,7 +91,9 @@ def test_preprocessing_memory_stays_bounded_on_the_corpus(
         print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert result.returncode == 0, result.stderr
     assert int(result.stdout.split()[-1]) < 200, f"peak RSS grew by {result.stdout.split()[-1]} MB"
 

@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 from app.errors import InvalidInput, TooLarge
 from app.intake.decode import decode, decode_image
 from app.intake.preprocess import Preprocessing, preprocess
-from tests.conftest import encode, photo_like
+from tests.support import encode, photo_like
 
 LIMIT = 10_000_000
 

@@ -1,6 +1,7 @@
 """The HTTP golden set: a fixed list of requests against the three tasks, and what a response is reduced to.
 
-Recorded once (`tests/golden/http.json`) and played back by `tests/api/test_golden.py`: status, the headers
+Recorded with `python -m tests.golden.record` (`tests/golden/http.json`), played back by
+`tests/api/test_golden.py`: status, the headers
 that matter and the body must stay the same, apart from timings and request ids. Image payloads (masks,
 annotated images) are compared as decoded pixels, and numbers within a relative tolerance, so the set
 survives a change of CPU (other SIMD kernels round the last float bits differently).
@@ -14,10 +15,17 @@ import io
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fastapi.testclient import TestClient
 from PIL import Image
+
+from app.api import create_app
+from app.config import Settings
+from app.tools.demo_models import write_demo_model
+from tests.support import wait_ready
 
 # Headers whose values are part of the contract; `server-timing` is reduced to its phase names.
 HEADERS = (
@@ -30,6 +38,7 @@ HEADERS = (
     "connection",
     "access-control-allow-origin",
 )
+GOLDEN_FILE = Path(__file__).with_name("http.json")
 TASK_ROUTES = {"classification": "/classify", "segmentation": "/segment", "detection": "/detect"}
 TASK_PARAMETERS = {
     "classification": {"top_k": 2, "function_to_apply": "sigmoid"},
@@ -303,12 +312,8 @@ def differences(
     return [] if expected == got else [f"{where}: {expected!r} != {got!r}"]
 
 
-def record_all(
-    create_app: Callable[..., Any], settings_class: type, write_demo_model: Callable[..., Any], folder: Any
-) -> dict[str, Any]:
+def record_all(folder: Path) -> dict[str, Any]:
     """Serve the three demo models (and an app with auth and CORS) and play every case."""
-    from fastapi.testclient import TestClient
-
     models = {
         task: write_demo_model(folder, name, width=0.5, seed=seed)
         for seed, (task, name) in enumerate(
@@ -323,26 +328,16 @@ def record_all(
     common = {"inference_threads": 2, "decode_threads": 2, "model_repository": folder}
 
     def client(**overrides: Any) -> Any:
-        return TestClient(
-            create_app(settings_class(**{**common, **overrides})), raise_server_exceptions=False
-        )
+        return TestClient(create_app(Settings(**{**common, **overrides})), raise_server_exceptions=False)
 
     def sender(test_client: Any) -> Callable[[Case], Any]:
         return lambda case: test_client.request(case.method, case.path, **case.kwargs)
-
-    def wait(test_client: Any) -> None:
-        import time
-
-        manager = test_client.app.state.manager
-        while manager.loading:
-            time.sleep(0.05)
-        assert manager.ready, manager.error
 
     golden: dict[str, Any] = {}
     with client(
         models=[str(p) for p in models.values()], max_body_bytes=200_000, max_image_pixels=1_000_000
     ) as c:
-        wait(c)
+        wait_ready(c)
         for task, path in models.items():
             golden[task] = play(sender(c), list(cases(task, path.name)), replacements)
         golden["service"] = play(
@@ -353,6 +348,6 @@ def record_all(
     with client(
         models=[str(models["classification"])], api_tokens="s3cret", cors_origins="https://app.example"
     ) as c:
-        wait(c)
+        wait_ready(c)
         golden["auth"] = play(sender(c), list(auth_cases(models["classification"].name)), replacements)
     return golden

@@ -23,13 +23,10 @@ from app.nn.mobilevitv2 import randomize_weights
 from app.repository import read_model_dir
 from app.tasks.segmentation import label_map
 from app.tools.convert import convert_cvnets_checkpoint
-from tests.conftest import encode, photo_like, serving
-from tests.test_network import smooth_images
+from tests.support import CVNETS_FIXTURES, cvnets_fixture, encode, photo_like, serving, smooth_images
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cvnets"
-needs_fixtures = pytest.mark.skipif(
-    not FIXTURES.is_dir(), reason=f"cvnets reference fixtures not found at {FIXTURES} (CI always has them)"
-)
+FIXTURES = CVNETS_FIXTURES
+needs_fixtures = pytest.mark.usefixtures("cvnets_fixtures")
 
 
 @pytest.mark.parametrize("width", [0.5, 1.0])
@@ -63,8 +60,7 @@ def test_logits_match_transformers(tmp_path: Path, width: float) -> None:
 
 @pytest.fixture(scope="module")
 def cvnets_voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not FIXTURES.is_dir():
-        pytest.skip(f"cvnets reference fixtures not found at {FIXTURES}")
+    cvnets_fixture("deeplabv3_mobilevitv2_0.5_voc")
     source = FIXTURES / "deeplabv3_mobilevitv2_0.5_voc" / "state_dict.safetensors"
     return convert_cvnets_checkpoint(source, tmp_path_factory.mktemp("converted"))
 

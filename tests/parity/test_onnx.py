@@ -25,7 +25,7 @@ from app.runtime.models import load_model
 from app.runtime.pipeline import predict
 from app.tools.demo_models import write_demo_model
 from app.tools.quantize import quantize_int8
-from tests.conftest import encode, make_settings, photo_like
+from tests.support import encode, make_settings, photo_like
 
 TASKS = ("image-classification", "image-segmentation", "object-detection")
 

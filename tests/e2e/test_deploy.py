@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from app.config import Settings
 from app.metrics import Metrics
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from _dockerfile import read_stages  # noqa: E402
+from scripts._dockerfile import read_stages
+from tests.support import ROOT
 
 STAGES = read_stages(ROOT / "Dockerfile")
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

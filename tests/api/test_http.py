@@ -17,7 +17,7 @@ from app.config import Settings
 from app.metrics import Metrics
 from app.repository import ModelDir
 from app.runtime.models import ModelManager, load_backend
-from tests.conftest import encode, make_settings, photo_like, serving, wait_ready
+from tests.support import encode, make_settings, photo_like, serving, wait_ready
 
 MODEL_ID = "mobilevitv2-0.5-imagenet1k-256-random"
 

@@ -28,14 +28,10 @@ from app.tasks.detection import (
     ssd_anchors,
 )
 from app.tools.convert import convert_cvnets_checkpoint
-from tests.conftest import encode, photo_like, serving
+from tests.support import CVNETS_FIXTURES, cvnets_fixture, encode, photo_like, serving
 
-FIXTURE = (
-    Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cvnets" / "ssdlite_mobilevitv2_0.5_coco"
-)
-needs_fixture = pytest.mark.skipif(
-    not FIXTURE.is_dir(), reason=f"cvnets reference fixtures not found at {FIXTURE} (CI always has them)"
-)
+FIXTURE = CVNETS_FIXTURES / "ssdlite_mobilevitv2_0.5_coco"
+needs_fixture = pytest.mark.usefixtures("cvnets_fixtures")
 
 
 def fixture_detections() -> list[dict]:
@@ -69,8 +65,7 @@ def test_postprocessing_the_fixture_outputs_gives_cvnets_detections_exactly() ->
 
 @pytest.fixture(scope="module")
 def cvnets_ssd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not FIXTURE.is_dir():
-        pytest.skip(f"cvnets reference fixtures not found at {FIXTURE}")
+    cvnets_fixture(FIXTURE.name)
     checkpoint = tmp_path_factory.mktemp("pt") / "coco-ssd-mobilevitv2-0.5.pt"
     from safetensors.torch import load_file
 

@@ -18,10 +18,8 @@ import pytest
 from PIL import Image
 
 from app.api import create_app
-from tests.conftest import encode, make_settings, photo_like
-from tests.test_backpressure import live, wait_for
+from tests.support import ROOT, encode, live, make_settings, photo_like, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "browser-test-token"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")

@@ -14,9 +14,18 @@ import httpx
 from fastapi.testclient import TestClient
 
 from app.runtime.drain import RETRY_AFTER_DRAINING_S
-from tests.conftest import encode, photo_like, wait_ready
-from tests.test_backpressure import gated_app, metric, pending, rejected, wait_for
-from tests.test_live_server import start_server, wait_until_ready
+from tests.support import (
+    encode,
+    gated_app,
+    metric,
+    pending,
+    photo_like,
+    rejected,
+    start_server,
+    wait_for,
+    wait_ready,
+    wait_until_ready,
+)
 
 
 def test_draining_turns_new_work_away_and_lets_accepted_work_finish(

@@ -2,56 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from huggingface_hub import InferenceClient
 
-from tests.conftest import encode, photo_like
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(
-    *args: str, launcher: tuple[str, ...] = ("-m", "app.cli")
-) -> tuple[subprocess.Popen[str], str]:
-    """`python LAUNCHER serve ARGS` on a free loopback port (the launcher runs `app.cli` one way or another)."""
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MVIT_INFERENCE_THREADS": "2"}
-    process = subprocess.Popen(
-        [sys.executable, *launcher, "serve", "--host", "127.0.0.1", "--port", str(port), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    return process, f"http://127.0.0.1:{port}"
-
-
-def wait_until_ready(process: subprocess.Popen[str], url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited early:\n{process.stdout.read() if process.stdout else ''}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server never became ready")
+from tests.support import encode, photo_like, start_server, wait_until_ready
 
 
 @pytest.fixture(autouse=True)

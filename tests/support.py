@@ -1,0 +1,267 @@
+"""What the tests share: test images, in-process and live servers, waiting, metrics, reference fixtures."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from huggingface_hub.errors import EntryNotFoundError
+from PIL import Image
+
+from app.api import create_app
+from app.config import Settings
+from app.metrics import Metrics
+from app.repository import ModelDir
+from app.runtime.models import ModelManager, load_backend
+
+if TYPE_CHECKING:
+    import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+CVNETS_FIXTURES = ROOT.parent / "shared" / "fixtures" / "cvnets"
+
+
+def cvnets_fixture(name: str) -> Path:
+    """A folder of ../shared/fixtures/cvnets. Missing: a skip with the reason on a user's machine, a failure
+    where MVIT_REQUIRE_FIXTURES=1 (CI sets it: there a missing folder is a broken setup)."""
+    folder = CVNETS_FIXTURES / name
+    if not folder.is_dir():
+        message = f"cvnets reference fixtures not found at {folder}"
+        if os.environ.get("MVIT_REQUIRE_FIXTURES") == "1":
+            pytest.fail(f"{message} (MVIT_REQUIRE_FIXTURES=1)")
+        pytest.skip(message)
+    return folder
+
+
+def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A smooth colour image with noise: varied enough that models and resizers disagree on mistakes."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack(
+        [
+            128 + 100 * np.sin(xx / (7 + 13 * rng.random()) + rng.random() * 6),
+            128 + 100 * np.cos(yy / (5 + 11 * rng.random()) + rng.random() * 6),
+            128 + 90 * np.sin((xx + yy) / (9 + 17 * rng.random())),
+        ],
+        axis=-1,
+    )
+    noisy = base + rng.normal(0, 12, base.shape)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
+    """Until every model is loaded (asked of the app itself: /ready may need a token)."""
+    manager = client.app.state.manager  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and manager.loading:
+        time.sleep(0.05)
+    if not manager.ready:
+        raise AssertionError(f"service not ready: loading={manager.loading}, error={manager.error}")
+
+
+def make_settings(model_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "models": [str(model_dir)],
+        "inference_threads": 2,
+        "decode_threads": 2,
+        "model_repository": model_dir.parent,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@contextmanager
+def serving(model_dir: Path, **overrides: object) -> Iterator[TestClient]:
+    """An in-process app serving one model folder, ready (loaded and warmed up)."""
+    app = create_app(make_settings(model_dir, **overrides))
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        wait_ready(test_client)
+        yield test_client
+
+
+MODEL_ID = "mobilevitv2-0.5-imagenet1k-256-random"
+
+
+class GatedBackend:
+    """A real backend whose calls, once armed, wait for the test to open the gate; counts real work."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.name, self.artifact, self.instances = inner, inner.name, inner.artifact, 1
+        self.armed = False
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.images_computed = 0
+
+    @property
+    def device_type(self) -> str:
+        return str(self.inner.device_type)
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self.armed:
+            self.entered.set()
+            assert self.gate.wait(30), "the test never opened the gate"
+            self.images_computed += len(batch)
+        return dict(self.inner.infer(batch))
+
+    infer_on_instance = infer
+
+
+@contextmanager
+def gated_app(model_dir: Path, **overrides: object) -> Iterator[tuple[FastAPI, GatedBackend]]:
+    settings = make_settings(model_dir, max_batch_size=1, instances=1, **overrides)
+    backends: list[GatedBackend] = []
+
+    def loader(folder: ModelDir, s: Settings) -> GatedBackend:
+        backends.append(GatedBackend(load_backend(folder, s)))
+        return backends[-1]
+
+    app = create_app(settings, ModelManager(settings, Metrics(), backend_loader=loader))
+    try:
+        yield app, backends
+    finally:
+        for backend in backends:
+            backend.gate.set()
+
+
+def pending(app: FastAPI) -> int:
+    return int(app.state.manager.models[MODEL_ID].batcher.pending)
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def metric(client: TestClient, needle: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(needle):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def rejected(reason: str) -> str:
+    return f'mvit_requests_rejected_total{{model="{MODEL_ID}",reason="{reason}"}}'
+
+
+@contextmanager
+def live(app: FastAPI) -> Iterator[int]:
+    """The app under a real uvicorn on a loopback port, in a thread."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, "uvicorn to start")
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(
+    *args: str, launcher: tuple[str, ...] = ("-m", "app.cli")
+) -> tuple[subprocess.Popen[str], str]:
+    """`python LAUNCHER serve ARGS` on a free loopback port (the launcher runs `app.cli` one way or another)."""
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MVIT_INFERENCE_THREADS": "2"}
+    process = subprocess.Popen(
+        [sys.executable, *launcher, "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_until_ready(process: subprocess.Popen[str], url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited early:\n{process.stdout.read() if process.stdout else ''}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server never became ready")
+
+
+def mvit(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+class FakeHub:
+    """Stands in for huggingface_hub.hf_hub_download, serving files of a local folder."""
+
+    def __init__(self, source: Path, files: set[str]) -> None:
+        self.source, self.files, self.calls = source, files, []
+
+    def __call__(self, repo_id: str, filename: str, revision: str | None, local_dir: Path) -> str:
+        self.calls.append((repo_id, filename, revision))
+        if filename not in self.files:
+            raise EntryNotFoundError(f"{filename} not in {repo_id}")
+        local_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(self.source / filename, local_dir / filename)
+        return str(local_dir / filename)
+
+
+def hub_like(model_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the demo model as the Hub has it: pytorch_model.bin only, no manifest."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "upstream"
+    folder.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        shutil.copy(model_dir / name, folder / name)
+    torch.save(load_file(str(model_dir / "model.safetensors")), folder / "pytorch_model.bin")
+    return folder
+
+
+def smooth_images(n: int, height: int, width: int, seed: int) -> torch.Tensor:
+    """Distinct, image-like inputs in [0, 1]: coarse random colour fields plus fine noise."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 8, 8, generator=gen)
+    fields = torch.nn.functional.interpolate(
+        coarse, size=(height, width), mode="bilinear", align_corners=False
+    )
+    return (0.9 * fields + 0.1 * torch.rand(n, 3, height, width, generator=gen)).clamp(0, 1)
