@@ -281,18 +281,26 @@ def add_setting_flags(parser: argparse.ArgumentParser, names: Iterable[str]) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from app.config import Settings
-    from app.tasks import TASK_BY_CLI_NAME
-
     # No abbreviated flags: `--api-tokens X` must not quietly become `--api-tokens-file X`.
     parser = argparse.ArgumentParser(
         prog="mvit", description="MobileViTv2 inference service", allow_abbrev=False
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    for add_command in COMMANDS:
+        add_command(sub)
+    return parser
+
+
+def add_serve_command(sub: Any) -> None:
+    from app.config import Settings
 
     serve = sub.add_parser("serve", allow_abbrev=False, help="run the HTTP service")
     add_setting_flags(serve, Settings.model_fields)
     serve.set_defaults(func=cmd_serve)
+
+
+def add_demo_models_command(sub: Any) -> None:
+    from app.tasks import TASK_BY_CLI_NAME
 
     demo = sub.add_parser(
         "demo-models",
@@ -318,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo_models)
 
+
+def add_convert_command(sub: Any) -> None:
     convert = sub.add_parser(
         "convert", allow_abbrev=False, help="convert an Apple ml-cvnets checkpoint into a model folder"
     )
@@ -335,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.set_defaults(func=cmd_convert)
 
+
+def add_fetch_command(sub: Any) -> None:
     fetch = sub.add_parser(
         "fetch",
         allow_abbrev=False,
@@ -354,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fetch.set_defaults(func=cmd_fetch)
 
+
+def add_export_command(sub: Any) -> None:
     export = sub.add_parser(
         "export", allow_abbrev=False, help="export model folders to ONNX (model.onnx), optionally INT8 too"
     )
@@ -372,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(func=cmd_export)
 
+
+def add_predict_command(sub: Any) -> None:
     predict = sub.add_parser(
         "predict", allow_abbrev=False, help="run one image file through a model without HTTP"
     )
@@ -380,7 +396,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int)
     predict.add_argument("--function-to-apply", choices=["softmax", "sigmoid", "none"])
     predict.set_defaults(func=cmd_predict)
-    return parser
+
+
+COMMANDS = (
+    add_serve_command,
+    add_demo_models_command,
+    add_convert_command,
+    add_fetch_command,
+    add_export_command,
+    add_predict_command,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,12 +54,21 @@ class CheckpointError(Exception):
     """A model folder that is missing, incomplete or not a MobileViTv2 checkpoint (start-up and tools)."""
 
 
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """`repr(value)` for an error message, cut short: a caller's megabyte-long value is not echoed back."""
+    return clip(repr(value), limit)
+
+
 def unit_interval_param(name: str, value: object) -> float:
     """A request parameter that must be a number in [0, 1] (JSON number or query-string text)."""
     try:
         number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         number = float("nan")
     if isinstance(value, bool) or not 0.0 <= number <= 1.0:
-        raise InvalidInput(f"Parameter {name!r} must be a number between 0 and 1, got {value!r}.")
+        raise InvalidInput(f"Parameter {shown(name)} must be a number between 0 and 1, got {shown(value)}.")
     return number

@@ -21,9 +21,16 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from app.errors import InvalidInput, TooLarge
+from app.errors import InvalidInput, TooLarge, clip
 
 _JSON_SHAPE = 'Expected {"inputs": "<base64-encoded image>", "parameters": {...}}.'
+# What a request may carry besides its image. The HF payloads need a depth of 3 and a handful of
+# parameters; anything far beyond is refused before it reaches the tasks.
+MAX_JSON_DEPTH = 16
+MAX_JSON_VALUES = 1_000  # every object, array, key and scalar, the image string included
+MAX_PARAMETERS = 32
+MAX_PARAMETER_NAME = 64  # characters
+MAX_FORM_FIELDS = 64
 
 
 @dataclass
@@ -69,11 +76,53 @@ def decode_base64_image(value: str) -> bytes:
         raise InvalidInput("'inputs' is not valid base64 of an image file.") from None
 
 
-def parse_json(body: bytes) -> InferenceRequest:
+def _load_json(text: bytes | str, what: str) -> Any:
+    """json.loads within MAX_JSON_DEPTH and MAX_JSON_VALUES; one InvalidInput for anything else."""
     try:
-        payload = json.loads(body)
+        value = json.loads(text)
+    except RecursionError:
+        raise InvalidInput(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep.") from None
     except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidInput(f"The body is not valid JSON ({exc}). {_JSON_SHAPE}") from None
+        raise InvalidInput(
+            f"{what} is not valid JSON ({clip(str(exc), 120)}). {_JSON_SHAPE}"
+        ) from None
+    _check_json_size(value, what)
+    return value
+
+
+def _check_json_size(value: Any, what: str) -> None:
+    """Walks the parsed value without recursion: depth and number of values."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    count = 0
+    while pending:
+        item, depth = pending.pop()
+        count += 1
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidInput(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep.")
+        if count > MAX_JSON_VALUES:
+            raise InvalidInput(f"{what} holds more than {MAX_JSON_VALUES} values.")
+        if isinstance(item, dict):
+            count += len(item)  # the keys
+            pending.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            pending.extend((child, depth + 1) for child in item)
+
+
+def _check_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    if len(parameters) > MAX_PARAMETERS:
+        raise InvalidInput(
+            f"The request has {len(parameters)} parameters; at most {MAX_PARAMETERS} are accepted."
+        )
+    for name in parameters:
+        if len(name) > MAX_PARAMETER_NAME:
+            raise InvalidInput(
+                f"A parameter name is {len(name):,} characters long; at most {MAX_PARAMETER_NAME}."
+            )
+    return parameters
+
+
+def parse_json(body: bytes) -> InferenceRequest:
+    payload = _load_json(body, "The body")
     if not isinstance(payload, dict):
         raise InvalidInput(f"The JSON body must be an object. {_JSON_SHAPE}")
     inputs = payload.get("inputs", payload.get("image"))
@@ -92,7 +141,9 @@ async def parse_multipart(request: Request, body: bytes) -> InferenceRequest:
         yield body
 
     try:
-        form = await MultiPartParser(request.headers, stream()).parse()
+        form = await MultiPartParser(
+            request.headers, stream(), max_files=MAX_FORM_FIELDS, max_fields=MAX_FORM_FIELDS
+        ).parse()
     except MultiPartException as exc:
         raise InvalidInput(f"The multipart body could not be parsed: {exc.message}") from None
     files = [(key, value) for key, value in form.multi_items() if isinstance(value, UploadFile)]
@@ -104,8 +155,10 @@ async def parse_multipart(request: Request, body: bytes) -> InferenceRequest:
         if isinstance(value, str):
             if key == "parameters":
                 try:
-                    extra = json.loads(value)
-                except ValueError:
+                    extra = _load_json(value, "The form field 'parameters'")
+                except InvalidInput as exc:
+                    if "not valid JSON" not in exc.message:
+                        raise
                     raise InvalidInput("The form field 'parameters' must be a JSON object.") from None
                 if not isinstance(extra, dict):
                     raise InvalidInput("The form field 'parameters' must be a JSON object.")
@@ -128,5 +181,5 @@ async def parse_request(request: Request, max_body_bytes: int) -> InferenceReque
     query = {key: value for key, value in request.query_params.items()}
     parsed.parameters = {**query, **parsed.parameters}
     # A null parameter means "use the default", as in the HF clients.
-    parsed.parameters = {k: v for k, v in parsed.parameters.items() if v is not None}
+    parsed.parameters = _check_parameters({k: v for k, v in parsed.parameters.items() if v is not None})
     return parsed

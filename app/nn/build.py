@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from app.errors import CheckpointError
-from app.nn.configs import ARCHITECTURES, Architecture, MobileViTV2Config, SSDConfig
+from app.nn.configs import ARCHITECTURES, Architecture, MobileViTV2Config
 
 
 class ModelFolder(Protocol):
@@ -49,8 +49,8 @@ def create_network(architecture: Architecture, config: Mapping[str, Any], num_la
     module_name, class_name = architecture.network.split(":")
     network_class = getattr(importlib.import_module(f"app.nn.{module_name}"), class_name)
     backbone = MobileViTV2Config.from_dict(dict(config))
-    if architecture.task == "object-detection":
-        return network_class(backbone, SSDConfig.from_dict(dict(config)), num_labels)
+    if architecture.head_config is not None:
+        return network_class(backbone, architecture.head_config.from_dict(dict(config)), num_labels)
     return network_class(backbone, num_labels)
 
 

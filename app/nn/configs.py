@@ -114,6 +114,8 @@ class Architecture:
     head_names: tuple[str, ...]  # the last layers, scaled up by demo weights so logits spread out
     dataset: str  # the label set of the demo models (app/labels/<dataset>.txt)
     image_size: int  # the default input size
+    head: str = ""  # in folder names: mobilevitv2-1.0-voc-deeplabv3-512-random, cvnets-...-coco-ssdlite
+    head_config: type[SSDConfig] | None = None  # the head's own config.json fields, if it has any
     output_stride: int = 32
     # How demo models turn a photo into the input: "crop" (short side to `short_side_ratio` times the size,
     # center crop, as the Hub checkpoints) or "whole" (the photo resized to size x size, as ml-cvnets).
@@ -139,6 +141,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             head_names=("segmentation_head.classifier.convolution",),
             dataset="voc",
             image_size=512,
+            head="deeplabv3",
             output_stride=16,
             short_side_ratio=1.0,
         ),
@@ -152,6 +155,8 @@ ARCHITECTURES: dict[str, Architecture] = {
             ),
             dataset="coco",
             image_size=320,
+            head="ssdlite",
+            head_config=SSDConfig,
             demo_resize="whole",
         ),
     )

@@ -14,7 +14,7 @@ import numpy as np
 
 from app.backends import Backend, load_backend
 from app.config import Settings
-from app.errors import CheckpointError, ModelLoading, ModelNotFound
+from app.errors import CheckpointError, ModelLoading, ModelNotFound, shown
 from app.intake.preprocess import Preprocessing
 from app.metrics import Metrics
 from app.nn.configs import SSDConfig
@@ -163,7 +163,7 @@ class ModelManager:
         if self.loading:
             raise self._loading_error(model_id)
         raise ModelNotFound(
-            f"Model {model_id!r} is not served here. Served: {', '.join(self.models) or 'none'}."
+            f"Model {shown(model_id)} is not served here. Served: {', '.join(self.models) or 'none'}."
         )
 
     def for_task(self, task: str) -> ServedModel:

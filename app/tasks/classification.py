@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from app.errors import InvalidInput
+from app.errors import InvalidInput, shown
 from app.tasks import drawing
 
 TASK = "image-classification"
@@ -25,7 +25,7 @@ class ClassificationParams:
 
 def _int_param(name: str, value: Any) -> int:
     if isinstance(value, bool):
-        raise InvalidInput(f"Parameter {name!r} must be an integer, got {value!r}.")
+        raise InvalidInput(f"Parameter {shown(name)} must be an integer, got {shown(value)}.")
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, int):
@@ -35,7 +35,7 @@ def _int_param(name: str, value: Any) -> int:
             return int(value.strip())
         except ValueError:
             pass
-    raise InvalidInput(f"Parameter {name!r} must be an integer, got {value!r}.")
+    raise InvalidInput(f"Parameter {shown(name)} must be an integer, got {shown(value)}.")
 
 
 def parse_params(raw: Mapping[str, Any], num_labels: int) -> ClassificationParams:
@@ -48,7 +48,7 @@ def parse_params(raw: Mapping[str, Any], num_labels: int) -> ClassificationParam
         function = "softmax" if num_labels > 1 else "sigmoid"
     if not isinstance(function, str) or function.lower() not in FUNCTIONS:
         raise InvalidInput(
-            f"Parameter 'function_to_apply' must be one of {', '.join(FUNCTIONS)}; got {function!r}."
+            f"Parameter 'function_to_apply' must be one of {', '.join(FUNCTIONS)}; got {shown(function)}."
         )
     return ClassificationParams(top_k=min(top_k, num_labels), function_to_apply=function.lower())
 

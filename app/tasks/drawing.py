@@ -14,7 +14,7 @@ from functools import cache
 
 from PIL import Image, ImageDraw, ImageFont
 
-from app.errors import InvalidInput
+from app.errors import InvalidInput, shown
 from app.intake.decode import decode
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
@@ -28,7 +28,7 @@ def render_format(parameter: object, accept: str) -> str | None:
     JSON; None for the default JSON answer."""
     if parameter is not None:
         if not isinstance(parameter, str) or parameter.lower() not in _ALIASES:
-            raise InvalidInput(f"Parameter 'render' must be png or jpeg, got {parameter!r}.")
+            raise InvalidInput(f"Parameter 'render' must be png or jpeg, got {shown(parameter)}.")
         return _ALIASES[parameter.lower()]
     wanted = [part.split(";")[0].strip().lower() for part in accept.split(",")]
     if "application/json" in wanted:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from app.errors import InvalidInput, unit_interval_param
+from app.errors import InvalidInput, shown, unit_interval_param
 from app.tasks import drawing
 
 TASK = "image-segmentation"
@@ -35,11 +35,11 @@ def parse_params(raw: Mapping[str, Any]) -> None:
     if subtask is not None:
         if not isinstance(subtask, str) or subtask.lower() not in ("semantic", "instance", "panoptic"):
             raise InvalidInput(
-                f"Parameter 'subtask' must be semantic, instance or panoptic; got {subtask!r}."
+                f"Parameter 'subtask' must be semantic, instance or panoptic; got {shown(subtask)}."
             )
         if subtask.lower() != "semantic":
             raise InvalidInput(
-                f"subtask={subtask!r} is not available: this DeepLabV3 model is semantic-only "
+                f"subtask={shown(subtask)} is not available: this DeepLabV3 model is semantic-only "
                 "(one mask per class, no instances). Use subtask=semantic or leave it out."
             )
     for name in PARAMETERS[1:]:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from app.errors import CheckpointError
 from app.intake.preprocess import Preprocessing
 from app.labels import labels_for
-from app.nn.configs import ARCHITECTURE_BY_TASK, SSDConfig
+from app.nn.configs import ARCHITECTURE_BY_TASK
 from app.repository.writer import hf_config, write_model_folder
 
 T = TypeVar("T")
@@ -183,9 +183,9 @@ def write_converted(
     config["dilate_local_conv"] = True
     if architecture.output_stride != 32:
         config["output_stride"] = architecture.output_stride
-    if info["task"] == "object-detection":
-        config.update(SSDConfig().to_dict())
-    kind = {"image-segmentation": "deeplabv3", "object-detection": "ssdlite"}.get(info["task"], str(size))
+    if architecture.head_config is not None:
+        config.update(architecture.head_config().to_dict())
+    kind = architecture.head or str(size)
     name = name or f"cvnets-mobilevitv2-{info['width']}-{dataset}-{kind}"
     manifest = {
         "id": name,

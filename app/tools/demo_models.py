@@ -11,10 +11,8 @@ from pathlib import Path
 
 from app.intake.preprocess import Preprocessing
 from app.labels import read_labels
-from app.nn.configs import ARCHITECTURE_BY_TASK, SSDConfig
+from app.nn.configs import ARCHITECTURE_BY_TASK
 from app.repository.writer import hf_config, write_model_folder
-
-NAME_PARTS = {"imagenet1k": "imagenet1k", "voc": "voc-deeplabv3", "coco": "coco-ssdlite"}
 
 
 def write_demo_model(
@@ -47,11 +45,12 @@ def write_demo_model(
 
     config = hf_config(width, size, labels, architecture.name)
     config["output_stride"] = architecture.output_stride
-    if task == "object-detection":
-        config.update(SSDConfig().to_dict())
+    if architecture.head_config is not None:
+        config.update(architecture.head_config().to_dict())
     model = create_network(architecture, config, len(labels)).eval()
     randomize_weights(model, seed, head_names=architecture.head_names)
-    name = f"mobilevitv2-{width}-{NAME_PARTS[architecture.dataset]}-{size}-random"
+    kind = "-".join(part for part in (architecture.dataset, architecture.head) if part)
+    name = f"mobilevitv2-{width}-{kind}-{size}-random"
     manifest = {
         "id": name,
         "task": task,
