@@ -78,18 +78,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.api.auth import TokenFileError, configured_tokens
     from app.errors import CheckpointError
     from app.logs import configure_logging
-    from app.repository.models_yaml import served_models
 
     settings = _settings(args)
-    try:  # a broken models.yaml or token file stops here, in one line, before anything binds or loads
-        served_models(settings)
+    configure_logging(settings.log_level, settings.log_format)
+    try:  # what can be checked before the port is bound fails here, in one line
         configured_tokens(settings)
+        _prepare_models(settings)
     except (CheckpointError, TokenFileError) as exc:
         print(f"mvit serve: {exc}", file=sys.stderr)
         return 1
-    configure_logging(settings.log_level, settings.log_format)
     with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
         return runner.run(_serve(settings))
+
+
+def _prepare_models(settings: Any) -> list[Any]:
+    """Every configured model: its backend installed, fetched when it is a Hub id not fetched yet (pinned,
+    verified, as `mvit fetch`), and its folder readable. Returns the models.yaml entries."""
+    from app.backends import require_backend
+    from app.repository import resolve
+    from app.repository.models_yaml import served_models
+    from app.repository.resolve import ensure_available
+
+    entries = served_models(settings)
+    for entry in entries:
+        require_backend(entry.settings(settings).backend)
+        ensure_available(entry.name, settings.model_repository, settings.hub_revision, _verify_model_folder)
+        resolve(entry.name, settings.model_repository)
+    return entries
+
+
+def _verify_model_folder(path: Path) -> None:
+    from app.backends.torch_backend import verify_model_folder  # needs torch: fetching is the full install's
+
+    verify_model_folder(path)
 
 
 def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -178,6 +199,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"mvit export: needs torch and onnx ({exc}); `pip install .[export]`", file=sys.stderr)
         return 1
     from app.repository.models_yaml import served_models
+    from app.repository.resolve import ensure_available
 
     settings = _tool_settings(args)
     if args.calibration is not None and not args.calibration.is_dir():
@@ -189,7 +211,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         sources = args.models or [entry.name for entry in served_models(settings)]
         for source in sources:
-            model_dir = resolve(source, settings.model_repository, settings.hub_revision)
+            ensure_available(source, settings.model_repository, settings.hub_revision, _verify_model_folder)
+            model_dir = resolve(source, settings.model_repository)
             print(export_onnx(model_dir, args.opset or DEFAULT_OPSET))
             if args.quantize:
                 if args.calibration is None:
@@ -206,7 +229,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from app.errors import CheckpointError, ServiceError
-    from app.repository.models_yaml import served_models
     from app.runtime.models import load_model
     from app.runtime.pipeline import predict
 
@@ -214,7 +236,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     parameters = {"top_k": args.top_k, "function_to_apply": args.function_to_apply}
     try:
         data = Path(args.image).read_bytes()
-        entry = served_models(settings)[0]
+        entry = _prepare_models(settings)[0]
         one_image = entry.settings(settings).model_copy(update={"instances": 1})  # no concurrent batches
         model = load_model(entry.name, one_image)
         result = predict(

@@ -12,6 +12,10 @@ import time
 from typing import Any
 
 ACCESS_LOGGER = "mvit.access"
+# uvicorn logs its start-up and shutdown lines as "uvicorn.error"; a grep for errors should not find them.
+LOGGER_NAMES = {"uvicorn.error": "uvicorn.server"}
+# Libraries whose loggers come with handlers of their own: one event must be one line, ours.
+_OWN_HANDLERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "huggingface_hub")
 
 
 class JsonFormatter(logging.Formatter):
@@ -20,7 +24,7 @@ class JsonFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
-            "logger": record.name,
+            "logger": LOGGER_NAMES.get(record.name, record.name),
             "msg": record.getMessage(),
         }
         line.update(getattr(record, "access", {}))
@@ -31,9 +35,10 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        super().__init__("%(asctime)s %(levelname)s %(logger)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
+        record.logger = LOGGER_NAMES.get(record.name, record.name)
         text = super().format(record)
         fields = getattr(record, "access", None)
         if fields:
@@ -48,6 +53,6 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in _OWN_HANDLERS:
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True

@@ -83,9 +83,7 @@ def _load_json(text: bytes | str, what: str) -> Any:
     except RecursionError:
         raise InvalidInput(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep.") from None
     except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidInput(
-            f"{what} is not valid JSON ({clip(str(exc), 120)}). {_JSON_SHAPE}"
-        ) from None
+        raise InvalidInput(f"{what} is not valid JSON ({clip(str(exc), 120)}). {_JSON_SHAPE}") from None
     _check_json_size(value, what)
     return value
 

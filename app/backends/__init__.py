@@ -6,6 +6,8 @@ A new backend is a module here with a `load(model_dir, settings)` function and a
 from __future__ import annotations
 
 import importlib
+import importlib.util
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -30,20 +32,39 @@ class Backend(Protocol):
         """Run one batch on one instance's share of the threads, beside `instances - 1` others."""
 
 
-# backend name -> (module under app.backends, the extra that installs what it needs)
-BACKENDS = {"torch": ("torch_backend", "torch"), "onnx": ("onnx_backend", "onnx")}
+@dataclass(frozen=True)
+class BackendSpec:
+    module: str  # under app.backends
+    extra: str  # the pip extra that installs `packages`
+    packages: tuple[str, ...]  # what serving with it imports
+
+
+BACKENDS = {
+    "torch": BackendSpec("torch_backend", "torch", ("torch", "safetensors")),
+    "onnx": BackendSpec("onnx_backend", "onnx", ("onnxruntime",)),
+}
+
+
+def require_backend(name: str) -> None:
+    """Raise CheckpointError, naming the extra to install, when a package the backend needs is missing."""
+    spec = BACKENDS[name]
+    for package in spec.packages:
+        try:
+            found = importlib.util.find_spec(package) is not None
+        except ImportError:
+            found = False
+        if not found:
+            raise CheckpointError(
+                f"the {name} backend needs {package}, which is not installed: `pip install '.[{spec.extra}]'` "
+                f"(or `pip install 'mobilevitv2-serve[{spec.extra}]'`), or choose the other backend "
+                "(--backend / MVIT_BACKEND)"
+            )
 
 
 def load_backend(model_dir: ModelDir, settings: Settings) -> Backend:
     """The configured backend for a model folder. Its packages are imported only now, so an install
     without torch serves ONNX models."""
-    module_name, extra = BACKENDS[settings.backend]
-    try:
-        module = importlib.import_module(f"app.backends.{module_name}")
-    except ImportError as exc:
-        raise CheckpointError(
-            f"the {settings.backend} backend needs {exc.name or 'a missing package'}, which is not installed: "
-            f"`pip install .[{extra}]`, or choose the other backend (--backend / MVIT_BACKEND)"
-        ) from None
+    require_backend(settings.backend)
+    module = importlib.import_module(f"app.backends.{BACKENDS[settings.backend].module}")
     backend: Backend = module.load(model_dir, settings)
     return backend

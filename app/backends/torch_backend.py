@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 from app.config import Settings
 from app.errors import CheckpointError
 from app.nn.build import build_network
-from app.repository import ModelDir
+from app.repository import ModelDir, read_model_dir
 
 
 class TorchBackend:
@@ -50,6 +51,11 @@ def load_torch_backend(model_dir: ModelDir, device: str = "cpu") -> TorchBackend
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CheckpointError(f"device {device!r} requested but CUDA is not available to PyTorch")
     return TorchBackend(build_network(model_dir), device, artifact=model_dir.require_weights().name)
+
+
+def verify_model_folder(path: Path) -> None:
+    """Refuse a folder whose weights do not load strictly into the network its config describes."""
+    build_network(read_model_dir(path))
 
 
 def load(model_dir: ModelDir, settings: Settings) -> TorchBackend:

@@ -5,11 +5,28 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from app.errors import CheckpointError
 from app.repository.model_dir import WEIGHT_FILES
+
+# Hub commits (main branch, weights present) pinned per repository; `--hub-revision` overrides. For
+# apple/mobilevitv2-1.0-imagenet1k-256 no full commit id of its main branch could be looked up when this
+# was written (no Hub access here), so it follows "main": pin one with --hub-revision in production.
+HUB_REVISIONS = {
+    "apple/mobilevitv2-1.0-voc-deeplabv3": "cd9b6a101aefbccb4c3cc1bce0324cfc1de8a4c9",
+    "apple/mobilevitv2-1.5-voc-deeplabv3": "040b399af6fcdc3a703791c94ceb3d06ba439953",
+    "apple/mobilevitv2-2.0-imagenet1k-256": "7789b5046541cd70c26972eb5c80ce2683d81e8d",
+}
+
+# What a user without network access can run instead, written out in full.
+OFFLINE_ALTERNATIVE = (
+    "to try the service offline: `mvit demo-models models/ && "
+    "mvit serve --model models/mobilevitv2-0.5-imagenet1k-256-random`"
+)
 
 
 def hub_folder(repository: Path, repo_id: str) -> Path:
@@ -72,8 +89,7 @@ def download_from_hub(
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CheckpointError(
             f"could not download {repo_id!r} from the Hugging Face Hub ({type(exc).__name__}: {reason}). "
-            "Check the network and the model id, or serve a local folder "
-            "(`mvit demo-models models/` writes offline demo models)"
+            f"Check the network and the model id, or serve a local folder; {OFFLINE_ALTERNATIVE}"
         ) from None
     finally:
         with contextlib.suppress(OSError):  # an empty hub/ left by a failed first download
@@ -100,3 +116,33 @@ def _download_hub_files(repo_id: str, revision: str | None, folder: Path) -> Non
     else:
         raise CheckpointError(f"{repo_id} on the Hub has none of {', '.join(WEIGHT_FILES)}")
     shutil.rmtree(folder / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
+
+
+def check_reachable(url: str, timeout_s: float = 3.0) -> None:
+    """Fail at once, in one line, when the host cannot be resolved or connected to (offline, firewalled),
+    instead of after the download client's retries."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or url
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise CheckpointError(
+            f"cannot reach {host} ({reason}): this machine looks offline. Fetch on a machine with network "
+            f"access and copy the model folders over, or serve local folders; {OFFLINE_ALTERNATIVE}"
+        ) from None
+
+
+def fetch_from_hub(
+    repo_id: str, repository: Path, revision: str | None = None, verify: Callable[[Path], None] | None = None
+) -> Path:
+    """`download_from_hub` at the pinned revision (`revision` overrides), failing at once when offline."""
+    import logging
+
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE:
+        check_reachable(constants.ENDPOINT)
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry chatter; we report once
+    return download_from_hub(repo_id, repository, revision or HUB_REVISIONS.get(repo_id, "main"), verify)

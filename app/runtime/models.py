@@ -89,7 +89,7 @@ def load_model(
     metrics: Metrics | None = None,
 ) -> ServedModel:
     """Resolve, load and warm up one model (blocking), with a batcher configured by `settings`."""
-    model_dir = resolve(source, settings.model_repository, settings.hub_revision)
+    model_dir = resolve(source, settings.model_repository)
     if model_dir.task not in TASKS:
         raise CheckpointError(f"{model_dir.path}: task {model_dir.task!r} is not served by this version")
     preprocessing = Preprocessing.from_hf_config(model_dir.preprocessor_config)

@@ -14,7 +14,6 @@ into place at the end, so an interrupted fetch never leaves a half model. Needs 
 from __future__ import annotations
 
 import logging
-import socket
 import sys
 import urllib.error
 import urllib.parse
@@ -23,19 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.errors import CheckpointError
-from app.repository import read_model_dir
-from app.repository.hub import download_from_hub, move_into_place, partial_folder
+from app.repository.hub import check_reachable, fetch_from_hub, move_into_place, partial_folder
 
 log = logging.getLogger(__name__)
 
-# Hub commits (main branch, weights present) pinned per repository; `--hub-revision` overrides. For
-# apple/mobilevitv2-1.0-imagenet1k-256 no full commit id of its main branch could be looked up when this
-# was written (no Hub access here), so it follows "main": pin one with --hub-revision in production.
-HUB_REVISIONS = {
-    "apple/mobilevitv2-1.0-voc-deeplabv3": "cd9b6a101aefbccb4c3cc1bce0324cfc1de8a4c9",
-    "apple/mobilevitv2-1.5-voc-deeplabv3": "040b399af6fcdc3a703791c94ceb3d06ba439953",
-    "apple/mobilevitv2-2.0-imagenet1k-256": "7789b5046541cd70c26972eb5c80ce2683d81e8d",
-}
 # Apple's ml-cvnets model zoo (docs/source/en/general/README-model-zoo.md in apple/ml-cvnets).
 CVNETS = "https://docs-assets.developer.apple.com/ml-research/models/cvnets-v2"
 WIDTHS = ("0.5", "0.75", "1.0", "1.25", "1.5", "1.75", "2.0")
@@ -92,13 +82,6 @@ def cvnets_catalog() -> dict[str, CvnetsCheckpoint]:
     return catalog
 
 
-def verify_model_folder(path: Path) -> None:
-    """Refuse a folder whose weights do not load strictly into the network its config describes."""
-    from app.nn.build import build_network
-
-    build_network(read_model_dir(path))
-
-
 def _download(url: str, destination: Path) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "mobilevitv2-serve (mvit fetch)"})
     try:
@@ -118,6 +101,13 @@ def _download(url: str, destination: Path) -> None:
             f"could not download {url} ({reason}). Check the network, or download the file elsewhere "
             "and run `mvit convert FILE models/`"
         ) from None
+
+
+def verify_model_folder(path: Path) -> None:
+    """Weights that load strictly into the network their config describes (needs torch: the full install)."""
+    from app.backends.torch_backend import verify_model_folder
+
+    verify_model_folder(path)
 
 
 def fetch_cvnets(checkpoint: CvnetsCheckpoint, repository: Path) -> Path:
@@ -140,34 +130,14 @@ def fetch_cvnets(checkpoint: CvnetsCheckpoint, repository: Path) -> Path:
     return target
 
 
-def _check_reachable(url: str) -> None:
-    """Fail at once, in one line, when the host cannot even be resolved (offline), instead of after
-    the download client's retries."""
-    host = urllib.parse.urlsplit(url).hostname or url
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError as exc:
-        raise CheckpointError(
-            f"cannot reach {host} ({exc.strerror or exc}): this machine looks offline. Fetch on a machine "
-            "with network access and copy the model folders over, or serve local folders "
-            "(`mvit demo-models models/` writes offline demo models)"
-        ) from None
-
-
 def fetch(name: str, repository: Path, hub_revision: str | None = None) -> Path:
     """Fetch one model by name (see `cvnets_catalog`) or Hub id; returns its folder."""
     repository.mkdir(parents=True, exist_ok=True)
     catalog = cvnets_catalog()
     if name in catalog:
-        _check_reachable(catalog[name].url)
+        check_reachable(catalog[name].url)
         return fetch_cvnets(catalog[name], repository)
     if "/" in name:
-        from huggingface_hub import constants
-
-        if not constants.HF_HUB_OFFLINE:
-            _check_reachable(constants.ENDPOINT)
-        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry chatter; we report once
-        revision = hub_revision or HUB_REVISIONS.get(name, "main")
-        return download_from_hub(name, repository, revision, verify=verify_model_folder)
+        return fetch_from_hub(name, repository, hub_revision, verify=verify_model_folder)
     known = ", ".join(sorted(catalog))
     raise CheckpointError(f"unknown model {name!r}: give a Hub id (org/name) or one of: {known}")

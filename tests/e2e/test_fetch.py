@@ -11,16 +11,18 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 
 from app.cli import main
 from app.repository import CheckpointError
+from app.repository.hub import HUB_REVISIONS
 from app.repository.models_yaml import REPOSITORY_FILE, served_models
 from app.tools.demo_models import write_demo_model
-from app.tools.fetch import DEFAULT_MODELS, HUB_REVISIONS, cvnets_catalog
+from app.tools.fetch import DEFAULT_MODELS, cvnets_catalog
 from tests.support import CVNETS_FIXTURES, FakeHub, hub_like, make_settings, serving
 
 
 @pytest.fixture(autouse=True)
 def network_resolves(monkeypatch: pytest.MonkeyPatch) -> None:
     """The downloads are faked per test; the DNS pre-check must not depend on this machine's network."""
-    monkeypatch.setattr("app.tools.fetch._check_reachable", lambda url: None)
+    monkeypatch.setattr("app.repository.hub.check_reachable", lambda url: None)
+    monkeypatch.setattr("app.tools.fetch.check_reachable", lambda url: None)
 
 
 def test_an_unresolvable_host_fails_at_once(
@@ -32,7 +34,7 @@ def test_an_unresolvable_host_fails_at_once(
 
     monkeypatch.undo()
 
-    def no_dns(host: str, port: int) -> None:
+    def no_dns(host: str, port: int, *args: object) -> None:
         raise socket.gaierror(-2, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)

@@ -11,6 +11,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 
 from app.repository import CheckpointError, read_model_dir, resolve
 from app.repository.hub import hub_folder
+from app.repository.resolve import ensure_available
 from tests.support import FakeHub, hub_like
 
 
@@ -22,15 +23,20 @@ def test_local_folder_and_repository_name(model_dir: Path) -> None:
     assert by_path.task == "image-classification" and len(by_path.labels) == 1000
 
 
-def test_hub_id_downloads_once_into_the_repository(
+def test_a_hub_id_is_fetched_once_into_the_repository_and_resolving_never_downloads(
     model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake = FakeHub(
         hub_like(model_dir, tmp_path), {"config.json", "preprocessor_config.json", "pytorch_model.bin"}
     )
     monkeypatch.setattr("huggingface_hub.hf_hub_download", fake)
+    monkeypatch.setattr("app.repository.hub.check_reachable", lambda url: None)
     repository = tmp_path / "models"
-    resolved = resolve("apple/mobilevitv2-0.5-test", repository, revision="abc123")
+    with pytest.raises(CheckpointError, match=r"mvit fetch apple/mobilevitv2-0\.5-test"):
+        resolve("apple/mobilevitv2-0.5-test", repository)
+    assert fake.calls == []
+    ensure_available("apple/mobilevitv2-0.5-test", repository, revision="abc123")
+    resolved = resolve("apple/mobilevitv2-0.5-test", repository)
     assert resolved.path == hub_folder(repository, "apple/mobilevitv2-0.5-test")
     assert resolved.path == repository / "hub" / "apple--mobilevitv2-0.5-test"
     assert resolved.model_id == "apple/mobilevitv2-0.5-test" and not resolved.random_weights
@@ -43,6 +49,7 @@ def test_hub_id_downloads_once_into_the_repository(
     ]
     assert {c[2] for c in fake.calls} == {"abc123"}
     fake.calls.clear()
+    ensure_available("apple/mobilevitv2-0.5-test", repository, revision="abc123")
     assert resolve("apple/mobilevitv2-0.5-test", repository).path == resolved.path
     assert fake.calls == []  # served from the repository, no second download
 
@@ -54,12 +61,16 @@ def test_offline_hub_download_fails_with_one_clear_line(
         raise LocalEntryNotFoundError("Cannot find the requested files in the disk cache")
 
     monkeypatch.setattr("huggingface_hub.hf_hub_download", offline)
+    monkeypatch.setattr("app.repository.hub.check_reachable", lambda url: None)
     with pytest.raises(CheckpointError) as err:
-        resolve("apple/mobilevitv2-1.0-imagenet1k-256", tmp_path)
+        ensure_available("apple/mobilevitv2-1.0-imagenet1k-256", tmp_path)
     message = str(err.value)
     assert "\n" not in message
     assert "could not download 'apple/mobilevitv2-1.0-imagenet1k-256'" in message
-    assert "mvit demo-models" in message
+    assert (
+        "`mvit demo-models models/ && mvit serve --model models/mobilevitv2-0.5-imagenet1k-256-random`"
+        in message
+    )
 
 
 def test_unknown_source() -> None:
