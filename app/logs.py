@@ -1,7 +1,7 @@
 """Logging set-up: JSON lines (default) or plain text, for the service and uvicorn alike.
 
 Access lines come from the `mvit.access` logger with the request's fields in `record.access`
-(see `server.RequestContextMiddleware`); in JSON they are top-level keys of the line.
+(see `app.api.middleware.RequestContextMiddleware`); in JSON they are top-level keys of the line.
 """
 
 from __future__ import annotations

@@ -127,7 +127,9 @@ class RequestContextMiddleware:
         access_log.log(level, "%s %s %d", fields["method"], fields["path"], status, extra={"access": fields})
 
 
-_PROBE_PATHS = {"/health", "/ready", "/metrics"}
-_KNOWN_PATHS = {"/", "/health", "/ready", "/models", "/metrics", "/docs", "/openapi.json"} | {
-    spec.route for spec in TASKS.values()
-}
+_PROBE_PATHS = {"/health", "/ready", "/metrics"} | {f"{task.route}/health" for task in TASKS.values()}
+_KNOWN_PATHS = (
+    {"/", "/health", "/ready", "/info", "/models", "/metrics", "/docs", "/openapi.json"}
+    | _PROBE_PATHS
+    | {path for task in TASKS.values() for path in (task.route, f"{task.route}/info")}
+)

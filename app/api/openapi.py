@@ -84,6 +84,11 @@ def document_bearer_auth(app: FastAPI, open_routes: frozenset[str]) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+SIDE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such model"},
+    503: {"description": "The model is loading, or the service is shutting down; Retry-After"},
+}
+
 # Response headers browser code may read on a cross-origin response.
 EXPOSED_HEADERS = (
     "X-Request-Id",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from app.errors import InvalidInput, ServiceError, TooLarge
+from app.errors import InvalidInput, ServiceError, TooLarge, clip
 
 _FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 # File names tools take for images (calibration folders, benchmark photos).
@@ -84,7 +84,7 @@ def decode(data: bytes, max_pixels: int, reduce_to: tuple[int, int] | None = Non
     except Image.DecompressionBombError:
         raise TooLarge(f"The image has too many pixels (limit {max_pixels:,}).") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InvalidInput(f"The image could not be read: {exc}") from None
+        raise InvalidInput(f"The image is truncated or corrupt: {clip(str(exc), 200)}") from None
 
     width, height = image.size
     if width <= 0 or height <= 0:
@@ -113,7 +113,9 @@ def decode(data: bytes, max_pixels: int, reduce_to: tuple[int, int] | None = Non
     except Image.DecompressionBombError:
         raise TooLarge(f"The image has too many pixels (limit {max_pixels:,}).") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as exc:
-        raise InvalidInput(f"The {image.format or ''} image is truncated or corrupt: {exc}") from None
+        raise InvalidInput(
+            f"The {image.format or ''} image is truncated or corrupt: {clip(str(exc), 200)}"
+        ) from None
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:

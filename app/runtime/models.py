@@ -14,7 +14,7 @@ import numpy as np
 
 from app.backends import Backend, load_backend
 from app.config import Settings
-from app.errors import CheckpointError, ModelLoading, ModelNotFound, shown
+from app.errors import CheckpointError, InvalidInput, ModelLoading, ModelNotFound, shown
 from app.intake.preprocess import Preprocessing
 from app.metrics import Metrics
 from app.nn.configs import SSDConfig
@@ -173,6 +173,18 @@ class ModelManager:
         if self.loading:
             raise self._loading_error(f"for {task}")
         raise ModelNotFound(f"No {task} model is served here. Served: {', '.join(self.models) or 'none'}.")
+
+    def only(self) -> ServedModel:
+        """The one served model, for the endpoint root (`POST /`), as Inference Endpoints serve it."""
+        if self.loading:
+            raise self._loading_error("for /")
+        if len(self.models) == 1:
+            return next(iter(self.models.values()))
+        routes = ", ".join(f"{m.task.route} ({m.id})" for m in self.models.values()) or "none"
+        raise InvalidInput(
+            f"{len(self.models)} models are served here, so POST / does not know which to run: "
+            f"post to a task route or to /models/<id>. Served: {routes}."
+        )
 
     async def load_all(self) -> None:
         """Load every configured model in order; stop at the first failure and keep its message."""

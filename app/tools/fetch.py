@@ -2,9 +2,9 @@
 
 Two sources:
 - the Hugging Face Hub (`apple/mobilevitv2-1.0-imagenet1k-256`, `apple/mobilevitv2-1.0-voc-deeplabv3`),
-  into `models/hub/<org>--<name>/`, at a pinned revision that `--hub-revision` overrides;
+  into `models/hub/<org>--<name>/`, at a pinned revision that `--hub-revision` overrides (app/repository/hub.py);
 - Apple's ml-cvnets model zoo (every other width, the 384-px classifiers, the SSDLite detectors,
-  DeepLabV3 on ADE20K), downloaded and converted (`app/convert.py`) into `models/cvnets-.../`.
+  DeepLabV3 on ADE20K), downloaded and converted (`app/tools/convert.py`) into `models/cvnets-.../`.
 
 A model counts as fetched only after its weights load strictly into the network its config describes
 (every key present, every shape right); until then it lives in a hidden partial folder that is renamed

@@ -195,6 +195,74 @@ def test_fuzz_json_bodies(
     assert isinstance(body, list) if response.status_code == 200 else isinstance(body["error"], str)
 
 
+def pathological_json(kind: str, size: int) -> str:
+    """Raw JSON text of a shape parsers choke on: deep nesting, huge arrays, huge strings, huge numbers."""
+    if kind == "deep-arrays":
+        return "[" * size + "]" * size
+    if kind == "deep-objects":
+        return '{"a":' * size + "1" + "}" * size
+    if kind == "wide-array":
+        return "[" + ",".join(["0"] * size) + "]"
+    if kind == "wide-object":
+        return "{" + ",".join(f'"k{i}":0' for i in range(size)) + "}"
+    if kind == "long-string":
+        return '"' + "x" * size * 100 + '"'
+    if kind == "long-integer":
+        return "9" * size * 100
+    return "1." + "5" * size * 100 + "e308"  # a float with as many digits, past the largest double
+
+
+PATHOLOGICAL = [
+    "deep-arrays",
+    "deep-objects",
+    "wide-array",
+    "wide-object",
+    "long-string",
+    "long-integer",
+    "long-float",
+]
+PLACES = [
+    '"__X__"',
+    '{"inputs": "__X__"}',
+    '{"inputs": "%s", "parameters": "__X__"}',
+    '{"inputs": "%s", "parameters": {"top_k": "__X__"}}',
+    '{"inputs": "%s", "parameters": {"threshold": "__X__"}}',
+    '{"inputs": "%s", "parameters": {"subtask": "__X__"}}',
+    '{"inputs": "%s", "__X__": 1}',
+    '{"inputs": "%s", "options": "__X__"}',
+    '["__X__"]',
+]
+
+
+@FUZZ
+@given(
+    route=st.sampled_from(ROUTES),
+    kind=st.sampled_from(PATHOLOGICAL),
+    size=st.sampled_from([17, 200, 1_100, 10_000, 100_000]),
+    place=st.sampled_from(PLACES),
+)
+def test_fuzz_pathological_json_is_a_4xx_in_every_position(
+    three_tasks: TestClient, route: str, kind: str, size: int, place: str
+) -> None:
+    tiny = base64.b64encode(TINY_JPEG).decode()
+    template = place.replace("%s", tiny)
+    value = pathological_json(kind, size)
+    if place.endswith('"__X__": 1}'):  # a key must be a string
+        value = json.dumps(value[:100_000])
+    body = template.replace('"__X__"', value)
+    response = three_tasks.post(route, content=body, headers={"content-type": "application/json"})
+    assert response.status_code in (200, 400, 413), (
+        kind,
+        size,
+        place,
+        response.status_code,
+        response.text[:200],
+    )
+    if response.status_code != 200:
+        assert len(response.content) < 2_000  # the error never echoes the payload back
+    assert three_tasks.post(route, content=TINY_JPEG).status_code == 200  # and it keeps serving
+
+
 @FUZZ
 @given(
     route=st.sampled_from(ROUTES),

@@ -96,6 +96,7 @@ def test_demo_page_in_a_real_browser(browser: object, server_url: str, tmp_path:
     find(By.ID, "run").click()
     wait.until(lambda d: "error" in find(By.ID, "status").get_attribute("class"))
     assert find(By.ID, "status").text.startswith("401: This service needs an API token")
+    assert "401" in find(By.ID, "models").text  # the model list needs the token too, and says so
 
     find(By.ID, "token").send_keys(TOKEN)
     for task, route in (
@@ -118,6 +119,9 @@ def test_demo_page_in_a_real_browser(browser: object, server_url: str, tmp_path:
         answer = json.loads(find(By.ID, "json").text)
         assert isinstance(answer, list) and answer, answer
         assert "ms round trip" in find(By.ID, "latency").text
+        models = find(By.ID, "models").text
+        assert "mobilevitv2-0.5-voc-deeplabv3-512-random: image-segmentation at /segment" in models, models
+        assert "random demo weights" in models
         save_jpeg(driver.get_screenshot_as_png(), shots / f"demo-{task}.jpg")  # type: ignore[attr-defined]
         save_jpeg(find(By.ID, "rendered").screenshot_as_png, shots / f"render-{task}.jpg")
     assert (shots / "demo-segmentation.jpg").stat().st_size > 10_000

@@ -117,3 +117,20 @@ def test_dashboard_covers_the_asked_panels_with_metrics_the_service_exports() ->
     datasource = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
     assert {panel["datasource"]["uid"] for panel in DASHBOARD["panels"]} == {"prometheus"}
+
+
+def readme_commands() -> list[str]:
+    """The README's two commands: running the service, running the tests."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## The two commands") : text.index("## Calling it")]
+    return re.findall(r"```bash\n(.*?)\n```", section, flags=re.S)[:2]
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    serve, test = readme_commands()
+    assert serve.endswith("mvit serve") and "sudo" not in test
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    steps = [step.strip() for step in test.split("&&")]
+    assert steps == ["bash scripts/setup-dev.sh", "python -m pytest"]
+    positions = [ci_lines.index(step) for step in steps]  # each step is a line of its own, in order
+    assert positions == sorted(positions)

@@ -93,3 +93,39 @@ def test_a_model_that_cannot_load_stops_the_server_with_a_clear_message(tmp_path
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 1
     assert "neither a model folder nor a Hugging Face Hub id" in output
+
+
+def test_side_calls_of_the_client_on_every_route(server: str) -> None:
+    """huggingface_hub 2.x asks for the provider on its side calls; then /health and /info answer at every
+    model URL."""
+    models = {
+        "/classify": "mobilevitv2-0.5-imagenet1k-256-random",
+        "/segment": "mobilevitv2-0.5-voc-deeplabv3-512-random",
+        "/detect": "mobilevitv2-0.5-coco-ssdlite-320-random",
+    }
+    for route, model_id in models.items():
+        for url in (f"{server}{route}", f"{server}/models/{model_id}"):
+            client = InferenceClient(model=url, provider="hf-inference")
+            assert client.health_check() is True, url
+            info = client.get_endpoint_info()
+            assert info["model_id"] == model_id and info["version"] and info["random_weights"] is True
+    root = InferenceClient(model=server, provider="hf-inference")
+    assert root.health_check() is True  # the service's liveness
+    assert {m["model_id"] for m in root.get_endpoint_info()["models"]} >= {
+        "mobilevitv2-0.5-imagenet1k-256-random"
+    }
+    with pytest.raises(Exception, match="3 models are served here"):
+        root.image_classification(encode(photo_like(64, 64)))  # POST /: which of the three?
+
+
+def test_the_endpoint_root_serves_the_only_model(model_dir: Path) -> None:
+    process, url = start_server("--model", str(model_dir))
+    try:
+        wait_until_ready(process, url)
+        client = InferenceClient(model=url, provider="hf-inference")
+        assert len(client.image_classification(encode(photo_like(300, 200, seed=2)), top_k=2)) == 2
+        assert client.get_endpoint_info()["model_pipeline_tag"] == "image-classification"
+        assert client.health_check() is True
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0

@@ -79,6 +79,16 @@ def _big_png() -> bytes:
     return buffer.getvalue()
 
 
+JSON = {"content-type": "application/json"}
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 def cases(task: str, model_id: str) -> Iterator[Case]:
     """The requests for one task's model. Settings: max_body_bytes 200_000, max_image_pixels 1_000_000."""
     route = TASK_ROUTES[task]
@@ -150,6 +160,32 @@ def cases(task: str, model_id: str) -> Iterator[Case]:
         route,
         {"files": {"file": ("p.jpg", image, "image/jpeg")}, "data": {"parameters": "{oops"}},
     )
+    yield Case("json nested deep", "POST", route, {"content": b"[" * 5000 + b"]" * 5000, "headers": JSON})
+    yield Case(
+        "json deep in parameters", "POST", route, {"json": {"inputs": b64, "parameters": {"a": nested(40)}}}
+    )
+    yield Case("json many values", "POST", route, {"json": {"inputs": b64, "parameters": {"a": [0] * 5000}}})
+    yield Case(
+        "json huge integer",
+        "POST",
+        route,
+        {"content": b'{"inputs": "x", "n": ' + b"7" * 100_000 + b"}", "headers": JSON},
+    )
+    yield Case(
+        "parameter a 4000-digit integer",
+        "POST",
+        route,
+        {"json": {"inputs": b64, "parameters": {next(iter(params)): 10**3999}}},
+    )
+    yield Case(
+        "too many parameters",
+        "POST",
+        route,
+        {"json": {"inputs": b64, "parameters": {f"p{i}": 1 for i in range(40)}}},
+    )
+    yield Case(
+        "parameter name too long", "POST", route, {"json": {"inputs": b64, "parameters": {"x" * 100_000: 1}}}
+    )
     yield Case("body over the limit", "POST", route, {"content": b"\xff" * 200_001})
     yield Case("image over the pixel limit", "POST", route, {"content": _big_png()})
     yield Case("GET on an inference route", "GET", route)
@@ -157,6 +193,13 @@ def cases(task: str, model_id: str) -> Iterator[Case]:
 
 def service_cases(model_ids: list[str]) -> Iterator[Case]:
     yield Case("health", "GET", "/health")
+    yield Case("info", "GET", "/info")
+    yield Case("POST / with three models", "POST", "/", {"content": photo()})
+    for route in TASK_ROUTES.values():
+        yield Case("route health", "GET", f"{route}/health")
+        yield Case("route info", "GET", f"{route}/info")
+    yield Case("model health", "GET", f"/models/{model_ids[0]}/health")
+    yield Case("unknown model health", "GET", "/models/nope/health")
     yield Case("ready", "GET", "/ready")
     yield Case("models", "GET", "/models")
     yield Case("unknown model", "POST", "/models/no-such-model", {"content": photo()})
