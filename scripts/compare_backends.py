@@ -3,7 +3,7 @@ the folder is labelled.
 
 For every image: decode + the model's preprocessing, then each available backend (torch, onnx fp32,
 onnx int8). Reports max |difference| of the raw outputs against the reference (torch, or onnx fp32 when
-torch is absent) and, for classifiers, top-1 agreement and max |difference| of softmax probabilities.
+torch is absent), also as a share of the export gate's scale-aware tolerance (app/backends/parity.py), and, for classifiers, top-1 agreement and max |difference| of softmax probabilities.
 
 An ImageNet-style folder (one subfolder per class) also gives top-1 accuracy per backend. Subfolders are
 matched to classes by index ("0", "1", ...), by the label text in config.json, or, when there is one
@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="at most this many images")
     args = parser.parse_args()
 
+    from app.backends.parity import tolerance
     from app.config import Settings
     from app.intake.decode import decode_image
     from app.intake.preprocess import preprocess
@@ -102,7 +103,11 @@ def main() -> None:
     print(f"{len(items)} images from {args.images}; reference: {reference_name}")
     for name, outs in stacked.items():
         ref = stacked[reference_name]
-        diffs = ", ".join(f"{k} {float(np.abs(v - ref[k]).max()):.2e}" for k, v in outs.items())
+        diffs = ", ".join(
+            f"{k} {float(np.abs(v - ref[k]).max()):.2e} ({float(np.abs(v - ref[k]).max()) / tolerance(ref[k]):.2f}"
+            f" of the parity tolerance {tolerance(ref[k]):.1e})"
+            for k, v in outs.items()
+        )
         line = f"{name:<10} max |output - {reference_name}|: {diffs}"
         if classifier:
             top1 = outs["logits"].argmax(-1)

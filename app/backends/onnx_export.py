@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from app.backends.parity import parity_problems
 from app.errors import CheckpointError
 from app.intake.preprocess import Preprocessing
 from app.repository import ModelDir, file_sha256
@@ -29,7 +30,6 @@ INPUT_NAME = "pixel_values"
 # network needs nothing newer: patch folding is reshape/transpose, not col2im (opset 18). PyTorch's
 # torch.export-based exporter only writes opset >= 18, so 17 goes through the TorchScript exporter.
 DEFAULT_OPSET = 17
-PARITY_TOLERANCE = 1e-4
 METADATA_PREFIX = "mvit."
 
 
@@ -138,8 +138,8 @@ def read_metadata(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def _check_parity(path: Path, net: Any, sample: np.ndarray, output_names: list[str]) -> float:
-    """Largest |ONNX Runtime - PyTorch| over the outputs; refuses the export above PARITY_TOLERANCE."""
+def _check_parity(path: Path, net: Any, sample: np.ndarray, output_names: list[str]) -> None:
+    """Refuses the export unless ONNX Runtime computes the same function as PyTorch (app/backends/parity.py)."""
     import onnxruntime as ort
     import torch
 
@@ -148,12 +148,14 @@ def _check_parity(path: Path, net: Any, sample: np.ndarray, output_names: list[s
         expected = net(torch.from_numpy(sample))
     expected = (expected,) if isinstance(expected, torch.Tensor) else expected
     got = session.run(output_names, {INPUT_NAME: sample})
-    worst = max(float(np.abs(e.numpy() - g).max()) for e, g in zip(expected, got, strict=True))
-    if not worst <= PARITY_TOLERANCE:
+    problems = parity_problems(
+        {name: e.numpy() for name, e in zip(output_names, expected, strict=True)},
+        dict(zip(output_names, got, strict=True)),
+    )
+    if problems:
         raise CheckpointError(
-            f"ONNX export of {path.parent} differs from PyTorch by {worst:.2e} (> {PARITY_TOLERANCE}); not written"
+            f"ONNX export of {path.parent} is not PyTorch's function: {'; '.join(problems)}; not written"
         )
-    return worst
 
 
 def _parity_sample(height: int, width: int) -> np.ndarray:
