@@ -121,6 +121,8 @@ class Architecture:
     # center crop, as the Hub checkpoints) or "whole" (the photo resized to size x size, as ml-cvnets).
     demo_resize: str = "crop"
     short_side_ratio: float = 288 / 256
+    # Demo weights calibrated on procedural photos (app/tools/calibrate.py), or left as seeded.
+    calibrated_demo: bool = True
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -144,6 +146,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             head="deeplabv3",
             output_stride=16,
             short_side_ratio=1.0,
+            calibrated_demo=False,
         ),
         Architecture(  # this project's own: no transformers port exists
             name="MobileViTV2SSD",
@@ -157,6 +160,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             image_size=320,
             head="ssdlite",
             head_config=SSDConfig,
+            calibrated_demo=False,
             demo_resize="whole",
         ),
     )

@@ -1,5 +1,9 @@
 """Models of the real MobileViTv2 architecture with seeded random weights, for offline demos and tests.
 
+Classifiers are calibrated on procedural photos (app/tools/calibrate.py) so that they answer like trained
+ones: logits of a trained-like scale whose winner changes from photo to photo. Their answers are still
+meaningless.
+
 They are written in exactly the format the server loads (Hugging Face layout, safetensors), so
 `transformers` can load them too, and carry `manifest.json` with `"random_weights": true` so that
 `/models` and the `x-model-random-weights` response header say what they are.
@@ -9,10 +13,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.intake.preprocess import Preprocessing
+import numpy as np
+
+from app.intake.preprocess import Preprocessing, preprocess
 from app.labels import read_labels
 from app.nn.configs import ARCHITECTURE_BY_TASK
 from app.repository.writer import hf_config, write_model_folder
+
+# Procedural photos the demo weights are calibrated on (app/tools/calibrate.py).
+CALIBRATION_PHOTOS = 16
 
 
 def write_demo_model(
@@ -23,8 +32,11 @@ def write_demo_model(
     seed: int = 0,
 ) -> Path:
     """Write `<out_dir>/mobilevitv2-<width>-<imagenet1k|voc-deeplabv3|coco-ssdlite>-<size>-random/`."""
+    import torch
+
     from app.nn.build import create_network
     from app.nn.mobilevitv2 import randomize_weights
+    from app.tools.calibrate import calibrate, procedural_photos
 
     if task not in ARCHITECTURE_BY_TASK:
         raise ValueError(f"unknown task {task!r}: {', '.join(ARCHITECTURE_BY_TASK)}")
@@ -49,6 +61,9 @@ def write_demo_model(
         config.update(architecture.head_config().to_dict())
     model = create_network(architecture, config, len(labels)).eval()
     randomize_weights(model, seed, head_names=architecture.head_names)
+    if architecture.calibrated_demo:
+        photos = [preprocess(photo, preprocessing) for photo in procedural_photos(CALIBRATION_PHOTOS, seed)]
+        calibrate(model, architecture, torch.from_numpy(np.stack(photos)), seed)
     kind = "-".join(part for part in (architecture.dataset, architecture.head) if part)
     name = f"mobilevitv2-{width}-{kind}-{size}-random"
     manifest = {
