@@ -94,7 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _prepare_models(settings: Any) -> list[Any]:
     """Every configured model: its backend installed, fetched when it is a Hub id not fetched yet (pinned,
     verified, as `mvit fetch`), and its folder readable. Returns the models.yaml entries."""
-    from app.backends import require_backend
+    from app.backends import require_backend, verify_with_torch
     from app.repository import resolve
     from app.repository.models_yaml import served_models
     from app.repository.resolve import ensure_available
@@ -102,15 +102,9 @@ def _prepare_models(settings: Any) -> list[Any]:
     entries = served_models(settings)
     for entry in entries:
         require_backend(entry.settings(settings).backend)
-        ensure_available(entry.name, settings.model_repository, settings.hub_revision, _verify_model_folder)
+        ensure_available(entry.name, settings.model_repository, settings.hub_revision, verify_with_torch)
         resolve(entry.name, settings.model_repository)
     return entries
-
-
-def _verify_model_folder(path: Path) -> None:
-    from app.backends.torch_backend import verify_model_folder  # needs torch: fetching is the full install's
-
-    verify_model_folder(path)
 
 
 def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -127,17 +121,15 @@ def cmd_demo_models(args: argparse.Namespace) -> int:
     from app.tasks import TASK_BY_CLI_NAME
     from app.tools.demo_models import write_demo_model
 
-    for task in args.task or ["classification"]:
-        for width in args.width or [0.5]:
-            for size in args.image_size or [None]:
-                path = write_demo_model(
-                    Path(args.directory),
-                    TASK_BY_CLI_NAME[task].name,
-                    width=width,
-                    image_size=size,
-                    seed=args.seed,
-                )
-                print(path)
+    try:
+        for task in args.task or ["classification"]:
+            for width in args.width or [0.5]:
+                for size in args.image_size or [None]:
+                    name = TASK_BY_CLI_NAME[task].name
+                    print(write_demo_model(Path(args.directory), name, width, size, args.seed))
+    except (ValueError, OSError) as exc:  # an image size that is no multiple of 32, an unwritable folder
+        print(f"mvit demo-models: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -198,6 +190,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"mvit export: needs torch and onnx ({exc}); `pip install .[export]`", file=sys.stderr)
         return 1
+    from app.backends import verify_with_torch
     from app.repository.models_yaml import served_models
     from app.repository.resolve import ensure_available
 
@@ -211,7 +204,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         sources = args.models or [entry.name for entry in served_models(settings)]
         for source in sources:
-            ensure_available(source, settings.model_repository, settings.hub_revision, _verify_model_folder)
+            ensure_available(source, settings.model_repository, settings.hub_revision, verify_with_torch)
             model_dir = resolve(source, settings.model_repository)
             print(export_onnx(model_dir, args.opset or DEFAULT_OPSET))
             if args.quantize:
@@ -296,7 +289,7 @@ def add_setting_flags(parser: argparse.ArgumentParser, names: Iterable[str]) -> 
         elif get_origin(annotation) is list:
             options.update(action="append", metavar=name.removesuffix("s").upper())
         elif get_origin(annotation) is Literal:
-            options["choices"] = list(get_args(annotation))
+            options.update(choices=list(get_args(annotation)), type=str.lower)  # `--log-level INFO` too
         else:
             options["type"] = annotation
         parser.add_argument(flag, **options)

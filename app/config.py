@@ -42,7 +42,10 @@ class Settings(BaseSettings):
         "default: the repository's models.yaml, else " + DEFAULT_MODEL + ".",
     )
     model_repository: Path = Field(Path("models"), description="Where Hub downloads and demo models live.")
-    hub_revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to download.")
+    hub_revision: str | None = Field(
+        None,
+        description="Hub revision (branch, tag or commit) to fetch; default: the pinned one for known ids, else main.",
+    )
     backend: Literal["torch", "onnx"] = Field("torch", description="Inference backend.")
     device: str = Field(
         "cpu", description="cpu, cuda or cuda:N (PyTorch device / ONNX Runtime CUDA provider)."
@@ -77,7 +80,7 @@ class Settings(BaseSettings):
         description="How long a request may wait for a batch to fill; 0 runs whatever is waiting at once.",
     )
     max_queue_size: int = Field(
-        64, ge=1, description="Requests one model may hold at once (arrival to answer); more get 429."
+        64, ge=1, description="Requests one model may hold at once (body received to answer); more get 429."
     )
     request_timeout_s: float = Field(
         30.0, gt=0, description="Deadline per inference request, body upload included; then 504."
@@ -135,9 +138,16 @@ class Settings(BaseSettings):
         ge=1,
         description="Decode/preprocess threads; default: the CPUs this process may use.",
     )
-    log_level: str = Field("info", description="debug, info, warning or error.")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="How much to log."
+    )
     log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line.")
     access_log: bool = Field(True, description="One log line per request (logger mvit.access).")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("jpeg_reduce_gap")
     @classmethod

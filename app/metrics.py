@@ -22,7 +22,8 @@ class Metrics:
         self.phase_duration = Histogram(
             "mvit_phase_duration_seconds",
             "Time one request spends in each phase: decode, preprocess, queue (wait for a batch to start: "
-            "the queue wait histogram), inference (the batch it ran in), postprocess (task output and JSON).",
+            "the queue wait histogram), inference (the batch it ran in), postprocess (task output and JSON) "
+            "or render (the annotated image).",
             ("model", "phase"),
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -39,7 +40,8 @@ class Metrics:
         self.rejected = Counter(
             "mvit_requests_rejected",
             "Requests refused or abandoned before an answer, by reason: queue_full (429), timeout (504), "
-            "client_disconnected (the caller went away; its queued work is dropped).",
+            "body_timeout (408), shutting_down (503), client_disconnected (the caller went away; its "
+            "queued work is dropped).",
             ("model", "reason"),
             registry=r,
         )

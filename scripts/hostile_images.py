@@ -1,6 +1,6 @@
 """A corpus of hostile and awkward image uploads, each with the statuses the service may answer.
 
-Used by the test suite (tests/test_hostile.py) and by scripts/soak.py. Everything is generated here, in
+Used by the test suite (tests/api/test_hostile.py) and by scripts/soak.py. Everything is generated here, in
 memory, from Pillow and hand-written headers: truncated and corrupt files, headers that declare billions
 of pixels (decompression bombs), a GIF whose canvas is far larger than its one frame, 20000x2 strips
 (a naive shortest-edge resize of one allocates gigabytes), 16-bit, CMYK, palette + transparency,

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from app import __version__
 from app.api.auth import BearerAuthMiddleware, TokenChecker, configured_tokens, open_paths
 from app.api.errors import add_error_handlers
 from app.api.inference import InferenceRoutes
@@ -48,8 +49,9 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
 
     app = FastAPI(
         title="MobileViTv2 inference service",
-        description="Hugging Face Inference API-compatible image classification with Apple's MobileViTv2.",
-        version="0.1.0",
+        description="Hugging Face Inference API-compatible image classification, semantic segmentation and "
+        "object detection with Apple's MobileViTv2.",
+        version=__version__,
         lifespan=lifespan,
     )
     app.state.settings, app.state.manager, app.state.metrics = settings, manager, metrics

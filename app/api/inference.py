@@ -161,10 +161,13 @@ class InferenceRoutes:
         except TimeoutError:
             if parsed is None and (body_deadline.expired() or deadline.expired()):
                 self.metrics.rejected.labels(model.id, "body_timeout").inc()
-                limit = min(settings.body_timeout_s, settings.request_timeout_s)
+                limit, setting = min(
+                    (settings.body_timeout_s, "MVIT_BODY_TIMEOUT_S"),
+                    (settings.request_timeout_s, "MVIT_REQUEST_TIMEOUT_S"),
+                )
                 raise HttpError(
                     408,
-                    f"The request body did not arrive within {limit:g} s (MVIT_BODY_TIMEOUT_S).",
+                    f"The request body did not arrive within {limit:g} s ({setting}).",
                     headers={"Connection": "close"},
                 ) from None
             if not deadline.expired():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -68,3 +69,10 @@ def load_backend(model_dir: ModelDir, settings: Settings) -> Backend:
     module = importlib.import_module(f"app.backends.{BACKENDS[settings.backend].module}")
     backend: Backend = module.load(model_dir, settings)
     return backend
+
+
+def verify_with_torch(folder: Path) -> None:
+    """Refuse a fetched folder whose weights do not load strictly (needs torch: fetching is the full install's)."""
+    from app.backends.torch_backend import verify_model_folder
+
+    verify_model_folder(folder)

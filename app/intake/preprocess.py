@@ -191,7 +191,7 @@ def _resize_crop_window(image: Image.Image, size: tuple[int, int], spec: Preproc
     same two passes with `resize(box=...)` over the band of rows the crop's filter support reads, so memory
     is bounded by the crop instead of the resized image. Pillow takes the box in single precision, which
     moves the sample positions slightly: up to 2 grey levels apart from the full path on a few percent of
-    pixels (tests/test_hostile.py). Only images no camera makes come here (see MAX_RESIZED_PIXELS).
+    pixels (tests/api/test_hostile.py). Only images no camera makes come here (see MAX_RESIZED_PIXELS).
     """
     width, height = size
     if (
@@ -224,7 +224,7 @@ def preprocess(
 ) -> np.ndarray:
     """RGB PIL image -> float32 array (3, H, W), ready to be stacked into a batch.
 
-    `full_size` is the (width, height) of the image before a reduced decode (`imaging.decode`): the resize
+    `full_size` is the (width, height) of the image before a reduced decode (`app.intake.decode.decode`): the resize
     target follows from it, so a reduced decode lands on exactly the size a full decode would.
     """
     if image.mode != "RGB":

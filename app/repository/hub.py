@@ -140,7 +140,14 @@ def fetch_from_hub(
     """`download_from_hub` at the pinned revision (`revision` overrides), failing at once when offline."""
     import logging
 
-    from huggingface_hub import constants
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        raise CheckpointError(
+            f"cannot fetch {repo_id!r}: huggingface_hub is not installed (an ONNX-only install). Fetch and "
+            "export models with the full install (`pip install '.[export]'`, `mvit fetch`, `mvit export`), "
+            "then serve the model folders"
+        ) from None
 
     if not constants.HF_HUB_OFFLINE:
         check_reachable(constants.ENDPOINT)

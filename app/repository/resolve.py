@@ -13,7 +13,7 @@ from pathlib import Path
 
 from app.errors import CheckpointError
 from app.repository.hub import fetch_from_hub, hub_folder
-from app.repository.model_dir import WEIGHT_FILES, ModelDir, read_model_dir
+from app.repository.model_dir import ONNX_FILES, WEIGHT_FILES, ModelDir, read_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,9 @@ def local_folder(source: str, repository: Path) -> Path | None:
             return candidate
     if HUB_ID.match(source):
         cached = hub_folder(repository, source)
-        if cached.is_dir() and any((cached / name).is_file() for name in WEIGHT_FILES):
+        if cached.is_dir() and any(
+            (cached / name).is_file() for name in (*WEIGHT_FILES, *ONNX_FILES.values())
+        ):
             return cached
     return None
 

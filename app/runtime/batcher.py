@@ -1,4 +1,4 @@
-"""The per-model dynamic batcher: admission with a bounded count, an asyncio queue, one inference thread.
+"""The per-model dynamic batcher: admission with a bounded count, an asyncio queue, inference threads.
 
 A request `admit()`s itself once its body is in: at most `max_queue_size` requests may be held per model
 at once, counted from then to the answer (decode, preprocessing, waiting for a batch, inference, output).
@@ -9,7 +9,8 @@ preprocessed array and await their slice of a batch output.
 The batching loop takes the oldest job plus whatever else is waiting with the same shape, up to
 `max_batch_size`. With `max_queue_delay_ms` > 0 it waits up to that long (counted from the oldest job's
 arrival in the queue) for a batch to fill, as Triton's dynamic batcher does; 0 runs whatever is waiting.
-The backend runs on one dedicated thread, so the event loop never blocks and batches never overlap.
+The backend runs on the batcher's own threads, one per execution instance, so the event loop never
+blocks; with `instances` > 1, that many batches run at once, each on its share of the inference threads.
 Jobs whose caller has gone (timed out, disconnected: the awaiting future is cancelled) are dropped
 before they reach the backend.
 """
@@ -107,7 +108,7 @@ class Batcher:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"worker-{self.name}")
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -123,7 +124,7 @@ class Batcher:
 
     async def submit(self, inputs: np.ndarray) -> BatchResult:
         if self._task is None:
-            raise RuntimeError(f"worker for {self.name} is not running")
+            raise RuntimeError(f"the batcher of {self.name} is not running")
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Job(inputs, future, time.perf_counter()))
         return await future

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from app.errors import InvalidInput
+from app.errors import InvalidInput, clip
 from app.tasks import classification, detection, segmentation
 
 Outputs = dict[str, np.ndarray]  # one image's model outputs, by output name
@@ -46,7 +46,7 @@ class Task:
         unknown = sorted(set(raw) - set(self.parameters))
         if unknown:
             raise InvalidInput(
-                f"Unknown parameter(s) for {self.name}: {', '.join(unknown)}. "
+                f"Unknown parameter(s) for {self.name}: {', '.join(clip(name, 64) for name in unknown)}. "
                 f"Accepted: {', '.join(self.parameters)}."
             )
         return self.parse_params(raw, model)

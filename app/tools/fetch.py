@@ -21,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.backends import verify_with_torch
 from app.errors import CheckpointError
 from app.repository.hub import check_reachable, fetch_from_hub, move_into_place, partial_folder
 
@@ -103,13 +104,6 @@ def _download(url: str, destination: Path) -> None:
         ) from None
 
 
-def verify_model_folder(path: Path) -> None:
-    """Weights that load strictly into the network their config describes (needs torch: the full install)."""
-    from app.backends.torch_backend import verify_model_folder
-
-    verify_model_folder(path)
-
-
 def fetch_cvnets(checkpoint: CvnetsCheckpoint, repository: Path) -> Path:
     from app.tools.convert import convert_cvnets_checkpoint
 
@@ -124,7 +118,7 @@ def fetch_cvnets(checkpoint: CvnetsCheckpoint, repository: Path) -> Path:
             name=checkpoint.folder,
             source=checkpoint.url,
         )
-        verify_model_folder(converted)
+        verify_with_torch(converted)
         target = repository / converted.name
         move_into_place(converted, target)
     return target
@@ -138,6 +132,6 @@ def fetch(name: str, repository: Path, hub_revision: str | None = None) -> Path:
         check_reachable(catalog[name].url)
         return fetch_cvnets(catalog[name], repository)
     if "/" in name:
-        return fetch_from_hub(name, repository, hub_revision, verify=verify_model_folder)
+        return fetch_from_hub(name, repository, hub_revision, verify=verify_with_torch)
     known = ", ".join(sorted(catalog))
     raise CheckpointError(f"unknown model {name!r}: give a Hub id (org/name) or one of: {known}")

@@ -100,3 +100,38 @@ def test_a_missing_backend_package_names_the_extra_to_install(
     assert status == 1 and "Traceback" not in output, output
     assert len(output.strip().splitlines()) == 1, output
     assert f"pip install '.[{extra}]'" in output and blocked.split(",")[0] in output
+
+
+def test_an_onnx_only_install_asked_for_a_hub_model_says_what_to_do(tmp_path: Path) -> None:
+    status, output, _ = serve(tmp_path, "--backend", "onnx", blocked="huggingface_hub,torch,safetensors")
+    assert status == 1 and "Traceback" not in output, output
+    assert (
+        output.strip()
+        .splitlines()[-1]
+        .startswith("mvit serve: cannot fetch 'apple/mobilevitv2-1.0-imagenet1k-256'")
+    )
+    assert "huggingface_hub is not installed" in output and "pip install '.[export]'" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("serve", "--log-level", "verbose"), "usage: mvit serve"),  # argparse: the usage, then the error
+        (
+            ("demo-models", "models/", "--image-size", "100"),
+            "mvit demo-models: image size must be a multiple of 32",
+        ),
+    ],
+)
+def test_bad_options_are_one_line(tmp_path: Path, args: tuple[str, ...], expected: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0 and result.stderr.strip().startswith(expected), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_setting_in_the_environment_is_one_line(tmp_path: Path) -> None:
+    status, output, _ = serve(tmp_path, env={"MVIT_LOG_LEVEL": "verbose"})
+    assert status == 1 and output.strip().startswith("mvit: invalid configuration: log_level")
+    assert len(output.strip().splitlines()) == 1

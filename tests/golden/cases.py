@@ -178,6 +178,12 @@ def cases(task: str, model_id: str) -> Iterator[Case]:
         {"json": {"inputs": b64, "parameters": {next(iter(params)): 10**3999}}},
     )
     yield Case(
+        "parameter name a lone surrogate",
+        "POST",
+        route,
+        {"content": b'{"inputs": "aGVsbG8=", "parameters": {"\\ud800": 1}}', "headers": JSON},
+    )
+    yield Case(
         "too many parameters",
         "POST",
         route,

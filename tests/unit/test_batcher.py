@@ -1,4 +1,4 @@
-"""The per-model queue and worker that the HTTP layer feeds."""
+"""The per-model batcher that the HTTP layer feeds."""
 
 from __future__ import annotations
 

@@ -96,3 +96,18 @@ def test_broken_folders_are_explained(model_dir: Path, tmp_path: Path) -> None:
         weights.unlink()
     with pytest.raises(CheckpointError, match="has no weights"):
         read_model_dir(folder)
+
+
+def test_a_fetched_hub_folder_holding_only_onnx_exports_resolves(model_dir: Path, tmp_path: Path) -> None:
+    """What an edge box holds: `mvit fetch` + `mvit export` elsewhere, the PyTorch weights left behind."""
+    folder = hub_folder(tmp_path, "apple/mobilevitv2-0.5-test")
+    folder.mkdir(parents=True)
+    for name in ("config.json", "preprocessor_config.json"):
+        shutil.copy(model_dir / name, folder / name)
+    (folder / "model.onnx").write_bytes(b"an export")
+    resolved = resolve("apple/mobilevitv2-0.5-test", tmp_path)
+    assert (
+        resolved.path == folder
+        and resolved.weights is None
+        and resolved.model_id == "apple/mobilevitv2-0.5-test"
+    )

@@ -1,0 +1,53 @@
+"""scripts/train_proxy.py at a tiny size: it trains, is deterministic, and writes a folder that serves.
+(Its real run, ~4 minutes, is in docs/performance.md; CI spends seconds here.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from app.runtime.models import load_model
+from app.runtime.pipeline import predict
+from scripts.train_proxy import CLASSES, draw_example
+from tests.support import ROOT, encode, make_settings
+
+
+def train(out: Path) -> Path:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.train_proxy",
+            str(out),
+            "--train-images",
+            "128",
+            "--held-out-images",
+            "40",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "held-out top-1" in result.stdout
+    return out / "proxy-mobilevitv2-0.5-shapes-64"
+
+
+def test_the_proxy_trains_deterministically_and_serves(tmp_path: Path) -> None:
+    folder = train(tmp_path / "a")
+    again = train(tmp_path / "b")
+    assert (folder / "model.safetensors").read_bytes() == (again / "model.safetensors").read_bytes()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["random_weights"] is False and 0 <= manifest["held_out_top1"] <= 1
+    model = load_model(str(folder), make_settings(folder))
+    image, label = draw_example(7, 64)
+    answer = predict(model, encode(image, "PNG"), {"top_k": 3}, 10**8)
+    assert len(answer) == 3 and {entry["label"] for entry in answer} <= set(CLASSES)
+    assert label == 7 % len(CLASSES)  # image i is of class i mod 10
