@@ -29,7 +29,7 @@ from app.runtime.drain import RETRY_AFTER_DRAINING_S, Lifecycle
 from app.runtime.models import ModelManager, ServedModel
 from app.runtime.pipeline import Pipeline, RenderedImage
 from app.tasks import TASKS
-from app.tasks.drawing import render_format
+from app.tasks.drawing import FORMAT_BY_MEDIA_TYPE, render_format
 
 
 class InferenceRoutes:
@@ -145,7 +145,7 @@ class InferenceRoutes:
                     model.batcher.refuse_if_full()  # before reading a body the model has no room for
                     async with body_deadline:
                         parsed = await parse_request(request, settings.max_body_bytes)
-                    fmt = render_format(
+                    fmt = answer_format(
                         parsed.parameters.pop("render", None), request.headers.get("accept", "")
                     )
                     with model.batcher.admit():
@@ -188,7 +188,7 @@ class InferenceRoutes:
             "x-compute-time": f"{time.perf_counter() - started:.3f}",
             "x-compute-type": model.backend.device_type,
             "x-model-id": model.id,
-            "server-timing": result.server_timing(),
+            "server-timing": server_timing(result.phases),
         }
         if model.model_dir.random_weights:
             headers["x-model-random-weights"] = "true"
@@ -207,3 +207,23 @@ def endpoint_info(model: ServedModel) -> dict[str, Any]:
         "version": __version__,
         **model.describe(),
     }
+
+
+def answer_format(render: object, accept: str) -> str | None:
+    """The annotated image's format, from `render=png|jpeg` or an Accept header that prefers an image to
+    JSON (media types with q=0 excluded); None for the default JSON answer."""
+    if render is not None:
+        return render_format(render)
+    wanted = []
+    for part in accept.split(","):
+        media, *options = (item.strip().lower() for item in part.split(";"))
+        if not any(option.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for option in options):
+            wanted.append(media)
+    if "application/json" in wanted:
+        return None
+    return next((FORMAT_BY_MEDIA_TYPE[media] for media in wanted if media in FORMAT_BY_MEDIA_TYPE), None)
+
+
+def server_timing(phases: dict[str, float]) -> str:
+    """The `Server-Timing` header value (milliseconds), readable by browsers' network panels."""
+    return ", ".join(f"{phase};dur={seconds * 1000:.1f}" for phase, seconds in phases.items())

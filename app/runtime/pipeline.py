@@ -41,10 +41,6 @@ class Result:
     answer: Answer | RenderedImage
     phases: dict[str, float]  # seconds: decode, preprocess, queue, inference, postprocess or render
 
-    def server_timing(self) -> str:
-        """The `Server-Timing` header value (milliseconds), readable by browsers' network panels."""
-        return ", ".join(f"{phase};dur={seconds * 1000:.1f}" for phase, seconds in self.phases.items())
-
 
 def prepare(model: ServedModel, image_bytes: bytes, max_pixels: int) -> Prepared:
     """Bytes -> model input tensor. Runs on a decode thread."""

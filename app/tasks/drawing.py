@@ -19,21 +19,16 @@ from app.intake.decode import decode
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 _ALIASES = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "image/png": "png", "image/jpeg": "jpeg"}
+FORMAT_BY_MEDIA_TYPE = {media: fmt for fmt, media in MEDIA_TYPES.items()}
 PANEL = (0, 0, 0, 170)  # translucent black behind text
 TEXT = (255, 255, 255, 255)
 
 
-def render_format(parameter: object, accept: str) -> str | None:
-    """The image format asked for with `render=png|jpeg`, or an Accept header that prefers an image over
-    JSON; None for the default JSON answer."""
-    if parameter is not None:
-        if not isinstance(parameter, str) or parameter.lower() not in _ALIASES:
-            raise InvalidInput(f"Parameter 'render' must be png or jpeg, got {shown(parameter)}.")
-        return _ALIASES[parameter.lower()]
-    wanted = [part.split(";")[0].strip().lower() for part in accept.split(",")]
-    if "application/json" in wanted:
-        return None
-    return next((_ALIASES[media] for media in wanted if media in ("image/png", "image/jpeg")), None)
+def render_format(parameter: object) -> str:
+    """The image format a `render` parameter names (png, jpeg, jpg, or their media types)."""
+    if not isinstance(parameter, str) or parameter.lower() not in _ALIASES:
+        raise InvalidInput(f"Parameter 'render' must be png or jpeg, got {shown(parameter)}.")
+    return _ALIASES[parameter.lower()]
 
 
 def class_color(class_id: int) -> tuple[int, int, int]:

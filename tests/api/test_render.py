@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.api import create_app
+from app.api.inference import answer_format, server_timing
 from app.tasks import classification, detection, drawing, segmentation
 from tests.support import encode, make_settings, photo_like, wait_ready
 
@@ -141,3 +142,25 @@ def test_demo_page_is_served_self_contained_and_open(model_dir: Path) -> None:
         for route in ROUTES:
             assert f'value="{route}"' in html  # it calls the public routes
         assert client.get("/models").status_code == 401  # while the API itself needs the token
+
+
+@pytest.mark.parametrize(
+    ("render", "accept", "expected"),
+    [
+        (None, "", None),
+        (None, "*/*", None),
+        (None, "image/png", "png"),
+        (None, "image/jpeg, image/png", "jpeg"),
+        (None, "image/png, application/json", None),
+        (None, "image/png;q=0, application/json;q=0.5", None),
+        (None, "image/png;q=0", None),  # q=0: "not acceptable", never chosen
+        (None, "application/json;q=0, image/jpeg", "jpeg"),
+        ("JPG", "application/json", "jpeg"),  # the parameter wins over the header
+    ],
+)
+def test_answer_format_negotiation(render: object, accept: str, expected: str | None) -> None:
+    assert answer_format(render, accept) == expected
+
+
+def test_server_timing_lists_the_phases_in_milliseconds() -> None:
+    assert server_timing({"decode": 0.0012, "inference": 0.5}) == "decode;dur=1.2, inference;dur=500.0"

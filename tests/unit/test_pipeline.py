@@ -60,9 +60,6 @@ def test_phases_are_returned_in_order_with_the_answer() -> None:
     assert list(result.phases) == ["decode", "preprocess", "queue", "inference", "postprocess"]
     assert result.phases["queue"] == 0.25 and result.phases["inference"] == 0.5
     assert all(seconds >= 0 for seconds in result.phases.values())
-    assert (
-        result.server_timing().startswith("decode;dur=") and "inference;dur=500.0" in result.server_timing()
-    )
     assert model.batcher.submitted[0].shape == (3, 32, 32)
 
 
