@@ -21,6 +21,7 @@ def _settings(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
     from app.config import Settings
+    from app.errors import validation_problems
 
     overrides = {
         key: value for key, value in vars(args).items() if key in Settings.model_fields and value is not None
@@ -28,7 +29,7 @@ def _settings(args: argparse.Namespace) -> Any:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc.errors())
         raise SystemExit(f"mvit: invalid configuration: {problems}") from None
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ServiceError(Exception):
     """A failure the caller should see, with a message written for them."""
@@ -72,3 +74,8 @@ def unit_interval_param(name: str, value: object) -> float:
     if isinstance(value, bool) or not 0.0 <= number <= 1.0:
         raise InvalidInput(f"Parameter {shown(name)} must be a number between 0 and 1, got {shown(value)}.")
     return number
+
+
+def validation_problems(errors: list[Any]) -> str:
+    """Pydantic's validation errors as one line: `field.path: message; ...`."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'top level'}: {e['msg']}" for e in errors)

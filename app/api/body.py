@@ -76,14 +76,16 @@ def decode_base64_image(value: str) -> bytes:
         raise InvalidInput("'inputs' is not valid base64 of an image file.") from None
 
 
-def _load_json(text: bytes | str, what: str) -> Any:
-    """json.loads within MAX_JSON_DEPTH and MAX_JSON_VALUES; one InvalidInput for anything else."""
+def _load_json(text: bytes | str, what: str, malformed: str | None = None) -> Any:
+    """json.loads within MAX_JSON_DEPTH and MAX_JSON_VALUES; one InvalidInput for anything else
+    (`malformed`, when given, is the message for text that is not JSON at all)."""
     try:
         value = json.loads(text)
     except RecursionError:
         raise InvalidInput(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep.") from None
     except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidInput(f"{what} is not valid JSON ({clip(str(exc), 120)}). {_JSON_SHAPE}") from None
+        message = malformed or f"{what} is not valid JSON ({clip(str(exc), 120)}). {_JSON_SHAPE}"
+        raise InvalidInput(message) from None
     _check_json_size(value, what)
     return value
 
@@ -128,7 +130,9 @@ def parse_json(body: bytes) -> InferenceRequest:
         raise InvalidInput(f"The JSON body has no 'inputs'. {_JSON_SHAPE}")
     if not isinstance(inputs, str):
         raise InvalidInput(f"'inputs' must be a string (base64 of one image), got {type(inputs).__name__}.")
-    parameters = payload.get("parameters") or {}
+    parameters = payload.get("parameters")
+    if parameters is None:
+        parameters = {}
     if not isinstance(parameters, dict):
         raise InvalidInput(f"'parameters' must be an object, got {type(parameters).__name__}.")
     return InferenceRequest(decode_base64_image(inputs), parameters)
@@ -144,26 +148,25 @@ async def parse_multipart(request: Request, body: bytes) -> InferenceRequest:
         ).parse()
     except MultiPartException as exc:
         raise InvalidInput(f"The multipart body could not be parsed: {exc.message}") from None
-    files = [(key, value) for key, value in form.multi_items() if isinstance(value, UploadFile)]
-    if len(files) != 1:
-        raise InvalidInput(f"Send exactly one image file in the form; got {len(files)} file fields.")
-    image = await files[0][1].read()
-    parameters: dict[str, Any] = {}
-    for key, value in form.multi_items():
-        if isinstance(value, str):
-            if key == "parameters":
-                try:
-                    extra = _load_json(value, "The form field 'parameters'")
-                except InvalidInput as exc:
-                    if "not valid JSON" not in exc.message:
-                        raise
-                    raise InvalidInput("The form field 'parameters' must be a JSON object.") from None
-                if not isinstance(extra, dict):
-                    raise InvalidInput("The form field 'parameters' must be a JSON object.")
-                parameters.update(extra)
-            else:
+    try:
+        files = [(key, value) for key, value in form.multi_items() if isinstance(value, UploadFile)]
+        if len(files) != 1:
+            raise InvalidInput(f"Send exactly one image file in the form; got {len(files)} file fields.")
+        image = await files[0][1].read()
+        parameters: dict[str, Any] = {}
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                continue
+            if key != "parameters":
                 parameters[key] = value
-    await form.close()
+                continue
+            not_an_object = "The form field 'parameters' must be a JSON object."
+            extra = _load_json(value, "The form field 'parameters'", malformed=not_an_object)
+            if not isinstance(extra, dict):
+                raise InvalidInput(not_an_object)
+            parameters.update(extra)
+    finally:
+        await form.close()
     return InferenceRequest(image, parameters)
 
 

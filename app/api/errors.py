@@ -18,6 +18,7 @@ from app.errors import (
     ServiceError,
     ShuttingDown,
     TooLarge,
+    validation_problems,
 )
 
 # nginx's status for "the client closed the connection before the answer"; only metrics ever see it.
@@ -88,6 +89,6 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(list(exc.errors()))
         request.scope["state"]["error"] = f"Invalid request: {problems}"
         return error_response(400, {"error": f"Invalid request: {problems}"})

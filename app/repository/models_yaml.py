@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from app.config import DEFAULT_MODEL, MODEL_OPTIONS, Settings
-from app.errors import CheckpointError
+from app.errors import CheckpointError, validation_problems
 
 REPOSITORY_FILE = "models.yaml"
 
@@ -74,9 +74,7 @@ def read_repository_file(path: Path) -> list[ModelEntry]:
     try:
         return RepositoryFile.model_validate(data if data is not None else {}).models
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'top level'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = validation_problems(exc.errors())
         raise CheckpointError(f"{path}: {problems}") from None
 
 

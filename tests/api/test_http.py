@@ -209,6 +209,8 @@ def test_metrics(client: TestClient, jpeg_bytes: bytes) -> None:
         ({"json": {"parameters": {"top_k": 1}}}, 400, "no 'inputs'"),
         ({"json": ["a", "b"]}, 400, "must be an object"),
         ({"json": {"inputs": "aGVsbG8=", "parameters": [1]}}, 400, "'parameters' must be an object"),
+        ({"json": {"inputs": "aGVsbG8=", "parameters": []}}, 400, "'parameters' must be an object"),
+        ({"json": {"inputs": "aGVsbG8=", "parameters": ""}}, 400, "'parameters' must be an object"),
         ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
         ({"json": {"inputs": "data:image/png,abc"}}, 400, "base64"),
         ({"files": {"a": ("a.jpg", b"x"), "b": ("b.jpg", b"y")}}, 400, "exactly one image"),
