@@ -8,32 +8,12 @@ the demo classifiers (and that tests/unit/test_demo_models.py bounds).
 from __future__ import annotations
 
 import argparse
-import io
 import platform
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from scripts._common import command_line
-
-
-def photo(seed: int) -> bytes:
-    """A 640x480 photo-like JPEG: colour waves of random periods with noise (no calibration photo)."""
-    rng = np.random.default_rng(1000 + seed)
-    yy, xx = np.mgrid[0:480, 0:640].astype(np.float32)
-    waves = np.stack(
-        [
-            128 + 100 * np.sin(xx / (7 + 13 * rng.random())),
-            128 + 100 * np.cos(yy / (5 + 11 * rng.random())),
-            128 + 90 * np.sin((xx + yy) / (9 + 17 * rng.random())),
-        ],
-        axis=-1,
-    )
-    pixels = np.clip(waves + rng.normal(0, 12, waves.shape), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
+from scripts._common import command_line, jpeg
 
 
 def cpu_model() -> str:
@@ -52,15 +32,15 @@ def main() -> None:
     from app.config import Settings
     from app.runtime.models import load_model
     from app.runtime.pipeline import prepare
+    from app.tools.calibrate import procedural_photos
 
     print(f"$ {command_line()}")
     print(f"cpu: {cpu_model()}")
     model = load_model(args.model, Settings(models=[args.model]))
+    # Procedural photos from another seed than the ones demo models are calibrated on.
+    photos = [jpeg(image) for image in procedural_photos(args.photos, seed=1000)]
     logits = np.stack(
-        [
-            model.backend.infer(prepare(model, photo(i), 10**8).tensor[None])["logits"][0]
-            for i in range(args.photos)
-        ]
+        [model.backend.infer(prepare(model, p, 10**8).tensor[None])["logits"][0] for p in photos]
     )
     print(f"largest |logit| per photo: {[round(float(v), 1) for v in np.abs(logits).max(axis=1)]}")
     print(

@@ -15,7 +15,6 @@ folder of held-out images).
 from __future__ import annotations
 
 import argparse
-import io
 import subprocess
 import sys
 import time
@@ -200,10 +199,10 @@ def compare_precisions(folder: Path, held_out: int, size: int) -> None:
     for i in range(held_out):
         image, label = draw_example(HELD_OUT_SEED + i, size)
         (images / CLASSES[label]).mkdir(parents=True, exist_ok=True)
-        save_png(image, images / CLASSES[label] / f"{i}.png")
+        image.save(images / CLASSES[label] / f"{i}.png")
     calibration.mkdir(exist_ok=True)
     for i in range(100):
-        save_png(draw_example(TRAIN_SEED + i, size)[0], calibration / f"{i}.png")
+        draw_example(TRAIN_SEED + i, size)[0].save(calibration / f"{i}.png")
     run = [
         sys.executable,
         "-m",
@@ -217,12 +216,6 @@ def compare_precisions(folder: Path, held_out: int, size: int) -> None:
     ]
     subprocess.run(run, check=True)
     subprocess.run([sys.executable, "-m", "scripts.compare_backends", str(folder), str(images)], check=True)
-
-
-def save_png(image: Image.Image, path: Path) -> None:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    path.write_bytes(buffer.getvalue())
 
 
 if __name__ == "__main__":

@@ -46,10 +46,10 @@ class ServedModel:
 
     @cached_property
     def detector(self) -> Detector:
-        """SSD settings and the anchors of this model's input size (detection models only)."""
-        if self.input_size is None:
-            raise CheckpointError(f"{self.id}: detection needs a fixed input size")
-        return Detector.for_input(SSDConfig.from_dict(self.model_dir.config), *self.input_size)
+        """SSD settings and the anchors of this model's input size (detection models only; every served
+        model has a fixed input size, `load_model` sees to it)."""
+        height, width = self.preprocessing.fixed_input_size or (0, 0)
+        return Detector.for_input(SSDConfig.from_dict(self.model_dir.config), height, width)
 
     @property
     def upsample_align_corners(self) -> bool:

@@ -9,8 +9,8 @@ are nearly the same vector, so the logits are a constant plus noise. Calibrating
 2. the classifier's input is whitened per channel (centred on its mean over the photos, scaled by its
    spread) and its rows scaled so that the logits spread over images as a trained model's do.
 
-Architectures whose row says `calibrated_demo=False` keep their seeded weights as they are: the dense
-heads (DeepLabV3, SSDLite) need more than this (docs/model-repository.md says what was tried).
+`mvit demo-models` calibrates the architectures whose row says `calibrated_demo`; the dense heads
+(DeepLabV3, SSDLite) need more than this (docs/model-repository.md says what was tried).
 
 docs/model-repository.md lists the resulting statistics and the test that checks them.
 """
@@ -69,6 +69,13 @@ def _captured_input(layer: nn.Module) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
+def _run(model: nn.Module, batch: torch.Tensor) -> None:
+    """The model over `batch`, a few images at a time, for what hooks and BatchNorms see."""
+    with torch.no_grad():
+        for chunk in batch.split(8):
+            model(chunk)
+
+
 def recalibrate_batch_norms(model: nn.Module, batch: torch.Tensor) -> None:
     """Running mean and variance of every BatchNorm measured on `batch`, as training would leave them."""
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -76,9 +83,7 @@ def recalibrate_batch_norms(model: nn.Module, batch: torch.Tensor) -> None:
         norm.reset_running_stats()
         norm.momentum = None  # a cumulative average over the calls below
         norm.train()
-    with torch.no_grad():
-        for chunk in batch.split(8):
-            model(chunk)
+    _run(model, batch)
     for norm in norms:
         norm.momentum = 0.1
         norm.eval()
@@ -94,9 +99,8 @@ def whiten_head(
 ) -> None:
     """Give `layer` (a Linear or 1x1 Conv2d) outputs of spread `spread` over the batch, around random
     levels of spread `level`, from its inputs centred and scaled per channel."""
-    with _captured_input(layer) as seen, torch.no_grad():
-        for chunk in batch.split(8):
-            model(chunk)
+    with _captured_input(layer) as seen:
+        _run(model, batch)
     inputs = torch.cat(seen).double()
     flat = inputs.transpose(0, 1).reshape(inputs.shape[1], -1) if inputs.ndim == 4 else inputs.T
     mean = flat.mean(dim=1)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import sys
 import urllib.error
-import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
