@@ -24,6 +24,7 @@ MODEL_OPTIONS = (
     "max_queue_delay_ms",
     "max_queue_size",
     "instances",
+    "preprocessing",
 )
 # Settings never given as a command-line flag: `ps` shows a process's arguments.
 ENVIRONMENT_ONLY = frozenset({"api_tokens"})
@@ -68,6 +69,12 @@ class Settings(BaseSettings):
     )
     onnx_auto_export: bool = Field(
         True, description="Export model.onnx at start when it is missing or stale (needs torch)."
+    )
+    preprocessing: Literal["auto", "trained", "hf"] = Field(
+        "auto",
+        description="Preprocessing profile: trained (as the weights were trained: RGB, bicubic, the "
+        "evaluation crop), hf (preprocessor_config.json exactly as transformers reads it), or auto: "
+        "trained for weights whose training pipeline is known (Apple's), else hf (docs/preprocessing.md).",
     )
     max_body_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Larger bodies get 413.")
     max_image_pixels: int = Field(

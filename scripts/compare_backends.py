@@ -1,5 +1,5 @@
 """How far the ONNX exports (fp32, INT8) are from PyTorch on a folder of images, and top-1 accuracy when
-the folder is labelled.
+the folder is labelled, under each preprocessing profile (docs/preprocessing.md).
 
 For every image: decode + the model's preprocessing, then each available backend (torch, onnx fp32,
 onnx int8). Reports max |difference| of the raw outputs against the reference (torch, or onnx fp32 when
@@ -11,18 +11,25 @@ subfolder per class, in sorted order (the torchvision ImageFolder convention: so
 
     python -m scripts.bench_images bench-images/
     python -m scripts.compare_backends models/mobilevitv2-1.0-imagenet1k-256-random bench-images/640x480
-    python -m scripts.compare_backends models/mobilevitv2-1.0-imagenet1k-256 /data/imagenet/val --limit 5000
+    python -m scripts.compare_backends models/hub/apple--mobilevitv2-1.0-imagenet1k-256 /data/imagenet/val
+
+The last line settles which preprocessing Apple's weights want: for a labelled folder of a classifier it
+also prints top-1 under the `trained` and the `hf` profile side by side (the reference backend).
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app.intake.decode import IMAGE_SUFFIXES
 from scripts._common import command_line
+
+if TYPE_CHECKING:
+    from app.runtime.models import ServedModel
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -61,6 +68,11 @@ def main() -> None:
     parser.add_argument("model", help="model folder (with model.onnx, optionally model.int8.onnx)")
     parser.add_argument("images", type=Path, help="folder of images, or of class subfolders of images")
     parser.add_argument("--limit", type=int, help="at most this many images")
+    parser.add_argument(
+        "--profiles",
+        default="trained,hf",
+        help="preprocessing profiles to compare top-1 under (labelled classifier folders); '' for none",
+    )
     args = parser.parse_args()
 
     from app.backends.parity import tolerance
@@ -117,6 +129,43 @@ def main() -> None:
             if labelled:
                 line += f"; top-1 accuracy {float((top1 == np.array(truth)).mean()):.2%}"
         print(line)
+    profiles = [p for p in args.profiles.split(",") if p]
+    if classifier and labelled and profiles:
+        compare_profiles(reference, reference_name, [path for path, _ in items], np.array(truth), profiles)
+
+
+def compare_profiles(
+    model: ServedModel, backend_name: str, paths: list[Path], truth: np.ndarray, profiles: list[str]
+) -> None:
+    """Top-1 of `model` on `paths` under each preprocessing profile, side by side."""
+    from app.intake.decode import decode_image
+    from app.intake.preprocess import Preprocessing, preprocess
+    from app.intake.profiles import choose
+
+    model_dir = model.model_dir
+    hf = Preprocessing.from_hf_config(model_dir.preprocessor_config)
+    assert hf.fixed_input_size is not None  # load_model refuses folders without one
+    predictions = {}
+    for profile in profiles:
+        chosen = choose(profile, hf, hf.fixed_input_size, model_dir.task, model_dir.training_pipeline)  # type: ignore[arg-type]
+        predictions[profile] = np.array(
+            [
+                model.backend.infer(
+                    preprocess(decode_image(p.read_bytes(), 200_000_000), chosen.preprocessing)[None]
+                )["logits"][0].argmax()
+                for p in paths
+            ]
+        )
+        steps = chosen.preprocessing.describe()
+        print(
+            f"profile {profile:<8} ({backend_name}): top-1 accuracy {float((predictions[profile] == truth).mean()):.2%}"
+            f"  [{steps['channel_order']}, {steps['resample']}, resize {steps['resize_shortest_edge'] or steps['resize_height_width']}, crop {steps['crop_height_width']}]"
+        )
+    if len(profiles) == 2:
+        first, second = (predictions[p] for p in profiles)
+        print(
+            f"profiles {profiles[0]} and {profiles[1]} agree on top-1 for {float((first == second).mean()):.2%} of images"
+        )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""How much a classifier's logits depend on the photo: the statistics docs/model-repository.md quotes for
-the demo classifiers (and that tests/unit/test_demo_models.py bounds).
+"""The statistics docs/model-repository.md quotes for the demo models (tests/unit/test_demo_models.py
+bounds them): for a classifier, how much its logits depend on the photo; for a segmenter, how coherent
+its maps are and how well they follow the shapes of scenes it was not fitted on.
 
-    mvit demo-models models/ --width 0.5
+    mvit demo-models models/ --width 0.5 --task classification --task segmentation
     python -m scripts.demo_model_stats models/mobilevitv2-0.5-imagenet1k-256-random --photos 6
+    python -m scripts.demo_model_stats models/mobilevitv2-0.5-voc-deeplabv3-512-random --photos 6
 """
 
 from __future__ import annotations
@@ -10,10 +12,14 @@ from __future__ import annotations
 import argparse
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from scripts._common import command_line, jpeg
+
+if TYPE_CHECKING:
+    from app.runtime.models import ServedModel
 
 
 def cpu_model() -> str:
@@ -37,6 +43,9 @@ def main() -> None:
     print(f"$ {command_line()}")
     print(f"cpu: {cpu_model()}")
     model = load_model(args.model, Settings(models=[args.model]))
+    if model.task.name == "image-segmentation":
+        segmenter_stats(model, args.photos)
+        return
     # Procedural photos from another seed than the ones demo models are calibrated on.
     photos = [jpeg(image) for image in procedural_photos(args.photos, seed=1000)]
     logits = np.stack(
@@ -48,6 +57,44 @@ def main() -> None:
     )
     print(f"spread of a class's logit over photos: {logits.std(axis=0).mean():.2f}")
     print(f"spread over classes on one photo: {logits.std(axis=1).mean():.2f}")
+
+
+def region_stats(label_map: np.ndarray) -> tuple[int, float]:
+    """Classes in a label map, and the share of neighbouring cells (right, below) with the same label."""
+    same = ((label_map[1:] == label_map[:-1]).mean() + (label_map[:, 1:] == label_map[:, :-1]).mean()) / 2
+    return len(np.unique(label_map)), float(same)
+
+
+def foreground_overlap(label_map: np.ndarray, truth: np.ndarray) -> float:
+    """Intersection over union of the non-background cells of a label map and of the true class map."""
+    predicted, true = label_map > 0, truth > 0
+    return float((predicted & true).sum() / max(1, (predicted | true).sum()))
+
+
+def segmenter_stats(model: ServedModel, count: int) -> None:
+    from app.runtime.pipeline import prepare
+    from app.tools.calibrate import procedural_photos, procedural_scenes
+
+    classes = len(model.labels)
+    size = int(model.model_dir.config["image_size"])
+    scenes = list(procedural_scenes(count, classes, size, seed=1000))  # not the ones it was fitted on
+    for kind, images in (("scene", [i for i, _ in scenes]), ("photo", list(procedural_photos(count, 1000)))):
+        maps = [
+            model.backend.infer(prepare(model, jpeg(image), 10**8).tensor[None])["logits"][0].argmax(axis=0)
+            for image in images
+        ]
+        stats = [region_stats(m) for m in maps]
+        print(
+            f"{kind}s: classes per map {[c for c, _ in stats]}, neighbour agreement {[round(a, 2) for _, a in stats]}"
+        )
+        if kind == "scene":
+            step = size // maps[0].shape[0]
+            truth = [regions[step // 2 :: step, step // 2 :: step] for _, regions in scenes]
+            overlaps = [round(foreground_overlap(m, t), 2) for m, t in zip(maps, truth, strict=True)]
+            print(f"foreground IoU with the scenes' shapes: {overlaps}")
+            right = [round(float((m == t).mean()), 2) for m, t in zip(maps, truth, strict=True)]
+            print(f"cells of the right class: {right}")
+            print(f"cells of the background: {[round(float((t == 0).mean()), 2) for t in truth]}")
 
 
 if __name__ == "__main__":

@@ -167,6 +167,9 @@ def main() -> None:
         "trained_on": f"{len(CLASSES)} procedural shape and texture classes (scripts/train_proxy.py)",
         "held_out_top1": round(top1(model, held_x, held_y), 4),
         "generated_by": "python -m scripts.train_proxy",
+        # Trained on exactly what preprocessor_config.json gives, so that is its trained preprocessing.
+        "training_pipeline": "scripts/train_proxy.py",
+        "preprocessing_profile": "hf",
     }
     folder = write_model_folder(
         args.directory / name, config, preprocessing.to_hf_config(), manifest, model.state_dict()

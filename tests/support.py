@@ -25,6 +25,7 @@ from huggingface_hub.errors import EntryNotFoundError
 from PIL import Image
 
 from app.api import create_app
+from app.backends.parity import parity_problems
 from app.config import Settings
 from app.metrics import Metrics
 from app.repository import ModelDir
@@ -63,6 +64,14 @@ def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
     )
     noisy = base + rng.normal(0, 12, base.shape)
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+
+
+def assert_matches(actual: object, expected: object, name: str = "logits") -> None:
+    """`actual` is the same function's output as the reference `expected` (arrays or tensors): within
+    `app.backends.parity.tolerance` (1e-4 + 1e-4 x the largest |output|), and, for logits, with the same
+    winning class wherever the reference's top two are not within twice that."""
+    problems = parity_problems({name: np.asarray(expected)}, {name: np.asarray(actual)})
+    assert not problems, problems
 
 
 def encode(image: Image.Image, fmt: str = "JPEG", **kwargs: object) -> bytes:

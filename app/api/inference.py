@@ -188,6 +188,7 @@ class InferenceRoutes:
             "x-compute-time": f"{time.perf_counter() - started:.3f}",
             "x-compute-type": model.backend.device_type,
             "x-model-id": model.id,
+            "x-preprocessing": model.profile,
             "server-timing": server_timing(result.phases),
         }
         if model.model_dir.random_weights:

@@ -96,6 +96,7 @@ EXPOSED_HEADERS = (
     "X-Compute-Type",
     "X-Model-Id",
     "X-Model-Random-Weights",
+    "X-Preprocessing",
     "Server-Timing",
     "Retry-After",
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -53,6 +53,9 @@ class Preprocessing:
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     bgr: bool = True
+    # Where a center crop starts when the margin is odd: "floor" as transformers does, or "round" (half
+    # to even) as torchvision's CenterCrop, which ml-cvnets and timm evaluate with.
+    crop_rounding: Literal["floor", "round"] = "floor"
 
     @classmethod
     def from_hf_config(cls, config: dict[str, Any]) -> Preprocessing:
@@ -130,6 +133,10 @@ class Preprocessing:
             return edge, edge
         return None
 
+    def crop_offset(self, margin: int) -> int:
+        """Where a center crop starts along an axis whose size exceeds the crop by `margin`."""
+        return margin // 2 if self.crop_rounding == "floor" else round(margin / 2)
+
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the resize step, with transformers' rounding (the long side truncates)."""
         if self.resize_height_width is not None:
@@ -141,7 +148,7 @@ class Preprocessing:
         return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
-def _center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+def _center_crop(pixels: np.ndarray, height: int, width: int, spec: Preprocessing) -> np.ndarray:
     """Center crop an HWC array; pad with zeros around it when it is smaller than the crop."""
     h, w = pixels.shape[:2]
     if h < height or w < width:
@@ -150,7 +157,7 @@ def _center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
         padded[top : top + h, left : left + w] = pixels
         pixels = padded
         h, w = pixels.shape[:2]
-    top, left = (h - height) // 2, (w - width) // 2
+    top, left = spec.crop_offset(h - height), spec.crop_offset(w - width)
     return pixels[top : top + height, left : left + width]
 
 
@@ -177,7 +184,7 @@ def _resize_dropping_cropped_columns(
         return image.resize(size, resample=resample)
     if width != image.width:
         image = image.resize((width, image.height), resample=resample)
-    left = (width - crop_width) // 2
+    left = spec.crop_offset(width - crop_width)
     image = image.crop((left, 0, left + crop_width, image.height))
     if height != image.height:
         image = image.resize((crop_width, height), resample=resample)
@@ -204,7 +211,7 @@ def _resize_crop_window(image: Image.Image, size: tuple[int, int], spec: Preproc
             f"{width}x{height} image. Send an image with a less extreme aspect ratio."
         )
     crop_height, crop_width = spec.crop_height_width
-    left, top = (width - crop_width) // 2, (height - crop_height) // 2
+    left, top = spec.crop_offset(width - crop_width), spec.crop_offset(height - crop_height)
     scale_x, scale_y = image.width / width, image.height / height
     x0, x1 = left * scale_x, (left + crop_width) * scale_x
     y0, y1 = top * scale_y, (top + crop_height) * scale_y
@@ -236,12 +243,19 @@ def preprocess(
         image = _resize_dropping_cropped_columns(image, size, spec)
     pixels = np.asarray(image)
     if spec.crop_height_width is not None:
-        pixels = _center_crop(pixels, *spec.crop_height_width)
+        pixels = _center_crop(pixels, *spec.crop_height_width, spec)
     channels = pixels.transpose(2, 0, 1)  # views: CHW, and BGR if asked; the float pass copies once
     if spec.bgr:
         channels = channels[::-1]
     out = np.empty(channels.shape, dtype=np.float32)
-    np.multiply(channels, np.float32(spec.rescale_factor or 1.0), out=out)
+    factor = spec.rescale_factor or 1.0
+    if factor == 1 / 255:
+        # transformers computes float32(float64(v) * (1/255)); for every uint8 v that is the float32
+        # quotient v / 255 (tests/unit/test_preprocess.py), which is what timm's ToTensor gives too.
+        # Multiplying by float32(1/255) instead is off by one ulp for half of the values.
+        np.divide(channels, np.float32(255), out=out)
+    else:
+        out[...] = channels.astype(np.float64) * factor
     if spec.mean is not None and spec.std is not None:
         out -= np.asarray(spec.mean, dtype=np.float32)[:, None, None]
         out /= np.asarray(spec.std, dtype=np.float32)[:, None, None]

@@ -7,7 +7,7 @@ and converted folders) reads the one row here; the task's own behaviour lives in
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 ACTIVATIONS = ("swish", "silu", "relu", "gelu")
 
@@ -122,7 +122,7 @@ class Architecture:
     demo_resize: str = "crop"
     short_side_ratio: float = 288 / 256
     # Demo weights calibrated on procedural photos (app/tools/calibrate.py), or left as seeded.
-    calibrated_demo: bool = True
+    demo_calibration: Literal["whiten", "regions"] | None = "whiten"  # app/tools/calibrate.py
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -146,7 +146,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             head="deeplabv3",
             output_stride=16,
             short_side_ratio=1.0,
-            calibrated_demo=False,
+            demo_calibration="regions",
         ),
         Architecture(  # this project's own: no transformers port exists
             name="MobileViTV2SSD",
@@ -160,7 +160,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             image_size=320,
             head="ssdlite",
             head_config=SSDConfig,
-            calibrated_demo=False,
+            demo_calibration=None,
             demo_resize="whole",
         ),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -11,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from app.errors import CheckpointError
-from app.repository.model_dir import WEIGHT_FILES
+from app.repository.model_dir import MANIFEST_FILE, WEIGHT_FILES
 
 # Hub commits (main branch, weights present) pinned per repository; `--hub-revision` overrides. For
 # apple/mobilevitv2-1.0-imagenet1k-256 no full commit id of its main branch could be looked up when this
@@ -21,6 +22,10 @@ HUB_REVISIONS = {
     "apple/mobilevitv2-1.5-voc-deeplabv3": "040b399af6fcdc3a703791c94ceb3d06ba439953",
     "apple/mobilevitv2-2.0-imagenet1k-256": "7789b5046541cd70c26972eb5c80ce2683d81e8d",
 }
+
+# Hub checkpoints whose training pipeline is known, by id prefix: Apple's MobileViTv2 weights were
+# trained with ml-cvnets (docs/preprocessing.md).
+TRAINING_PIPELINES = {"apple/mobilevitv2-": "ml-cvnets"}
 
 # What a user without network access can run instead, written out in full.
 OFFLINE_ALTERNATIVE = (
@@ -80,6 +85,7 @@ def download_from_hub(
     try:
         with partial_folder(target) as partial:
             _download_hub_files(repo_id, revision, partial)
+            write_provenance(partial, repo_id, revision)
             if verify is not None:
                 verify(partial)
             move_into_place(partial, target)
@@ -95,6 +101,20 @@ def download_from_hub(
         with contextlib.suppress(OSError):  # an empty hub/ left by a failed first download
             target.parent.rmdir()
     return target
+
+
+def write_provenance(folder: Path, repo_id: str, revision: str | None) -> None:
+    """manifest.json for a Hub download: where it came from, and what its weights were trained with
+    (which picks its default preprocessing profile)."""
+    pipeline = next((p for prefix, p in TRAINING_PIPELINES.items() if repo_id.startswith(prefix)), None)
+    manifest = {
+        "source": f"https://huggingface.co/{repo_id}",
+        "revision": revision or "main",
+        "training_pipeline": pipeline,
+        "preprocessing_profile": "trained" if pipeline else "hf",
+        "fetched_by": "mvit fetch",
+    }
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
 def _download_hub_files(repo_id: str, revision: str | None, folder: Path) -> None:

@@ -7,6 +7,7 @@ A model folder holds a Hugging Face-format checkpoint:
     model.safetensors         weights (preferred), or pytorch_model.bin (loaded with weights_only=True)
     model.onnx                optional ONNX export (`mvit export`); model.int8.onnx, its INT8 version
     manifest.json             optional, written by this project: task, random_weights, provenance
+                              (source, training_pipeline)
 
 A folder for the ONNX backend alone (an edge box) may carry the ONNX files without the PyTorch weights.
 """
@@ -63,6 +64,20 @@ class ModelDir:
         if "task" in self.manifest:
             return str(self.manifest["task"])
         return ARCHITECTURES[self.architecture].task
+
+    @property
+    def training_pipeline(self) -> str | None:
+        """What the weights were trained with ("ml-cvnets" for Apple's), as the manifest records it;
+        folders converted from cvnets before the manifest said so count as ml-cvnets too."""
+        if "training_pipeline" in self.manifest:
+            return str(self.manifest["training_pipeline"])
+        return "ml-cvnets" if self.manifest.get("source_format") == "cvnets" else None
+
+    @property
+    def recorded_profile(self) -> str | None:
+        """The preprocessing profile the manifest names for this folder, if any (docs/preprocessing.md)."""
+        profile = self.manifest.get("preprocessing_profile")
+        return str(profile) if profile else None
 
     @property
     def random_weights(self) -> bool:

@@ -16,6 +16,7 @@ from app.backends import Backend, load_backend
 from app.config import Settings
 from app.errors import CheckpointError, InvalidInput, ModelLoading, ModelNotFound, shown
 from app.intake.preprocess import Preprocessing
+from app.intake.profiles import Profile, choose
 from app.metrics import Metrics
 from app.nn.configs import SSDConfig
 from app.repository import ModelDir, resolve
@@ -39,6 +40,8 @@ class ServedModel:
     model_dir: ModelDir
     backend: Backend
     preprocessing: Preprocessing
+    profile: Profile
+    profile_reason: str
     labels: list[str]
     width: float
     batcher: Batcher
@@ -78,7 +81,12 @@ class ServedModel:
             "source": self.model_dir.source,
             "path": str(self.model_dir.path),
             "random_weights": self.model_dir.random_weights,
-            "preprocessing": self.preprocessing.describe(),
+            "training_pipeline": self.model_dir.training_pipeline,
+            "preprocessing": {
+                "profile": self.profile,
+                "reason": self.profile_reason,
+                **self.preprocessing.describe(),
+            },
         }
 
 
@@ -92,9 +100,21 @@ def load_model(
     model_dir = resolve(source, settings.model_repository)
     if model_dir.task not in TASKS:
         raise CheckpointError(f"{model_dir.path}: task {model_dir.task!r} is not served by this version")
-    preprocessing = Preprocessing.from_hf_config(model_dir.preprocessor_config)
-    if preprocessing.fixed_input_size is None:
+    hf_preprocessing = Preprocessing.from_hf_config(model_dir.preprocessor_config)
+    if hf_preprocessing.fixed_input_size is None:
         raise CheckpointError(f"{model_dir.path}: preprocessing must produce a fixed input size (crop)")
+    try:
+        chosen = choose(
+            settings.preprocessing,
+            hf_preprocessing,
+            hf_preprocessing.fixed_input_size,
+            model_dir.task,
+            model_dir.training_pipeline,
+            model_dir.recorded_profile,
+        )
+    except ValueError as exc:
+        raise CheckpointError(f"{model_dir.path}: {exc}") from None
+    preprocessing = chosen.preprocessing
     labels = model_dir.labels
     backend = backend_loader(model_dir, settings)
     height, width = preprocessing.fixed_input_size
@@ -118,6 +138,8 @@ def load_model(
         model_dir=model_dir,
         backend=backend,
         preprocessing=preprocessing,
+        profile=chosen.profile,
+        profile_reason=chosen.reason,
         labels=labels,
         width=float(model_dir.config.get("width_multiplier", 1.0)),
         batcher=batcher,
@@ -217,12 +239,14 @@ class ModelManager:
                     random_weights=str(model_dir.random_weights).lower(),
                 ).set(1)
                 log.info(
-                    "model %s ready: %s, %s on %s, width %s, loaded in %.2fs%s",
+                    "model %s ready: %s, %s on %s, width %s, preprocessing %s (%s), loaded in %.2fs%s",
                     model.id,
                     task.name,
                     backend.name,
                     backend.device_type,
                     width,
+                    model.profile,
+                    model.profile_reason,
                     seconds,
                     " (RANDOM demo weights)" if model_dir.random_weights else "",
                 )

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from app.errors import CheckpointError
 from app.intake.preprocess import Preprocessing
+from app.intake.profiles import CVNETS_SHORT_SIDE
 from app.labels import labels_for
 from app.nn.configs import ARCHITECTURE_BY_TASK
 from app.repository.writer import hf_config, write_model_folder
@@ -168,9 +169,9 @@ def write_converted(
     dataset, labels = labels_for(info["num_classes"])
     size = image_size or architecture.image_size
     if architecture.task == "image-classification":
-        # cvnets' ImageNet evaluation: short side to 288/256 of the crop (bicubic), center crop.
+        # cvnets' ImageNet evaluation: short side to 288 for a 256 crop, 384 for 384 (bicubic), center crop.
         preprocessing = Preprocessing(
-            resize_shortest_edge=size * 288 // 256,
+            resize_shortest_edge=CVNETS_SHORT_SIDE.get(size, size * 288 // 256),
             resample=resample or 3,
             crop_height_width=(size, size),
             bgr=False,
@@ -194,6 +195,7 @@ def write_converted(
         "source_format": "cvnets",
         "source": source,
         "converted_by": "mvit convert",
+        "training_pipeline": "ml-cvnets",
         "upsample_align_corners": True,
     }
     tensors = {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(v) for k, v in state.items()}

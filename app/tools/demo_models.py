@@ -1,8 +1,9 @@
 """Models of the real MobileViTv2 architecture with seeded random weights, for offline demos and tests.
 
 Classifiers are calibrated on procedural photos (app/tools/calibrate.py) so that they answer like trained
-ones: logits of a trained-like scale whose winner changes from photo to photo. Their answers are still
-meaningless.
+ones: logits of a trained-like scale whose winner changes from photo to photo. Segmenters are fitted on
+procedural scenes, so their maps follow a photo's shapes in regions of several classes. Their answers are
+still meaningless.
 
 They are written in exactly the format the server loads (Hugging Face layout, safetensors), so
 `transformers` can load them too, and carry `manifest.json` with `"random_weights": true` so that
@@ -20,8 +21,9 @@ from app.labels import read_labels
 from app.nn.configs import ARCHITECTURE_BY_TASK
 from app.repository.writer import hf_config, write_model_folder
 
-# Procedural photos the demo weights are calibrated on (app/tools/calibrate.py).
+# Procedural photos (classifiers) and scenes (segmenters) the demo weights are calibrated on.
 CALIBRATION_PHOTOS = 16
+CALIBRATION_SCENES = 24
 
 
 def write_demo_model(
@@ -36,7 +38,7 @@ def write_demo_model(
 
     from app.nn.build import create_network
     from app.nn.mobilevitv2 import randomize_weights
-    from app.tools.calibrate import calibrate, procedural_photos
+    from app.tools.calibrate import calibrate, calibrate_regions, procedural_photos, procedural_scenes
 
     if task not in ARCHITECTURE_BY_TASK:
         raise ValueError(f"unknown task {task!r}: {', '.join(ARCHITECTURE_BY_TASK)}")
@@ -61,9 +63,13 @@ def write_demo_model(
         config.update(architecture.head_config().to_dict())
     model = create_network(architecture, config, len(labels)).eval()
     randomize_weights(model, seed, head_names=architecture.head_names)
-    if architecture.calibrated_demo:
+    if architecture.demo_calibration == "whiten":
         photos = [preprocess(photo, preprocessing) for photo in procedural_photos(CALIBRATION_PHOTOS, seed)]
         calibrate(model, architecture, torch.from_numpy(np.stack(photos)), seed)
+    elif architecture.demo_calibration == "regions":
+        scenes = list(procedural_scenes(CALIBRATION_SCENES, len(labels), size, seed))
+        batch = torch.from_numpy(np.stack([preprocess(image, preprocessing) for image, _ in scenes]))
+        calibrate_regions(model, architecture, batch, np.stack([regions for _, regions in scenes]))
     kind = "-".join(part for part in (architecture.dataset, architecture.head) if part)
     name = f"mobilevitv2-{width}-{kind}-{size}-random"
     manifest = {

@@ -64,6 +64,16 @@ def test_fetch_from_the_hub_verifies_and_registers(
     entries = served_models(make_settings(model_dir, models=[], model_repository=repository))
     assert [e.name for e in entries] == ["apple/mobilevitv2-1.0-voc-deeplabv3"]
     assert leftovers(repository) == []
+    manifest = json.loads(
+        (repository / "hub" / "apple--mobilevitv2-1.0-voc-deeplabv3" / "manifest.json").read_text()
+    )
+    assert manifest == {
+        "source": "https://huggingface.co/apple/mobilevitv2-1.0-voc-deeplabv3",
+        "revision": HUB_REVISIONS["apple/mobilevitv2-1.0-voc-deeplabv3"],
+        "training_pipeline": "ml-cvnets",
+        "preprocessing_profile": "trained",
+        "fetched_by": "mvit fetch",
+    }
     # Again, with an explicit revision: replaced in place, listed once.
     assert (
         main(
@@ -164,6 +174,7 @@ def test_fetch_from_cvnets_converts_and_verifies(tmp_path: Path, monkeypatch: py
     folder = repository / "cvnets-mobilevitv2-0.5-coco-ssdlite"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["task"] == "object-detection" and manifest["source"].startswith("https://docs-assets")
+    assert manifest["training_pipeline"] == "ml-cvnets"
     assert leftovers(repository) == []
     assert [e.name for e in served_models(make_settings(folder, models=[], model_repository=repository))] == [
         folder.name
@@ -184,6 +195,7 @@ def test_models_yaml_chooses_models_backends_and_batching(
         "    max_queue_size: 3\n"
         "    max_queue_delay_ms: 1.5\n"
         "    instances: 2\n"
+        "    preprocessing: trained\n"
         "  - name: mobilevitv2-0.5-coco-ssdlite-320-random\n"
     )
     with serving(repository / "classifier", models=[], model_repository=repository) as client:
@@ -195,7 +207,9 @@ def test_models_yaml_chooses_models_backends_and_batching(
         classifier = described[model_dir.name]
         assert (classifier["max_batch_size"], classifier["max_queue_size"]) == (2, 3)
         assert (classifier["max_queue_delay_ms"], classifier["instances"]) == (1.5, 2)
+        assert classifier["preprocessing"]["profile"] == "trained"
         detector = described["mobilevitv2-0.5-coco-ssdlite-320-random"]
+        assert detector["preprocessing"]["profile"] == "hf"
         assert (detector["max_batch_size"], detector["max_queue_size"], detector["instances"]) == (8, 64, 1)
 
 

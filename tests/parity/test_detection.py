@@ -28,7 +28,7 @@ from app.tasks.detection import (
     ssd_anchors,
 )
 from app.tools.convert import convert_cvnets_checkpoint
-from tests.support import CVNETS_FIXTURES, cvnets_fixture, encode, photo_like, serving
+from tests.support import CVNETS_FIXTURES, assert_matches, cvnets_fixture, encode, photo_like, serving
 
 FIXTURE = CVNETS_FIXTURES / "ssdlite_mobilevitv2_0.5_coco"
 needs_fixture = pytest.mark.usefixtures("cvnets_fixtures")
@@ -84,9 +84,9 @@ def test_converted_checkpoint_reproduces_cvnets(cvnets_ssd: Path) -> None:
         features = network.features(pixels)
         logits, regression = network(pixels)
     for feature, name in zip(features, ["os16", "os32", "os64", "os128", "os256", "os_global"], strict=True):
-        assert np.abs(feature.numpy() - np.load(FIXTURE / f"feat_{name}.npy")).max() <= 1e-4, name
-    for ours, file in ((logits, "cls_logits.npy"), (regression, "box_regression.npy")):
-        np.testing.assert_allclose(ours.numpy(), np.load(FIXTURE / file), atol=2e-4, rtol=1e-4)
+        assert_matches(feature, np.load(FIXTURE / f"feat_{name}.npy"), name)
+    assert_matches(logits, np.load(FIXTURE / "cls_logits.npy"))
+    assert_matches(regression, np.load(FIXTURE / "box_regression.npy"), "box_regression")
 
     detector = Detector.for_input(SSDConfig.from_dict(model_dir.config), 320, 320)
     detections = detector.detect(logits[0].numpy(), regression[0].numpy(), threshold=0.0)

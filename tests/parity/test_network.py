@@ -16,7 +16,7 @@ from app.nn.build import build_network
 from app.nn.configs import MobileViTV2Config
 from app.nn.mobilevitv2 import MobileViTBlock, randomize_weights
 from app.repository import CheckpointError, read_model_dir
-from tests.support import smooth_images
+from tests.support import assert_matches, smooth_images
 
 NUM_LABELS = 1000
 
@@ -61,7 +61,7 @@ def test_logits_match_transformers(tmp_path: Path, width: float, image_size: int
     # than the tolerance (random deep nets are dominated by biases, so the image effect is smaller).
     assert expected.std() > 0.5
     assert (expected[0] - expected[1]).abs().max() > 100 * 1e-4
-    assert (actual - expected).abs().max().item() <= 1e-4
+    assert_matches(actual, expected)
 
 
 @pytest.mark.parametrize("width", [0.75, 1.25, 1.5, 1.75, 2.0])
@@ -99,9 +99,7 @@ def test_pytorch_model_bin_loads_with_weights_only(tmp_path: Path) -> None:
     assert model_dir.weights.name == "pytorch_model.bin"
     pixels = smooth_images(1, 256, 256, seed=1)
     with torch.inference_mode():
-        assert torch.allclose(
-            build_network(model_dir)(pixels), reference(pixel_values=pixels).logits, atol=1e-4
-        )
+        assert_matches(build_network(model_dir)(pixels), reference(pixel_values=pixels).logits)
 
 
 class _Exploit:
@@ -139,4 +137,4 @@ def test_demo_model_loads_in_transformers_with_identical_logits(model_dir: Path)
     with torch.inference_mode():
         expected = reference.eval()(pixel_values=pixels).logits
         assert expected.std() > 0.5
-        assert (ours(pixels) - expected).abs().max() <= 1e-4
+        assert_matches(ours(pixels), expected)

@@ -16,14 +16,23 @@ from PIL import Image
 from transformers import MobileViTV2Config as HFConfig
 from transformers import MobileViTV2ForSemanticSegmentation as HFSegmenter
 
-from app.intake.preprocess import Preprocessing
+from app.backends.parity import tolerance
+from app.intake.preprocess import Preprocessing, preprocess
 from app.labels import read_labels
 from app.nn.build import build_network
 from app.nn.mobilevitv2 import randomize_weights
 from app.repository import read_model_dir
 from app.tasks.segmentation import label_map
 from app.tools.convert import convert_cvnets_checkpoint
-from tests.support import CVNETS_FIXTURES, cvnets_fixture, encode, photo_like, serving, smooth_images
+from tests.support import (
+    CVNETS_FIXTURES,
+    assert_matches,
+    cvnets_fixture,
+    encode,
+    photo_like,
+    serving,
+    smooth_images,
+)
 
 FIXTURES = CVNETS_FIXTURES
 needs_fixtures = pytest.mark.usefixtures("cvnets_fixtures")
@@ -55,7 +64,7 @@ def test_logits_match_transformers(tmp_path: Path, width: float) -> None:
     assert actual.shape == (2, 21, 32, 32)
     assert expected.std() > 0.5 and (expected[0] - expected[1]).abs().max() > 1e-2
     assert expected.argmax(dim=1).unique().numel() > 1  # more than one class on the map
-    assert (actual - expected).abs().max() <= 1e-4
+    assert_matches(actual, expected)
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +84,13 @@ def test_cvnets_deeplabv3_reproduces_the_reference(cvnets_voc: Path) -> None:
     network = build_network(model_dir)
     with torch.inference_mode():
         lowres = network(torch.from_numpy(np.load(fixture / "input.npy")))
-    assert np.abs(lowres.numpy() - np.load(fixture / "logits_lowres.npy")).max() <= 1e-4
+    assert_matches(lowres, np.load(fixture / "logits_lowres.npy"))
 
     # Full resolution: cvnets upsamples inside its head with align_corners=True.
     fullres = torch.nn.functional.interpolate(lowres, size=(512, 512), mode="bilinear", align_corners=True)[0]
     grid = json.loads((fixture / "meta.json").read_text())["fullres_subsample_indices_rows_and_cols"]
     sampled = fullres[:, grid][:, :, grid].numpy()
-    assert np.abs(sampled - np.load(fixture / "logits_fullres_subsampled.npy")[0]).max() <= 1e-4
+    assert_matches(sampled[None], np.load(fixture / "logits_fullres_subsampled.npy"))
 
     mask = label_map(lowres[0].numpy(), 512, 512, align_corners=True)
     reference = np.load(fixture / "mask.npy")
@@ -101,7 +110,17 @@ def test_cvnets_classifier_reproduces_the_reference(tmp_path: Path) -> None:
     )
     with torch.inference_mode():
         logits = build_network(model_dir)(torch.from_numpy(np.load(fixture / "input.npy")))
-    assert np.abs(logits.numpy() - np.load(fixture / "logits.npy")).max() <= 1e-4
+    assert_matches(logits, np.load(fixture / "logits.npy"))
+    assert model_dir.training_pipeline == "ml-cvnets"
+    # cvnets' ImageNet evaluation: short side 288 for a 256 crop, 384 for a 384 crop, bicubic, RGB.
+    assert model_dir.preprocessor_config["size"] == {"shortest_edge": 288}
+    at_384 = convert_cvnets_checkpoint(fixture / "state_dict.safetensors", tmp_path / "384", image_size=384)
+    config_384 = read_model_dir(at_384).preprocessor_config
+    assert config_384["size"] == {"shortest_edge": 384} and config_384["crop_size"] == {
+        "height": 384,
+        "width": 384,
+    }
+    assert config_384["resample"] == 3 and config_384["do_flip_channel_order"] is False
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
@@ -161,6 +180,17 @@ def check_segmentation(body: list, size: tuple[int, int], labels: list[str]) -> 
     return masks
 
 
+def near_ties(model_dir: Path, image: Image.Image) -> np.ndarray:
+    """Pixels whose two best classes, in the logits upsampled to the image, are closer than the parity
+    tolerance: there float32 noise alone may pick either, so a faithful port may label them otherwise."""
+    pixels = preprocess(image, Preprocessing.from_hf_config(read_model_dir(model_dir).preprocessor_config))
+    with torch.inference_mode():
+        logits = build_network(read_model_dir(model_dir))(torch.from_numpy(pixels[None]))
+        dense = torch.nn.functional.interpolate(logits, size=image.size[::-1], mode="bilinear")[0]
+    top2 = torch.topk(dense, 2, dim=0).values.numpy()
+    return (top2[0] - top2[1]) <= 2 * tolerance(logits.numpy())
+
+
 def test_masks_match_the_transformers_pipeline(seg_client: TestClient, seg_model_dir: Path) -> None:
     from transformers import pipeline
 
@@ -169,14 +199,17 @@ def test_masks_match_the_transformers_pipeline(seg_client: TestClient, seg_model
     checked = 0
     for seed, size in enumerate([(640, 480), (375, 500), (512, 512)]):
         data = encode(photo_like(*size, seed=20 + seed), "PNG")
-        expected = segmenter(Image.open(io.BytesIO(data)), subtask="semantic")
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+        expected = segmenter(image, subtask="semantic")
         response = seg_client.post("/segment", content=data)
         assert response.status_code == 200, response.text
         masks = check_segmentation(response.json(), size, labels)
         assert [e["label"] for e in response.json()] == [e["label"] for e in expected]
+        ties = near_ties(seg_model_dir, image)
+        assert ties.mean() < 1e-3  # the exemption is for a handful of boundary pixels
         for mask, reference in zip(masks, expected, strict=True):
             ours, theirs = mask > 0, np.asarray(reference["mask"]) > 0
-            assert (ours & theirs).sum() / max(1, (ours | theirs).sum()) >= 0.999
+            assert not ((ours != theirs) & ~ties).any()  # the same class wherever it is not a tie
             checked += 1
     assert checked >= 4  # several classes took part, not one flat mask
 

@@ -1,5 +1,6 @@
-"""Demo classifiers answer like trained ones (app/tools/calibrate.py): logits of a trained-like scale that
-depend on the photo as much as on the class, and a winner that changes from photo to photo."""
+"""Demo models answer like trained ones (app/tools/calibrate.py). Classifiers: logits of a trained-like
+scale that depend on the photo as much as on the class, and a winner that changes from photo to photo.
+Segmenters: maps of coherent regions of several classes whose foreground overlaps the shapes of unseen\nscenes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 
 from app.runtime.models import load_model
 from app.runtime.pipeline import prepare
+from app.tools.calibrate import procedural_scenes
 from app.tools.demo_models import write_demo_model
+from scripts.demo_model_stats import foreground_overlap, region_stats
 from tests.support import encode, make_settings, photo_like
 
 
@@ -37,3 +40,33 @@ def test_logits_depend_on_the_photo_as_much_as_on_the_class(logits: np.ndarray) 
 def test_calibration_is_deterministic(tmp_path: Path, model_dir: Path) -> None:
     again = write_demo_model(tmp_path, "image-classification", width=0.5, seed=0)
     assert (again / "model.safetensors").read_bytes() == (model_dir / "model.safetensors").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def scene_maps(seg_model_dir: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The session's demo segmenter's label maps (at the logits' resolution) on 4 procedural scenes it
+    was not fitted on, and the scenes' true class maps at the same resolution."""
+    model = load_model(str(seg_model_dir), make_settings(seg_model_dir))
+    size = int(model.model_dir.config["image_size"])
+    scenes = list(procedural_scenes(4, len(model.labels), size, seed=1000))
+    maps = [
+        model.backend.infer(prepare(model, encode(image), 10**8).tensor[None])["logits"][0].argmax(axis=0)
+        for image, _ in scenes
+    ]
+    step = size // maps[0].shape[0]
+    return maps, [regions[step // 2 :: step, step // 2 :: step] for _, regions in scenes]
+
+
+def test_segmentation_maps_are_coherent_regions_of_several_classes(
+    scene_maps: tuple[list[np.ndarray], list[np.ndarray]],
+) -> None:
+    for label_map in scene_maps[0]:
+        classes, agreement = region_stats(label_map)
+        assert classes >= 3 and agreement >= 0.75, (classes, agreement)
+
+
+def test_segmentation_foreground_overlaps_the_shapes(
+    scene_maps: tuple[list[np.ndarray], list[np.ndarray]],
+) -> None:
+    overlaps = [foreground_overlap(m, t) for m, t in zip(*scene_maps, strict=True)]
+    assert np.mean(overlaps) >= 0.15, overlaps

@@ -32,8 +32,22 @@ def test_matches_transformers_processor(config: dict, size: tuple[int, int]) -> 
     actual = preprocess(image, Preprocessing.from_hf_config(config))
     assert actual.dtype == np.float32 and actual.flags.c_contiguous
     assert actual.shape == expected.shape
-    assert np.abs(actual - expected).max() <= 1e-5
+    assert np.array_equal(actual, expected)  # bit for bit
     assert actual.std() > 0.05  # a real image, not a blank
+
+
+def test_dividing_by_255_is_transformers_rescale_for_every_byte() -> None:
+    values = np.arange(256, dtype=np.uint8)
+    transformers_way = (values.astype(np.float64) * (1 / 255)).astype(np.float32)
+    assert np.array_equal(values / np.float32(255), transformers_way)
+    assert not np.array_equal(values * np.float32(1 / 255), transformers_way)  # why it divides
+
+
+def test_other_rescale_factors_follow_transformers_formula() -> None:
+    image = photo_like(300, 200, seed=4)
+    config = {"size": 256, "crop_size": 256, "rescale_factor": 1 / 127.5, "do_flip_channel_order": False}
+    expected = MobileViTImageProcessorPil(**config)(image, return_tensors="np")["pixel_values"][0]
+    assert np.array_equal(preprocess(image, Preprocessing.from_hf_config(config)), expected)
 
 
 def test_bgr_flip_and_rgb() -> None:
