@@ -90,7 +90,7 @@ def choose(
             if training_pipeline
             else "no training pipeline recorded"
         )
-        return Chosen("hf", hf_preprocessing, f"default: preprocessor_config.json ({why})")
+        return Chosen("hf", hf_preprocessing, f"default: preprocessor_config.json, {why}")
     reason = (
         "requested" if requested == "trained" else f"default for weights trained with {training_pipeline}"
     )
