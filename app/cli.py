@@ -1,4 +1,4 @@
-"""`mvit`: serve, fetch, demo-models, convert, export, predict."""
+"""`mvit`: serve, fetch, demo-models, convert, export, predict, tune."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Callable, Iterable
 from enum import Enum
@@ -247,6 +248,49 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # The settings `mvit predict` takes: which model, and how to load and feed it.
+def cmd_tune(args: argparse.Namespace) -> int:
+    from app.errors import CheckpointError
+    from app.intake.preprocess import Preprocessing
+    from app.repository import resolve
+    from app.tools.tune import tune
+
+    settings = _tool_settings(args)
+    threads = settings.inference_threads
+    instance_counts = args.instance_counts or sorted({n for n in (1, 2, 4, threads) if n <= threads})
+    try:
+        model_dir = resolve(args.model, settings.model_repository)
+        input_size = Preprocessing.from_hf_config(model_dir.preprocessor_config).fixed_input_size
+        if input_size is None:
+            raise CheckpointError(f"{model_dir.path}: preprocessing must produce a fixed input size (crop)")
+        record, best = tune(
+            model_dir,
+            settings,
+            input_size,
+            args.batch_sizes,
+            instance_counts,
+            args.seconds,
+            args.rounds,
+            args.latency_slack,
+            command=shlex.join(["mvit", *args.argv]),
+            progress=lambda line: print(line, file=sys.stderr),
+        )
+    except (OSError, CheckpointError) as exc:
+        print(f"mvit tune: {exc}", file=sys.stderr)
+        return 1
+    print(f"machine: {record.key.describe()}")
+    for row in record.measured:
+        print(
+            f"  batch {row['max_batch_size']}, instances {row['instances']}, spinning "
+            f"{'on' if row['onnx_allow_spinning'] else 'off'}: {row['images_per_s']} img/s "
+            f"({row['images_per_s_range'][0]}-{row['images_per_s_range'][1]}), lone request {row['lone_latency_ms']} ms"
+        )
+    print(
+        f"chosen: {record.chosen} ({best.throughput:.1f} img/s, lone request {best.lone_latency_ms:.1f} ms)"
+    )
+    print(f"recorded in {model_dir.path / 'tuning.json'}; `mvit serve` applies it on this machine")
+    return 0
+
+
 PREDICT_SETTINGS = (
     "models",
     "model_repository",
@@ -414,6 +458,42 @@ def add_predict_command(sub: Any) -> None:
     predict.set_defaults(func=cmd_predict)
 
 
+def add_tune_command(sub: Any) -> None:
+    tune = sub.add_parser(
+        "tune",
+        allow_abbrev=False,
+        help="measure a model's best batch size, instances and spin policy on this machine; record them",
+    )
+    tune.add_argument("model", metavar="FOLDER", help="model folder (or a model the repository holds)")
+    add_setting_flags(
+        tune,
+        ("model_repository", "backend", "device", "onnx_precision", "onnx_optimization", "inference_threads"),
+    )
+
+    def sizes(text: str) -> list[int]:
+        values = [int(part) for part in text.split(",") if part.strip()]
+        if not values or min(values) < 1:
+            raise argparse.ArgumentTypeError("give positive integers, comma-separated")
+        return values
+
+    tune.add_argument("--batch-sizes", type=sizes, default=[1, 2, 4, 8], help="default 1,2,4,8")
+    tune.add_argument(
+        "--instances",
+        dest="instance_counts",
+        type=sizes,
+        help="instance counts to try (ONNX Runtime); default 1, 2, 4 and the threads",
+    )
+    tune.add_argument("--seconds", type=float, default=3.0, help="per configuration and round (default 3)")
+    tune.add_argument("--rounds", type=int, default=3, help="rounds over the grid, rotated (default 3)")
+    tune.add_argument(
+        "--latency-slack",
+        type=float,
+        default=0.25,
+        help="how much slower than the best a lone request may be in the chosen configuration (default 0.25)",
+    )
+    tune.set_defaults(func=cmd_tune)
+
+
 COMMANDS = (
     add_serve_command,
     add_demo_models_command,
@@ -421,11 +501,14 @@ COMMANDS = (
     add_fetch_command,
     add_export_command,
     add_predict_command,
+    add_tune_command,
 )
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     return int(args.func(args))
 
 

@@ -30,3 +30,16 @@ def available_cpus() -> int:
     if limit is not None:
         cpus = min(cpus, max(1, math.ceil(limit)))
     return max(1, cpus)
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as lscpu and /proc/cpuinfo give it ("AMD EPYC", "Intel(R) Xeon(R) ...")."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown CPU"

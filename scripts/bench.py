@@ -150,14 +150,14 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     from app.config import Settings
-    from app.cpus import available_cpus
+    from app.cpus import available_cpus, cpu_model
     from app.intake.decode import decode
     from app.intake.preprocess import preprocess
     from app.runtime.models import load_model
 
     print(f"$ {command_line()}")
     print(
-        f"{time.strftime('%Y-%m-%d')}; {os.cpu_count()} cores, {available_cpus()} usable; {platform.machine()}, "
+        f"{time.strftime('%Y-%m-%d')}; {cpu_model()}, {os.cpu_count()} cores, {available_cpus()} usable; {platform.machine()}, "
         f"Python {platform.python_version()}; backend {args.backend}"
     )
     images = {name: bench_set(name) for name in args.images}

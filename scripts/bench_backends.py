@@ -42,7 +42,7 @@ def main() -> None:
     import numpy as np
 
     from app.config import Settings
-    from app.cpus import available_cpus
+    from app.cpus import available_cpus, cpu_model
     from app.intake.preprocess import preprocess
     from app.repository import ONNX_FILES
     from app.runtime.models import load_model
@@ -51,7 +51,7 @@ def main() -> None:
     threads = args.threads or available_cpus()
     print(f"$ {command_line()}")
     print(
-        f"machine: {os.cpu_count()} cores, {available_cpus()} usable by this process, {threads} intra-op threads; "
+        f"machine: {cpu_model()}, {os.cpu_count()} cores, {available_cpus()} usable by this process, {threads} intra-op threads; "
         f"{platform.machine()}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
     )
     versions = []

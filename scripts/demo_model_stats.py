@@ -10,23 +10,15 @@ its maps are and how well they follow the shapes of scenes it was not fitted on.
 from __future__ import annotations
 
 import argparse
-import platform
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from app.cpus import cpu_model
 from scripts._common import command_line, jpeg
 
 if TYPE_CHECKING:
     from app.runtime.models import ServedModel
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ A new backend is a module here with a `load(model_dir, settings)` function and a
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +38,23 @@ class Backend(Protocol):
 class BackendSpec:
     module: str  # under app.backends
     extra: str  # the pip extra that installs `packages`
-    packages: tuple[str, ...]  # what serving with it imports
+    packages: tuple[str, ...]  # what serving with it imports; the first is the runtime
 
 
 BACKENDS = {
     "torch": BackendSpec("torch_backend", "torch", ("torch", "safetensors")),
     "onnx": BackendSpec("onnx_backend", "onnx", ("onnxruntime",)),
 }
+
+
+def runtime_version(name: str) -> str:
+    """The backend's runtime and its version, e.g. "onnxruntime 1.23.2" (tuning records are keyed by it)."""
+    package = BACKENDS[name].packages[0]
+    try:
+        return f"{package} {importlib.metadata.version(package)}"
+    except importlib.metadata.PackageNotFoundError:  # e.g. onnxruntime-gpu, or a source build
+        module = importlib.import_module(package)
+        return f"{package} {getattr(module, '__version__', 'unknown')}"
 
 
 def require_backend(name: str) -> None:

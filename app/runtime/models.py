@@ -22,6 +22,7 @@ from app.nn.configs import SSDConfig
 from app.repository import ModelDir, resolve
 from app.repository.models_yaml import served_models
 from app.runtime.batcher import Batcher
+from app.runtime.tuned import Tuning, apply_tuning
 from app.tasks import TASKS, Task
 from app.tasks.detection import Detector
 
@@ -42,6 +43,7 @@ class ServedModel:
     preprocessing: Preprocessing
     profile: Profile
     profile_reason: str
+    tuning: Tuning
     labels: list[str]
     width: float
     batcher: Batcher
@@ -81,6 +83,7 @@ class ServedModel:
             "source": self.model_dir.source,
             "path": str(self.model_dir.path),
             "random_weights": self.model_dir.random_weights,
+            "tuning": self.tuning.describe(self.model_dir),
             "training_pipeline": self.model_dir.training_pipeline,
             "preprocessing": {
                 "profile": self.profile,
@@ -116,6 +119,7 @@ def load_model(
         raise CheckpointError(f"{model_dir.path}: {exc}") from None
     preprocessing = chosen.preprocessing
     labels = model_dir.labels
+    settings, tuning = apply_tuning(model_dir, settings)
     backend = backend_loader(model_dir, settings)
     height, width = preprocessing.fixed_input_size
     warm_up = np.zeros((1, 3, height, width), dtype=np.float32)  # the first call of a session allocates
@@ -140,6 +144,7 @@ def load_model(
         preprocessing=preprocessing,
         profile=chosen.profile,
         profile_reason=chosen.reason,
+        tuning=tuning,
         labels=labels,
         width=float(model_dir.config.get("width_multiplier", 1.0)),
         batcher=batcher,
@@ -239,7 +244,7 @@ class ModelManager:
                     random_weights=str(model_dir.random_weights).lower(),
                 ).set(1)
                 log.info(
-                    "model %s ready: %s, %s on %s, width %s, preprocessing %s (%s), loaded in %.2fs%s",
+                    "model %s ready: %s, %s on %s, width %s, preprocessing %s (%s), %s, loaded in %.2fs%s",
                     model.id,
                     task.name,
                     backend.name,
@@ -247,6 +252,9 @@ class ModelManager:
                     width,
                     model.profile,
                     model.profile_reason,
+                    f"tuned for this machine ({model.tuning.applied or 'nothing left to apply'})"
+                    if model.tuning.record
+                    else f"not tuned: {model.tuning.describe(model_dir)['hint']}",
                     seconds,
                     " (RANDOM demo weights)" if model_dir.random_weights else "",
                 )

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
-from tests.support import cvnets_fixture, encode, mvit, photo_like
+from tests.support import cvnets_fixture, encode, mvit, photo_like, serving
 
 
 def test_demo_models_writes_loadable_random_models(tmp_path: Path) -> None:
@@ -85,3 +86,33 @@ def test_convert_refuses_pickles_and_foreign_checkpoints(tmp_path: Path) -> None
     torch.save({"fc.weight": torch.zeros(2, 2)}, foreign)
     result = mvit("convert", str(foreign), str(tmp_path / "out"))
     assert result.returncode == 1 and "unknown keys (fc.weight)" in result.stderr
+
+
+def test_tune_measures_records_and_the_server_applies_it(model_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    result = mvit(
+        "tune", str(folder), "--backend", "onnx", "--seconds", "0.1", "--rounds", "2", "--batch-sizes", "1,2",
+        "--instances", "1,2", "--inference-threads", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "recorded in" in result.stdout and "round 2/2" in result.stderr
+    record = json.loads((folder / "tuning.json").read_text())["records"][0]
+    assert record["key"]["backend"] == "onnx" and record["key"]["threads"] == 2
+    assert record["command"].startswith("mvit tune ") and len(record["measured"]) == 8  # 2 x 2 x 2
+    assert all(len(row["images_per_s_range"]) == 2 and row["images_per_s"] > 0 for row in record["measured"])
+    chosen = record["chosen"]
+    with serving(folder, backend="onnx") as client:
+        described = client.get("/models").json()[0]
+    assert described["tuning"]["tuned"] is True and described["tuning"]["applied"] == chosen
+    assert (described["max_batch_size"], described["instances"]) == (
+        chosen["max_batch_size"],
+        chosen["instances"],
+    )
+
+
+def test_tune_fails_clearly(tmp_path: Path) -> None:
+    missing = mvit("tune", str(tmp_path / "nope"))
+    assert missing.returncode == 1 and missing.stderr.startswith("mvit tune: ")
+    bad_sizes = mvit("tune", str(tmp_path), "--batch-sizes", "0,2")
+    assert bad_sizes.returncode == 2 and "give positive integers" in bad_sizes.stderr

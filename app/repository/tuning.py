@@ -1,0 +1,82 @@
+"""`tuning.json` in a model folder: the serving configuration `mvit tune` measured best, per machine.
+
+The best batch size, instance count and spin policy depend on the CPU, its core count and the runtime's
+version, so each record is keyed by all of them, and the server applies only a record whose key matches
+the machine it runs on (docs/performance.md, "mvit tune").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.errors import CheckpointError
+
+TUNING_FILE = "tuning.json"
+# The settings a record may choose; whatever the operator sets explicitly wins over it.
+TUNED_SETTINGS = ("max_batch_size", "instances", "onnx_allow_spinning")
+
+
+@dataclass(frozen=True)
+class MachineKey:
+    """What a measurement holds for: the same model on another CPU or runtime needs its own."""
+
+    cpu: str  # lscpu's model name
+    threads: int  # inference threads (default: the CPUs this process may use)
+    backend: str
+    precision: str
+    runtime: str  # e.g. "onnxruntime 1.23.2"
+
+    def describe(self) -> str:
+        return f"{self.cpu}, {self.threads} threads, {self.backend} {self.precision}, {self.runtime}"
+
+
+@dataclass(frozen=True)
+class TuningRecord:
+    key: MachineKey
+    chosen: dict[str, Any]  # settings from TUNED_SETTINGS
+    measured: list[dict[str, Any]] = field(default_factory=list)  # one row per configuration tried
+    tuned_at: str = ""
+    command: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TuningRecord:
+        chosen = {k: v for k, v in data["chosen"].items() if k in TUNED_SETTINGS}
+        return cls(
+            MachineKey(**data["key"]),
+            chosen,
+            list(data.get("measured", [])),
+            str(data.get("tuned_at", "")),
+            str(data.get("command", "")),
+        )
+
+
+def read_records(folder: Path) -> list[TuningRecord]:
+    path = folder / TUNING_FILE
+    if not path.is_file():
+        return []
+    try:
+        return [TuningRecord.from_dict(r) for r in json.loads(path.read_text(encoding="utf-8"))["records"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"{path} is not a tuning file `mvit tune` wrote ({type(exc).__name__}: {exc}); "
+            "delete it or run `mvit tune` again"
+        ) from None
+
+
+def find_record(folder: Path, key: MachineKey) -> TuningRecord | None:
+    return next((r for r in read_records(folder) if r.key == key), None)
+
+
+def write_record(folder: Path, record: TuningRecord) -> Path:
+    """Add `record` to the folder's tuning file, replacing one for the same machine."""
+    records = [r for r in read_records(folder) if r.key != record.key] + [record]
+    path = folder / TUNING_FILE
+    temporary = path.with_suffix(".json.partial")
+    temporary.write_text(
+        json.dumps({"records": [asdict(r) for r in records]}, indent=2) + "\n", encoding="utf-8"
+    )
+    temporary.replace(path)
+    return path

@@ -1,0 +1,57 @@
+"""Apply a model folder's `mvit tune` record for this machine, where the operator left the setting alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from app.backends import runtime_version
+from app.config import Settings
+from app.cpus import cpu_model
+from app.repository import ModelDir
+from app.repository.tuning import MachineKey, TuningRecord, find_record
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What a model's serving configuration owes to `mvit tune`."""
+
+    key: MachineKey
+    record: TuningRecord | None
+    applied: dict[str, Any]  # the record's choices the operator did not override
+
+    def describe(self, model_dir: ModelDir) -> dict[str, Any]:
+        if self.record is None:
+            return {
+                "tuned": False,
+                "machine": self.key.describe(),
+                "hint": f"measure the best batch size and instances here: `mvit tune {model_dir.path} "
+                f"--backend {self.key.backend}`",
+            }
+        return {
+            "tuned": True,
+            "machine": self.key.describe(),
+            "tuned_at": self.record.tuned_at,
+            "chosen": self.record.chosen,
+            "applied": self.applied,
+        }
+
+
+def machine_key(settings: Settings) -> MachineKey:
+    precision = settings.onnx_precision if settings.backend == "onnx" else "fp32"
+    return MachineKey(
+        cpu_model(),
+        settings.inference_threads,
+        settings.backend,
+        precision,
+        runtime_version(settings.backend),
+    )
+
+
+def apply_tuning(model_dir: ModelDir, settings: Settings) -> tuple[Settings, Tuning]:
+    key = machine_key(settings)
+    record = find_record(model_dir.path, key)
+    if record is None:
+        return settings, Tuning(key, None, {})
+    applied = {name: value for name, value in record.chosen.items() if name not in settings.model_fields_set}
+    return settings.model_copy(update=applied), Tuning(key, record, applied)

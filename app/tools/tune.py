@@ -1,0 +1,191 @@
+"""`mvit tune`: measure a model's raw backend on this machine and record the best serving configuration.
+
+Like Triton's Model Analyzer, built in. Every configuration (instances x spin policy, then batch sizes)
+runs the backend exactly as the batcher does under load: `instances` callers at once, each running
+batches of the given size on its share of the threads. A lone request's latency is measured too: alone,
+the batcher runs it on every thread. The machine is shared and noisy, so the whole grid runs `rounds`
+times in rotated order and each figure is the median over rounds.
+
+The choice: the highest throughput among configurations whose lone latency stays within
+`latency_slack` of the best lone latency (fewer threads per instance make a lone request slower). It is
+written to the folder's tuning.json, keyed by CPU model, thread count, backend, precision and runtime
+version (app/repository/tuning.py); `mvit serve` applies it where no setting says otherwise.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from app.backends import Backend, load_backend
+from app.config import Settings
+from app.repository import ModelDir
+from app.repository.tuning import TuningRecord, write_record
+from app.runtime.tuned import machine_key
+
+
+@dataclass(frozen=True)
+class Configuration:
+    instances: int
+    spinning: bool
+    batch: int
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "max_batch_size": self.batch,
+            "instances": self.instances,
+            "onnx_allow_spinning": self.spinning,
+        }
+
+
+@dataclass
+class Measurement:
+    configuration: Configuration
+    throughputs: list[float]  # images/s, one per round
+    lone_latencies_ms: list[float]  # p50 of a lone batch-1 request, one per round
+
+    @property
+    def throughput(self) -> float:
+        return statistics.median(self.throughputs)
+
+    @property
+    def lone_latency_ms(self) -> float:
+        return statistics.median(self.lone_latencies_ms)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            **self.configuration.settings(),
+            "images_per_s": round(self.throughput, 2),
+            "images_per_s_range": [round(min(self.throughputs), 2), round(max(self.throughputs), 2)],
+            "lone_latency_ms": round(self.lone_latency_ms, 2),
+        }
+
+
+def closed_loop(backend: Backend, batch: np.ndarray, callers: int, seconds: float) -> float:
+    """Images per second with `callers` threads each running `batch` back to back for `seconds`."""
+    infer: Callable[[np.ndarray], object] = backend.infer_on_instance if callers > 1 else backend.infer
+    done = [0] * callers
+    deadline = time.perf_counter() + seconds
+
+    def caller(index: int) -> None:
+        while time.perf_counter() < deadline:
+            infer(batch)
+            done[index] += len(batch)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(done) / (time.perf_counter() - started)
+
+
+def lone_latency_ms(backend: Backend, image: np.ndarray, seconds: float) -> float:
+    times = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times) < 3:
+        started = time.perf_counter()
+        backend.infer(image)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def rotated(items: list[Any], by: int) -> Iterator[Any]:
+    shift = by % len(items) if items else 0
+    yield from items[shift:] + items[:shift]
+
+
+def measure(
+    model_dir: ModelDir,
+    settings: Settings,
+    input_size: tuple[int, int],
+    batch_sizes: list[int],
+    instance_counts: list[int],
+    spin_policies: list[bool],
+    seconds: float,
+    rounds: int,
+    progress: Callable[[str], None] = print,
+) -> list[Measurement]:
+    """Every configuration, `rounds` times, with the backends loaded once per (instances, spinning)."""
+    backends = {
+        (instances, spinning): load_backend(
+            model_dir, settings.model_copy(update={"instances": instances, "onnx_allow_spinning": spinning})
+        )
+        for instances in instance_counts
+        for spinning in spin_policies
+    }
+    rng = np.random.default_rng(0)
+    inputs = {b: rng.random((b, 3, *input_size), dtype=np.float32) for b in {1, *batch_sizes}}
+    results: dict[Configuration, Measurement] = {}
+    for round_index in range(rounds):
+        for (_, spinning), backend in rotated(list(backends.items()), round_index):
+            backend.infer(inputs[1])  # first runs allocate
+            lone = lone_latency_ms(backend, inputs[1], seconds / 2)
+            for batch in rotated(batch_sizes, round_index):
+                configuration = Configuration(backend.instances, spinning, batch)
+                throughput = closed_loop(backend, inputs[batch], backend.instances, seconds)
+                entry = results.setdefault(configuration, Measurement(configuration, [], []))
+                entry.throughputs.append(throughput)
+                entry.lone_latencies_ms.append(lone)
+                progress(
+                    f"round {round_index + 1}/{rounds}: instances {backend.instances}, spinning "
+                    f"{'on' if spinning else 'off'}, batch {batch}: {throughput:.1f} img/s, lone request {lone:.1f} ms"
+                )
+    return list(results.values())
+
+
+def choose(measurements: list[Measurement], latency_slack: float) -> Measurement:
+    """The best throughput whose lone latency is within `latency_slack` of the best lone latency."""
+    best_latency = min(m.lone_latency_ms for m in measurements)
+    eligible = [m for m in measurements if m.lone_latency_ms <= best_latency * (1 + latency_slack)]
+    return max(eligible, key=lambda m: (m.throughput, -m.configuration.batch))
+
+
+def tune(
+    model_dir: ModelDir,
+    settings: Settings,
+    input_size: tuple[int, int],
+    batch_sizes: list[int],
+    instance_counts: list[int],
+    seconds: float,
+    rounds: int,
+    latency_slack: float,
+    command: str,
+    progress: Callable[[str], None] = print,
+) -> tuple[TuningRecord, Measurement]:
+    """Measure, choose, and write the record into the model folder's tuning.json."""
+    onnx = settings.backend == "onnx"
+    instance_counts = instance_counts if onnx else [1]  # torch's threads are per process: one instance
+    spin_policies = [False, True] if onnx else [False]
+    measurements = measure(
+        model_dir,
+        settings,
+        input_size,
+        batch_sizes,
+        instance_counts,
+        spin_policies,
+        seconds,
+        rounds,
+        progress,
+    )
+    best = choose(measurements, latency_slack)
+    chosen = best.configuration.settings()
+    if not onnx:
+        chosen = {"max_batch_size": chosen["max_batch_size"]}
+    record = TuningRecord(
+        key=machine_key(settings),
+        chosen=chosen,
+        measured=[m.row() for m in sorted(measurements, key=lambda m: -m.throughput)],
+        tuned_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        command=command,
+    )
+    write_record(model_dir.path, record)
+    return record, best

@@ -1,0 +1,92 @@
+"""`mvit tune` records (app/repository/tuning.py), the choice (app/tools/tune.py), and how the server
+applies a record (app/runtime/tuned.py): only on the machine it was measured on, never over an explicit
+setting."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.errors import CheckpointError
+from app.repository import read_model_dir
+from app.repository.tuning import (
+    TUNING_FILE,
+    MachineKey,
+    TuningRecord,
+    find_record,
+    read_records,
+    write_record,
+)
+from app.runtime.tuned import apply_tuning, machine_key
+from app.tools.tune import Configuration, Measurement, choose
+from tests.support import make_settings
+
+KEY = MachineKey("Some CPU", 2, "onnx", "fp32", "onnxruntime 1.0")
+
+
+def measured(instances: int, batch: int, throughput: float, latency: float) -> Measurement:
+    return Measurement(Configuration(instances, False, batch), [throughput], [latency])
+
+
+def test_records_are_kept_per_machine(tmp_path: Path) -> None:
+    write_record(tmp_path, TuningRecord(KEY, {"max_batch_size": 4}))
+    other = MachineKey("Other CPU", 16, "onnx", "fp32", "onnxruntime 1.0")
+    write_record(tmp_path, TuningRecord(other, {"max_batch_size": 8}))
+    write_record(tmp_path, TuningRecord(KEY, {"max_batch_size": 2}))  # replaces the first
+    assert [r.chosen for r in read_records(tmp_path)] == [{"max_batch_size": 8}, {"max_batch_size": 2}]
+    assert find_record(tmp_path, KEY) == TuningRecord(KEY, {"max_batch_size": 2})
+    assert find_record(tmp_path, MachineKey("Some CPU", 4, "onnx", "fp32", "onnxruntime 1.0")) is None
+
+
+def test_a_damaged_tuning_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / TUNING_FILE).write_text('{"records": [{"key": {}}]}')
+    with pytest.raises(CheckpointError, match="is not a tuning file `mvit tune` wrote"):
+        read_records(tmp_path)
+
+
+def test_the_choice_is_the_fastest_that_keeps_a_lone_request_fast() -> None:
+    fast_but_slow_alone = measured(4, 8, throughput=120, latency=40)
+    best = measured(2, 4, throughput=100, latency=11)
+    lowest_latency = measured(1, 1, throughput=60, latency=10)
+    assert choose([fast_but_slow_alone, best, lowest_latency], latency_slack=0.25) is best
+    assert choose([fast_but_slow_alone, best, lowest_latency], latency_slack=4.0) is fast_but_slow_alone
+
+
+def test_ties_prefer_the_smaller_batch() -> None:
+    small, large = measured(2, 1, 100, 10), measured(2, 8, 100, 10)
+    assert choose([large, small], latency_slack=0.25) is small
+
+
+@pytest.fixture
+def folder(model_dir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    return copy
+
+
+def test_a_record_for_this_machine_is_applied_where_nothing_says_otherwise(folder: Path) -> None:
+    settings = make_settings(folder, backend="onnx")
+    write_record(folder, TuningRecord(machine_key(settings), {"max_batch_size": 2, "instances": 1}))
+    tuned, tuning = apply_tuning(read_model_dir(folder), settings)
+    assert (tuned.max_batch_size, tuned.instances) == (2, 1)
+    assert tuning.describe(read_model_dir(folder))["applied"] == {"max_batch_size": 2, "instances": 1}
+
+    explicit = make_settings(folder, backend="onnx", max_batch_size=8)
+    tuned, tuning = apply_tuning(read_model_dir(folder), explicit)
+    assert (tuned.max_batch_size, tuned.instances) == (8, 1)  # the operator's setting wins
+    assert tuning.applied == {"instances": 1}
+
+
+def test_a_record_from_another_machine_is_not_applied(folder: Path) -> None:
+    settings = make_settings(folder, backend="onnx")
+    write_record(folder, TuningRecord(KEY, {"max_batch_size": 2}))
+    tuned, tuning = apply_tuning(read_model_dir(folder), settings)
+    assert tuned is settings and tuning.record is None
+    described = tuning.describe(read_model_dir(folder))
+    assert (
+        described["tuned"] is False
+        and described["hint"]
+        == f"measure the best batch size and instances here: `mvit tune {folder} --backend onnx`"
+    )
