@@ -279,9 +279,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 1
     print(f"machine: {record.key.describe()}")
     for row in record.measured:
+        onnx_only = (
+            f", instances {row['instances']}, spinning {'on' if row['onnx_allow_spinning'] else 'off'}"
+            if record.key.backend == "onnx"
+            else ""
+        )
         print(
-            f"  batch {row['max_batch_size']}, instances {row['instances']}, spinning "
-            f"{'on' if row['onnx_allow_spinning'] else 'off'}: {row['images_per_s']} img/s "
+            f"  batch {row['max_batch_size']}{onnx_only}: {row['images_per_s']} img/s "
             f"({row['images_per_s_range'][0]}-{row['images_per_s_range'][1]}), lone request {row['lone_latency_ms']} ms"
         )
     print(
