@@ -282,6 +282,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         onnx_only = (
             f", instances {row['instances']}, spinning {'on' if row['onnx_allow_spinning'] else 'off'}"
             if record.key.backend == "onnx"
+            else f", instances {row['instances']}"
+            if record.key.backend == "openvino"
             else ""
         )
         print(
@@ -302,6 +304,7 @@ PREDICT_SETTINGS = (
     "backend",
     "device",
     "onnx_precision",
+    "openvino_precision",
     "onnx_optimization",
     "onnx_providers",
     "onnx_allow_spinning",
@@ -471,7 +474,15 @@ def add_tune_command(sub: Any) -> None:
     tune.add_argument("model", metavar="FOLDER", help="model folder (or a model the repository holds)")
     add_setting_flags(
         tune,
-        ("model_repository", "backend", "device", "onnx_precision", "onnx_optimization", "inference_threads"),
+        (
+            "model_repository",
+            "backend",
+            "device",
+            "onnx_precision",
+            "openvino_precision",
+            "onnx_optimization",
+            "inference_threads",
+        ),
     )
 
     def sizes(text: str) -> list[int]:

@@ -19,6 +19,7 @@ DEFAULT_MODEL = "apple/mobilevitv2-1.0-imagenet1k-256"
 MODEL_OPTIONS = (
     "backend",
     "onnx_precision",
+    "openvino_precision",
     "device",
     "max_batch_size",
     "max_queue_delay_ms",
@@ -47,12 +48,22 @@ class Settings(BaseSettings):
         None,
         description="Hub revision (branch, tag or commit) to fetch; default: the pinned one for known ids, else main.",
     )
-    backend: Literal["torch", "onnx"] = Field("torch", description="Inference backend.")
+    backend: Literal["torch", "onnx", "openvino"] = Field(
+        "torch",
+        description="Inference backend: PyTorch, ONNX Runtime or OpenVINO (the last two run model.onnx).",
+    )
     device: str = Field(
-        "cpu", description="cpu, cuda or cuda:N (PyTorch device / ONNX Runtime CUDA provider)."
+        "cpu",
+        description="cpu, cuda or cuda:N (PyTorch device / ONNX Runtime CUDA provider); with openvino: cpu, gpu, "
+        "gpu.N or npu.",
     )
     onnx_precision: Literal["fp32", "int8"] = Field(
         "fp32", description="Serve model.onnx (fp32) or model.int8.onnx (`mvit export --quantize int8`)."
+    )
+    openvino_precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="What OpenVINO computes in: fp32 (exact), or bf16 (CPUs with AVX512-BF16 or AMX). "
+        "INT8 is --onnx-precision int8, which OpenVINO runs as INT8.",
     )
     onnx_optimization: Literal["disable", "basic", "extended", "all"] = Field(
         "all", description="ONNX Runtime graph optimization level."

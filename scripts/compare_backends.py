@@ -1,9 +1,11 @@
-"""How far the ONNX exports (fp32, INT8) are from PyTorch on a folder of images, and top-1 accuracy when
-the folder is labelled, under each preprocessing profile (docs/preprocessing.md).
+"""How far the ONNX exports are from PyTorch on a folder of images, per runtime and precision (ONNX
+Runtime fp32 and INT8; OpenVINO fp32, bf16 and INT8), and top-1 accuracy when the folder is labelled,
+under each preprocessing profile (docs/preprocessing.md).
 
-For every image: decode + the model's preprocessing, then each available backend (torch, onnx fp32,
-onnx int8). Reports max |difference| of the raw outputs against the reference (torch, or onnx fp32 when
-torch is absent), also as a share of the export gate's scale-aware tolerance (app/backends/parity.py), and, for classifiers, top-1 agreement and max |difference| of softmax probabilities.
+For every image: decode + the model's preprocessing, then each available backend. Reports max
+|difference| of the raw outputs against the reference (torch, or onnx fp32 when torch is absent), also
+as a share of the export gate's scale-aware tolerance (app/backends/parity.py), and, for classifiers,
+top-1 agreement and max |difference| of softmax probabilities.
 
 An ImageNet-style folder (one subfolder per class) also gives top-1 accuracy per backend. Subfolders are
 matched to classes by index ("0", "1", ...), by the label text in config.json, or, when there is one
@@ -84,6 +86,9 @@ def main() -> None:
     print(f"$ {command_line()}")
     candidates = {"torch": {"backend": "torch"}, "onnx-fp32": {"backend": "onnx"}}
     candidates["onnx-int8"] = {"backend": "onnx", "onnx_precision": "int8"}
+    candidates["openvino-fp32"] = {"backend": "openvino"}
+    candidates["openvino-bf16"] = {"backend": "openvino", "openvino_precision": "bf16"}
+    candidates["openvino-int8"] = {"backend": "openvino", "onnx_precision": "int8"}
     models = {}
     for name, options in candidates.items():
         try:

@@ -27,9 +27,10 @@ from PIL import Image
 from app.api import create_app
 from app.backends.parity import parity_problems
 from app.config import Settings
+from app.intake.preprocess import preprocess
 from app.metrics import Metrics
 from app.repository import ModelDir
-from app.runtime.models import ModelManager, load_backend
+from app.runtime.models import ModelManager, load_backend, load_model
 
 if TYPE_CHECKING:
     import torch
@@ -64,6 +65,23 @@ def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
     )
     noisy = base + rng.normal(0, 12, base.shape)
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+
+
+TASKS = ("image-classification", "image-segmentation", "object-detection")
+
+
+def copy_model(folder: Path, into: Path, *, onnx_only: bool = False) -> Path:
+    """A copy of a model folder, without its ONNX Runtime cache (and without its PyTorch weights)."""
+    target = into / folder.name
+    ignore = shutil.ignore_patterns("onnx-cache", *(["model.safetensors"] if onnx_only else []))
+    shutil.copytree(folder, target, ignore=ignore)
+    return target
+
+
+def batch_for(folder: Path, count: int = 3) -> np.ndarray:
+    """Preprocessed photos (not noise): the inputs the service really feeds the network."""
+    spec = load_model(str(folder), make_settings(folder)).preprocessing
+    return np.stack([preprocess(photo_like(500, 380, seed=s), spec) for s in range(count)])
 
 
 def assert_matches(actual: object, expected: object, name: str = "logits") -> None:

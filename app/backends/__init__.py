@@ -44,6 +44,7 @@ class BackendSpec:
 BACKENDS = {
     "torch": BackendSpec("torch_backend", "torch", ("torch", "safetensors")),
     "onnx": BackendSpec("onnx_backend", "onnx", ("onnxruntime",)),
+    "openvino": BackendSpec("openvino_backend", "openvino", ("openvino",)),
 }
 
 

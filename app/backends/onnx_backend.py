@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from app.backends.onnx_files import SOURCE_SHA256, available_export, is_stale, refresh_stale
 from app.config import Settings
 from app.errors import CheckpointError
 from app.intake.preprocess import Preprocessing
-from app.repository import ModelDir, file_sha256
+from app.repository import ModelDir
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ OPTIMIZATION_LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 CACHE_DIR = "onnx-cache"
-SOURCE_SHA256 = "mvit.source_sha256"
 
 
 def _provider_names(providers: list[Any]) -> list[str]:
@@ -170,48 +170,12 @@ class OnnxBackend:
         return dict(zip(self.output_names, outputs, strict=True))
 
 
-def _export(model_dir: ModelDir, why: str) -> Path:
-    log.info("%s: %s; exporting to ONNX", model_dir.model_id, why)
-    try:
-        from app.backends.onnx_export import export_onnx
-
-        return export_onnx(model_dir)
-    except ImportError as exc:  # an ONNX-only install: torch / onnx are not there
-        raise CheckpointError(
-            f"{model_dir.path}: {why}, and this install cannot export (no {exc.name or 'torch'}). "
-            f"Run `mvit export {model_dir.path}` where the full install is (`pip install .[export]`)"
-        ) from None
-
-
-def _is_stale(backend: OnnxBackend, model_dir: ModelDir) -> bool:
-    """True when the export records other source weights than the folder holds (e.g. a re-fetch)."""
-    recorded = backend.metadata.get(SOURCE_SHA256)
-    return bool(model_dir.weights and recorded and recorded != file_sha256(model_dir.weights))
-
-
 def load_onnx_backend(model_dir: ModelDir, settings: Settings) -> OnnxBackend:
-    precision = settings.onnx_precision
-    source = model_dir.onnx_file(precision)
-    if not source.is_file():
-        if precision != "fp32":
-            raise CheckpointError(
-                f"{model_dir.path} has no {source.name}: create it with "
-                f"`mvit export {model_dir.path} --quantize int8 --calibration IMAGES/`"
-            )
-        if not settings.onnx_auto_export:
-            raise CheckpointError(
-                f"{model_dir.path} has no {source.name}: run `mvit export {model_dir.path}`"
-            )
-        _export(model_dir, f"no {source.name}")
+    source = available_export(model_dir, settings)
     providers = execution_providers(settings.device, settings.onnx_providers)
     backend = OnnxBackend(create_session(source, settings, providers), source.name)
-    if _is_stale(backend, model_dir):
-        if precision != "fp32" or not settings.onnx_auto_export:
-            raise CheckpointError(
-                f"{source} was exported from other weights than {model_dir.weights}: "
-                f"export it again (`mvit export {model_dir.path}`)"
-            )
-        _export(model_dir, f"{source.name} was exported from other weights")
+    if is_stale(backend.metadata.get(SOURCE_SHA256), model_dir):
+        refresh_stale(source, model_dir, settings)
         backend = OnnxBackend(create_session(source, settings, providers), source.name)
     size = Preprocessing.from_hf_config(model_dir.preprocessor_config).fixed_input_size
     if backend.input_size != size:

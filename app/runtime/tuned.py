@@ -38,7 +38,11 @@ class Tuning:
 
 
 def machine_key(settings: Settings) -> MachineKey:
-    precision = settings.onnx_precision if settings.backend == "onnx" else "fp32"
+    precision = {
+        "torch": "fp32",
+        "onnx": settings.onnx_precision,
+        "openvino": "int8" if settings.onnx_precision == "int8" else settings.openvino_precision,
+    }[settings.backend]
     return MachineKey(
         cpu_model(),
         settings.inference_threads,

@@ -163,7 +163,8 @@ def tune(
 ) -> tuple[TuningRecord, Measurement]:
     """Measure, choose, and write the record into the model folder's tuning.json."""
     onnx = settings.backend == "onnx"
-    instance_counts = instance_counts if onnx else [1]  # torch's threads are per process: one instance
+    # torch's threads are per process: one instance. Only ONNX Runtime has a spin policy to choose.
+    instance_counts = [1] if settings.backend == "torch" else instance_counts
     spin_policies = [False, True] if onnx else [False]
     measurements = measure(
         model_dir,
@@ -179,7 +180,9 @@ def tune(
     best = choose(measurements, latency_slack)
     chosen = best.configuration.settings()
     if not onnx:
-        chosen = {"max_batch_size": chosen["max_batch_size"]}
+        del chosen["onnx_allow_spinning"]
+    if settings.backend == "torch":
+        del chosen["instances"]
     record = TuningRecord(
         key=machine_key(settings),
         chosen=chosen,

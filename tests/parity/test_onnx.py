@@ -26,32 +26,7 @@ from app.runtime.models import load_model
 from app.runtime.pipeline import predict
 from app.tools.demo_models import write_demo_model
 from app.tools.quantize import quantize_int8
-from tests.support import encode, make_settings, photo_like
-
-TASKS = ("image-classification", "image-segmentation", "object-detection")
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Width-0.5 demo models of each task, exported to model.onnx."""
-    root = tmp_path_factory.mktemp("onnx-models")
-    folders = {task: write_demo_model(root, task, width=0.5, seed=3 + i) for i, task in enumerate(TASKS)}
-    for folder in folders.values():
-        export_onnx(read_model_dir(folder))
-    return folders
-
-
-def copy_model(folder: Path, into: Path, *, onnx_only: bool = False) -> Path:
-    target = into / folder.name
-    ignore = shutil.ignore_patterns(CACHE_DIR, *(["model.safetensors"] if onnx_only else []))
-    shutil.copytree(folder, target, ignore=ignore)
-    return target
-
-
-def batch_for(folder: Path, count: int = 3) -> np.ndarray:
-    """Preprocessed photos (not noise): the inputs the service really feeds the network."""
-    spec = load_model(str(folder), make_settings(folder)).preprocessing
-    return np.stack([preprocess(photo_like(500, 380, seed=s), spec) for s in range(count)])
+from tests.support import TASKS, batch_for, copy_model, encode, make_settings, photo_like
 
 
 @pytest.mark.parametrize("task", TASKS)
