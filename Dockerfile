@@ -1,9 +1,11 @@
 # syntax=docker/dockerfile:1
 # Two images of the service, from one file:
-#   edge  python slim + ONNX Runtime, no torch: serves model.onnx exports (small x86 / ARM boxes)
-#   full  + PyTorch (CPU wheels): the PyTorch backend and the tools (`mvit fetch`, `convert`, `export`)
+#   edge           python slim + ONNX Runtime, no torch: serves model.onnx exports (small x86 / ARM boxes)
+#   edge-openvino  python slim + OpenVINO, no torch: the same exports, bf16/INT8 and Intel iGPU/NPU devices
+#   full           + PyTorch (CPU wheels): the PyTorch backend and the tools (`mvit fetch`, `convert`, `export`)
 #
 #   docker build --target edge -t mobilevitv2-serve:edge .
+#   docker build --target edge-openvino -t mobilevitv2-serve:edge-openvino .
 #   docker build --target full -t mobilevitv2-serve:full .
 #   docker buildx build --platform linux/amd64,linux/arm64 --target edge -t REGISTRY/mobilevitv2-serve:edge --push .
 #
@@ -63,6 +65,13 @@ COPY --from=wheel /wheels /wheels
 RUN pip install "$(ls /wheels/*.whl)[onnx]" && rm -rf /wheels
 COPY --from=models --chown=10001:10001 /models /models
 ENV MVIT_BACKEND=onnx
+USER mvit
+
+FROM service AS edge-openvino
+COPY --from=wheel /wheels /wheels
+RUN pip install "$(ls /wheels/*.whl)[openvino]" && rm -rf /wheels
+COPY --from=models --chown=10001:10001 /models /models
+ENV MVIT_BACKEND=openvino
 USER mvit
 
 FROM torch-runtime AS full

@@ -10,6 +10,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from types import UnionType
@@ -252,6 +253,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from app.errors import CheckpointError
     from app.intake.preprocess import Preprocessing
     from app.repository import resolve
+    from app.repository.tuning import find_record
+    from app.runtime.tuned import best_throughput
     from app.tools.tune import tune
 
     settings = _tool_settings(args)
@@ -273,6 +276,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             args.latency_slack,
             command=shlex.join(["mvit", *args.argv]),
             progress=lambda line: print(line, file=sys.stderr),
+            try_spinning=args.try_spinning,
         )
     except (OSError, CheckpointError) as exc:
         print(f"mvit tune: {exc}", file=sys.stderr)
@@ -293,6 +297,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(
         f"chosen: {record.chosen} ({best.throughput:.1f} img/s, lone request {best.lone_latency_ms:.1f} ms)"
     )
+    if record.key.precision != "fp32":
+        fp32 = find_record(model_dir.path, replace(record.key, precision="fp32"))
+        if fp32 is None:
+            print("tune fp32 too (the same command without the precision flag) to compare the two here")
+        else:
+            print(
+                f"{record.key.precision}: {best_throughput(record):.1f} img/s against fp32's "
+                f"{best_throughput(fp32):.1f} on this machine"
+                + ("; SLOWER: serve fp32 here" if best_throughput(record) < best_throughput(fp32) else "")
+            )
     print(f"recorded in {model_dir.path / 'tuning.json'}; `mvit serve` applies it on this machine")
     return 0
 
@@ -505,6 +519,12 @@ def add_tune_command(sub: Any) -> None:
         type=float,
         default=0.25,
         help="how much slower than the best a lone request may be in the chosen configuration (default 0.25)",
+    )
+    tune.add_argument(
+        "--try-spinning",
+        action="store_true",
+        help="also try spinning ONNX Runtime threads: faster raw, but they hold the cores the decode threads "
+        "need, so measure the service (scripts/bench.py) before keeping it",
     )
     tune.set_defaults(func=cmd_tune)
 

@@ -9,7 +9,10 @@ interleaved round by round so machine noise hits them alike; medians are reporte
     mvit export models/mobilevitv2-1.0-*-random
     python -m scripts.bench_backends models/mobilevitv2-1.0-*-random --rounds 20
 
-`onnx-int8` is measured for folders that have model.int8.onnx (`mvit export --quantize int8`).
+`onnx-int8` and `openvino-int8` are measured for folders that have model.int8.onnx (`mvit export
+--quantize int8`); `openvino-bf16` on CPUs with bfloat16 support. For example:
+
+    python -m scripts.bench_backends MODEL --backends onnx onnx-int8 openvino openvino-bf16 openvino-int8
 """
 
 from __future__ import annotations
@@ -55,23 +58,25 @@ def main() -> None:
         f"{platform.machine()}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
     )
     versions = []
-    for module in ("torch", "onnxruntime"):
+    for module in ("torch", "onnxruntime", "openvino"):
         with contextlib.suppress(ImportError):
             versions.append(f"{module} {__import__(module).__version__}")
     print(", ".join(versions))
-    print(f"{'model':<42} {'backend':<10} {'batch':>5} {'p50 ms':>9} {'img/s':>8}")
+    print(f"{'model':<42} {'backend':<14} {'batch':>5} {'p50 ms':>9} {'img/s':>8}")
 
     photos = bench_photos()
     for source in args.models:
         backends = {}
         for name in args.backends:
             backend, _, precision = name.partition("-")
-            if precision and not (Path(source) / ONNX_FILES[precision]).is_file():
+            file_precision = "int8" if precision == "int8" else "fp32"
+            if not (Path(source) / ONNX_FILES[file_precision]).is_file() and backend != "torch":
                 continue
             settings = Settings(
                 models=[source],
                 backend=backend,
-                onnx_precision=precision or "fp32",
+                onnx_precision=file_precision,
+                openvino_precision="bf16" if precision == "bf16" else "fp32",
                 inference_threads=threads,
                 onnx_allow_spinning=args.spin,
                 onnx_auto_export=False,
@@ -94,7 +99,7 @@ def main() -> None:
             for name, samples in times.items():
                 p50 = statistics.median(samples)
                 print(
-                    f"{any_model.id:<42} {name:<10} {batch_size:>5} {p50 * 1000:>9.1f} {batch_size / p50:>8.1f}"
+                    f"{any_model.id:<42} {name:<14} {batch_size:>5} {p50 * 1000:>9.1f} {batch_size / p50:>8.1f}"
                 )
 
 

@@ -243,6 +243,8 @@ class ModelManager:
                     input_size="x".join(map(str, model.input_size or ())),
                     random_weights=str(model_dir.random_weights).lower(),
                 ).set(1)
+                if model.tuning.warning:
+                    log.warning("model %s: %s", model.id, model.tuning.warning)
                 log.info(
                     "model %s ready: %s, %s on %s, width %s, preprocessing %s (%s), %s, loaded in %.2fs%s",
                     model.id,

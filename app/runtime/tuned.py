@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from app.backends import runtime_version
@@ -19,6 +19,7 @@ class Tuning:
     key: MachineKey
     record: TuningRecord | None
     applied: dict[str, Any]  # the record's choices the operator did not override
+    warning: str | None = None  # a reduced precision measured slower than fp32 here
 
     def describe(self, model_dir: ModelDir) -> dict[str, Any]:
         if self.record is None:
@@ -34,6 +35,7 @@ class Tuning:
             "tuned_at": self.record.tuned_at,
             "chosen": self.record.chosen,
             "applied": self.applied,
+            **({"warning": self.warning} if self.warning else {}),
         }
 
 
@@ -58,4 +60,22 @@ def apply_tuning(model_dir: ModelDir, settings: Settings) -> tuple[Settings, Tun
     if record is None:
         return settings, Tuning(key, None, {})
     applied = {name: value for name, value in record.chosen.items() if name not in settings.model_fields_set}
-    return settings.model_copy(update=applied), Tuning(key, record, applied)
+    tuning = Tuning(key, record, applied, slower_than_fp32(model_dir, key, record))
+    return settings.model_copy(update=applied), tuning
+
+
+def best_throughput(record: TuningRecord) -> float:
+    return max((float(row["images_per_s"]) for row in record.measured), default=0.0)
+
+
+def slower_than_fp32(model_dir: ModelDir, key: MachineKey, record: TuningRecord) -> str | None:
+    """When `mvit tune` measured this reduced precision slower than fp32 on this machine, why to switch."""
+    if key.precision == "fp32":
+        return None
+    fp32 = find_record(model_dir.path, replace(key, precision="fp32"))
+    if fp32 is None or best_throughput(record) >= best_throughput(fp32):
+        return None
+    return (
+        f"{key.precision} was measured slower than fp32 on this machine ({best_throughput(record):.1f} against "
+        f"{best_throughput(fp32):.1f} img/s, `mvit tune`): serve fp32 here"
+    )

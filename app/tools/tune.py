@@ -1,6 +1,7 @@
 """`mvit tune`: measure a model's raw backend on this machine and record the best serving configuration.
 
-Like Triton's Model Analyzer, built in. Every configuration (instances x spin policy, then batch sizes)
+Like Triton's Model Analyzer, built in. Every configuration (instances, then batch sizes; with
+`--try-spinning`, ONNX Runtime's spin policy too)
 runs the backend exactly as the batcher does under load: `instances` callers at once, each running
 batches of the given size on its share of the threads. A lone request's latency is measured too: alone,
 the batcher runs it on every thread. The machine is shared and noisy, so the whole grid runs `rounds`
@@ -160,12 +161,14 @@ def tune(
     latency_slack: float,
     command: str,
     progress: Callable[[str], None] = print,
+    try_spinning: bool = False,
 ) -> tuple[TuningRecord, Measurement]:
     """Measure, choose, and write the record into the model folder's tuning.json."""
     onnx = settings.backend == "onnx"
-    # torch's threads are per process: one instance. Only ONNX Runtime has a spin policy to choose.
+    # torch's threads are per process: one instance. Only ONNX Runtime has a spin policy to choose, and
+    # only on request: spinning wins raw runs but takes the cores the service's decode threads need.
     instance_counts = [1] if settings.backend == "torch" else instance_counts
-    spin_policies = [False, True] if onnx else [False]
+    spin_policies = [False, True] if onnx and try_spinning else [False]
     measurements = measure(
         model_dir,
         settings,

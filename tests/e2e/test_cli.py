@@ -93,7 +93,7 @@ def test_tune_measures_records_and_the_server_applies_it(model_dir: Path, tmp_pa
     shutil.copytree(model_dir, folder)
     result = mvit(
         "tune", str(folder), "--backend", "onnx", "--seconds", "0.1", "--rounds", "2", "--batch-sizes", "1,2",
-        "--instances", "1,2", "--inference-threads", "2",
+        "--instances", "1,2", "--inference-threads", "2", "--try-spinning",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "recorded in" in result.stdout and "round 2/2" in result.stderr

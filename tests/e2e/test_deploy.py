@@ -19,8 +19,8 @@ PROMETHEUS = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_tex
 DASHBOARD = json.loads((ROOT / "deploy/grafana/dashboards/mvit.json").read_text())
 
 
-@pytest.mark.parametrize("target", ["edge", "full"])
-def test_both_images_run_the_service_as_a_non_root_user_with_a_health_check(target: str) -> None:
+@pytest.mark.parametrize("target", ["edge", "edge-openvino", "full"])
+def test_every_image_runs_the_service_as_a_non_root_user_with_a_health_check(target: str) -> None:
     stage = STAGES[target]
     assert stage.user and stage.user not in ("root", "0")
     assert stage.command == ["mvit", "serve"]
@@ -37,6 +37,9 @@ def test_edge_has_onnx_runtime_and_no_torch_full_has_torch_from_the_cpu_index() 
     assert not any("torch" in run for run in edge.runs)
     assert any("download.pytorch.org/whl/cpu" in run for run in full.runs)
     assert any("[export]" in run for run in full.runs)
+    openvino = STAGES["edge-openvino"]
+    assert openvino.env["MVIT_BACKEND"] == "openvino" and any("[openvino]" in run for run in openvino.runs)
+    assert not any("torch" in run or "[onnx]" in run for run in openvino.runs)
 
 
 def test_no_architecture_specific_wheels_or_images() -> None:

@@ -218,7 +218,7 @@ def test_models_yaml_chooses_models_backends_and_batching(
     [
         (
             "models:\n  - name: a\n    backend: tensorflow\n",
-            "models.0.backend: Input should be 'torch' or 'onnx'",
+            "models.0.backend: Input should be 'torch', 'onnx' or 'openvino'",
         ),
         ("models:\n  - name: a\n    batch: 4\n", "models.0.batch: Extra inputs are not permitted"),
         ("models:\n  - name: a\n  - name: a\n", "listed more than once: a"),

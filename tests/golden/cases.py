@@ -24,6 +24,7 @@ from PIL import Image
 
 from app.api import create_app
 from app.config import Settings
+from app.runtime.tuned import machine_key
 from app.tools.demo_models import write_demo_model
 from tests.support import wait_ready
 
@@ -373,8 +374,10 @@ def record_all(folder: Path) -> dict[str, Any]:
             ]
         )
     }
-    replacements = {str(folder): "<models>"}
     common = {"inference_threads": 2, "decode_threads": 2, "model_repository": folder}
+    # /models names the machine a tuning record would be for: CPU model and runtime versions vary.
+    machine = machine_key(Settings(**common)).describe()
+    replacements = {str(folder): "<models>", machine: "<machine>"}
 
     def client(**overrides: Any) -> Any:
         return TestClient(create_app(Settings(**{**common, **overrides})), raise_server_exceptions=False)

@@ -5,6 +5,7 @@ setting."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,20 @@ def test_a_record_from_another_machine_is_not_applied(folder: Path) -> None:
         and described["hint"]
         == f"measure the best batch size and instances here: `mvit tune {folder} --backend onnx`"
     )
+
+
+def test_a_reduced_precision_measured_slower_than_fp32_is_flagged(folder: Path) -> None:
+    settings = make_settings(folder, backend="onnx", onnx_precision="int8")
+    int8_key = machine_key(settings)
+    fp32_key = replace(int8_key, precision="fp32")
+    write_record(folder, TuningRecord(int8_key, {"max_batch_size": 1}, [{"images_per_s": 30.0}]))
+    _, tuning = apply_tuning(read_model_dir(folder), settings)
+    assert tuning.warning is None  # nothing to compare with yet
+    write_record(folder, TuningRecord(fp32_key, {"max_batch_size": 1}, [{"images_per_s": 40.0}]))
+    _, tuning = apply_tuning(read_model_dir(folder), settings)
+    assert tuning.warning == (
+        "int8 was measured slower than fp32 on this machine (30.0 against 40.0 img/s, `mvit tune`): serve fp32 here"
+    )
+    assert tuning.describe(read_model_dir(folder))["warning"] == tuning.warning
+    write_record(folder, TuningRecord(int8_key, {"max_batch_size": 1}, [{"images_per_s": 60.0}]))
+    assert apply_tuning(read_model_dir(folder), settings)[1].warning is None
