@@ -19,7 +19,7 @@ gives).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from PIL import Image
 
@@ -73,25 +73,27 @@ def choose(
 
     `hf_preprocessing` is the folder's preprocessor_config.json, and `input_size` the model's (h, w).
     """
+    profile, reason = _pick(requested, training_pipeline, recorded)
+    preprocessing = hf_preprocessing if profile == "hf" else trained_preprocessing(task, input_size)
+    return Chosen(profile, preprocessing, reason)
+
+
+def _pick(
+    requested: Literal["auto", "trained", "hf"], training_pipeline: str | None, recorded: str | None
+) -> tuple[Profile, str]:
     if recorded is not None and recorded not in PROFILES:
         raise ValueError(
             f"manifest.json: unknown preprocessing_profile {recorded!r} (known: {', '.join(PROFILES)})"
         )
-    known = training_pipeline in KNOWN_PIPELINES
-    if requested == "hf" or (requested == "auto" and recorded == "hf"):
-        return Chosen(
-            "hf", hf_preprocessing, "requested" if requested == "hf" else "recorded in manifest.json"
-        )
-    if requested == "auto" and recorded == "trained":
-        return Chosen("trained", trained_preprocessing(task, input_size), "recorded in manifest.json")
-    if requested == "auto" and not known:
-        why = (
-            f"training pipeline {training_pipeline!r} has no trained profile here"
-            if training_pipeline
-            else "no training pipeline recorded"
-        )
-        return Chosen("hf", hf_preprocessing, f"default: preprocessor_config.json, {why}")
-    reason = (
-        "requested" if requested == "trained" else f"default for weights trained with {training_pipeline}"
+    if requested != "auto":
+        return requested, "requested"
+    if recorded is not None:
+        return cast(Profile, recorded), "recorded in manifest.json"
+    if training_pipeline in KNOWN_PIPELINES:
+        return "trained", f"default for weights trained with {training_pipeline}"
+    why = (
+        f"training pipeline {training_pipeline!r} has no trained profile here"
+        if training_pipeline
+        else "no training pipeline recorded"
     )
-    return Chosen("trained", trained_preprocessing(task, input_size), reason)
+    return "hf", f"default: preprocessor_config.json, {why}"
