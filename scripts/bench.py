@@ -1,4 +1,7 @@
-"""End-to-end /classify throughput and latency: this service vs the raw backend vs a naive server.
+"""End-to-end throughput and latency: this service vs the raw backend vs a naive server and a LitServe peer.
+
+The model folder's task picks the route (/classify, /segment, /detect); the naive server and the peer
+are classifiers, so they only run for classification models.
 
 In one run, on loopback ports, with the same model folder:
   * mvit:  `mvit serve` (dynamic batching, decode pool, the backend chosen with --backend);
@@ -146,7 +149,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("model", help="classification model folder (exported for --backend onnx)")
+    parser.add_argument("model", help="model folder of any task (exported for --backend onnx / openvino)")
     parser.add_argument("--backend", choices=("onnx", "openvino", "torch"), default="onnx")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--images", nargs="+", choices=tuple(BENCH_SETS), default=list(BENCH_SETS))
@@ -206,9 +209,13 @@ def main() -> None:
         label, _, settings_text = item.partition(":")
         env = dict(pair.split("=", 1) for pair in settings_text.split(",") if pair)
         servers[label] = start_server("--model", args.model, "--backend", args.backend, env=env)
-    if not args.no_naive:
+    route = model.task.route
+    classifier = route == "/classify"
+    if not classifier:
+        print(f"{route}: the naive server and the LitServe peer are classifiers; comparing with raw only")
+    if not args.no_naive and classifier:
         servers["naive"] = start_naive(args.model)
-    if not args.no_peer:
+    if not args.no_peer and classifier:
         servers["litserve"] = start_peer(args.model)
     json_images = {name: as_json(bodies) for name, bodies in images.items()}
     groups = [(image_set, concurrency) for concurrency in args.concurrency for image_set in images]
@@ -220,7 +227,7 @@ def main() -> None:
             for bodies in (json_images if name in JSON_SERVERS else images).values():
                 for body in bodies[:3]:
                     httpx.post(
-                        f"{url}/classify", content=body, headers={"content-type": content_type}, timeout=120
+                        f"{url}{route}", content=body, headers={"content-type": content_type}, timeout=120
                     ).raise_for_status()
         names = list(servers)
         for round_number in range(args.rounds):
@@ -238,7 +245,7 @@ def main() -> None:
                         closed_loop(
                             "127.0.0.1",
                             port,
-                            "/classify",
+                            route,
                             (json_images if name in JSON_SERVERS else images)[image_set],
                             concurrency,
                             args.seconds,
