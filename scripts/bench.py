@@ -37,8 +37,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -115,28 +113,12 @@ def raw_run(
     seconds: float,
 ) -> RawResults:
     """Call the backend in each configuration for `seconds` in all, in turn."""
-    results = {}
-    for label, size, parallel in configurations:
-        infer = model.backend.infer if parallel == 1 else model.backend.infer_on_instance
-        until = time.perf_counter() + seconds / len(configurations)
+    from app.tools.tune import timed_calls
 
-        def calls(
-            infer: Callable[..., object] = infer, size: int = size, until: float = until
-        ) -> list[float]:
-            times: list[float] = []
-            while time.perf_counter() < until or len(times) < 3:
-                started = time.perf_counter()
-                infer(batches[size])
-                times.append(time.perf_counter() - started)
-            return times
-
-        started = time.perf_counter()
-        with ThreadPoolExecutor(parallel) as pool:
-            per_thread = list(pool.map(lambda _: calls(), range(parallel)))
-        wall = time.perf_counter() - started
-        images = size * sum(len(times) for times in per_thread)
-        results[label] = (images / wall, statistics.median(t for times in per_thread for t in times))
-    return results
+    return {
+        label: timed_calls(model.backend, batches[size], parallel, seconds / len(configurations))
+        for label, size, parallel in configurations
+    }
 
 
 def spread(values: list[float], digits: int = 2) -> str:

@@ -150,18 +150,19 @@ def compare_profiles(
     model_dir = model.model_dir
     hf = Preprocessing.from_hf_config(model_dir.preprocessor_config)
     assert hf.fixed_input_size is not None  # load_model refuses folders without one
-    predictions = {}
-    for profile in profiles:
-        chosen = choose(profile, hf, hf.fixed_input_size, model_dir.task, model_dir.training_pipeline)  # type: ignore[arg-type]
-        predictions[profile] = np.array(
-            [
-                model.backend.infer(
-                    preprocess(decode_image(p.read_bytes(), 200_000_000), chosen.preprocessing)[None]
-                )["logits"][0].argmax()
-                for p in paths
-            ]
-        )
-        steps = chosen.preprocessing.describe()
+    chosen = {
+        profile: choose(profile, hf, hf.fixed_input_size, model_dir.task, model_dir.training_pipeline)  # type: ignore[arg-type]
+        for profile in profiles
+    }
+    winners: dict[str, list[int]] = {profile: [] for profile in profiles}
+    for path in paths:  # each image decoded once, preprocessed per profile
+        image = decode_image(path.read_bytes(), 200_000_000)
+        for profile, choice in chosen.items():
+            logits = model.backend.infer(preprocess(image, choice.preprocessing)[None])["logits"][0]
+            winners[profile].append(int(logits.argmax()))
+    predictions = {profile: np.array(found) for profile, found in winners.items()}
+    for profile, choice in chosen.items():
+        steps = choice.preprocessing.describe()
         print(
             f"profile {profile:<8} ({backend_name}): top-1 accuracy {float((predictions[profile] == truth).mean()):.2%}"
             f"  [{steps['channel_order']}, {steps['resample']}, resize {steps['resize_shortest_edge'] or steps['resize_height_width']}, crop {steps['crop_height_width']}]"

@@ -86,9 +86,9 @@ def procedural_scenes(
             w, h = rng.integers(size // 6, size // 2, 2)
             color = tuple(int(np.clip(255 * c + rng.normal(0, 10), 0, 255)) for c in palette[label - 1])
             box = (int(x0), int(y0), int(x0 + w), int(y0 + h))
-            shape = draw.ellipse if rng.integers(2) else draw.rectangle
-            shape(box, fill=color)
-            (draw_regions.ellipse if shape == draw.ellipse else draw_regions.rectangle)(box, fill=label)
+            ellipse = bool(rng.integers(2))
+            for target, fill in ((draw, color), (draw_regions, label)):
+                (target.ellipse if ellipse else target.rectangle)(box, fill=fill)
         pixels = np.asarray(canvas, dtype=np.float32) + rng.normal(0, 8, (size, size, 3))
         yield Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB"), np.asarray(regions)
 

@@ -16,9 +16,9 @@ version (app/repository/tuning.py); `mvit serve` applies it where no setting say
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -69,34 +69,27 @@ class Measurement:
         }
 
 
-def closed_loop(backend: Backend, batch: np.ndarray, callers: int, seconds: float) -> float:
-    """Images per second with `callers` threads each running `batch` back to back for `seconds`."""
+def timed_calls(backend: Backend, batch: np.ndarray, callers: int, seconds: float) -> tuple[float, float]:
+    """`callers` threads each running `batch` back to back for `seconds` (at least 3 calls each), the way
+    the batcher runs it: alone on every thread, or several at once on instances. Returns images per
+    second and the median seconds per call."""
     infer: Callable[[np.ndarray], object] = backend.infer_on_instance if callers > 1 else backend.infer
-    done = [0] * callers
     deadline = time.perf_counter() + seconds
 
-    def caller(index: int) -> None:
-        while time.perf_counter() < deadline:
+    def caller(_: int) -> list[float]:
+        times: list[float] = []
+        while time.perf_counter() < deadline or len(times) < 3:
+            started = time.perf_counter()
             infer(batch)
-            done[index] += len(batch)
+            times.append(time.perf_counter() - started)
+        return times
 
     started = time.perf_counter()
-    threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sum(done) / (time.perf_counter() - started)
-
-
-def lone_latency_ms(backend: Backend, image: np.ndarray, seconds: float) -> float:
-    times = []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(times) < 3:
-        started = time.perf_counter()
-        backend.infer(image)
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+    with ThreadPoolExecutor(callers) as pool:
+        per_caller = list(pool.map(caller, range(callers)))
+    wall = time.perf_counter() - started
+    calls = [t for times in per_caller for t in times]
+    return len(batch) * len(calls) / wall, statistics.median(calls)
 
 
 def rotated(items: list[Any], by: int) -> Iterator[Any]:
@@ -129,10 +122,10 @@ def measure(
     for round_index in range(rounds):
         for (_, spinning), backend in rotated(list(backends.items()), round_index):
             backend.infer(inputs[1])  # first runs allocate
-            lone = lone_latency_ms(backend, inputs[1], seconds / 2)
+            lone = 1000 * timed_calls(backend, inputs[1], 1, seconds / 2)[1]
             for batch in rotated(batch_sizes, round_index):
                 configuration = Configuration(backend.instances, spinning, batch)
-                throughput = closed_loop(backend, inputs[batch], backend.instances, seconds)
+                throughput = timed_calls(backend, inputs[batch], backend.instances, seconds)[0]
                 entry = results.setdefault(configuration, Measurement(configuration, [], []))
                 entry.throughputs.append(throughput)
                 entry.lone_latencies_ms.append(lone)
