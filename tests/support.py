@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -246,6 +247,18 @@ def wait_until_ready(process: subprocess.Popen[str], url: str, timeout: float = 
             pass
         time.sleep(0.1)
     raise AssertionError("server never became ready")
+
+
+@contextmanager
+def running_server(*args: str, ready_timeout: float = 60, stop_timeout: float = 30) -> Iterator[str]:
+    """`mvit serve ARGS` on a loopback port, ready; afterwards SIGTERM, which must end it with status 0."""
+    process, url = start_server(*args)
+    try:
+        wait_until_ready(process, url, timeout=ready_timeout)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=stop_timeout) == 0
 
 
 def mvit(*args: str) -> subprocess.CompletedProcess[str]:

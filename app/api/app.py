@@ -11,10 +11,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
+from app.api.admission import Admission
 from app.api.auth import BearerAuthMiddleware, TokenChecker, configured_tokens, open_paths
 from app.api.errors import add_error_handlers
 from app.api.inference import InferenceRoutes
 from app.api.middleware import RequestContextMiddleware
+from app.api.oip import OipRoutes
 from app.api.openapi import EXPOSED_HEADERS, document_bearer_auth
 from app.api.ops import add_ops_routes
 from app.config import Settings
@@ -38,12 +40,17 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.loader = loader = asyncio.create_task(manager.load_all())
+        # In the background, so that /health answers at once; a manager loaded beforehand (Ray Serve
+        # replicas load in their constructor) is served as it is.
+        loader = asyncio.create_task(manager.load_all()) if manager.loading else None
+        if loader is not None:
+            app.state.loader = loader
         try:
             yield
         finally:
-            loader.cancel()
-            await asyncio.gather(loader, return_exceptions=True)
+            if loader is not None:
+                loader.cancel()
+                await asyncio.gather(loader, return_exceptions=True)
             await manager.close()
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -57,7 +64,9 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     app.state.settings, app.state.manager, app.state.metrics = settings, manager, metrics
     app.state.lifecycle = lifecycle
     add_error_handlers(app)
-    InferenceRoutes(settings, manager, pipeline, lifecycle, metrics).add_to(app)
+    admission = Admission(settings, lifecycle, metrics)
+    InferenceRoutes(settings, manager, pipeline, lifecycle, admission).add_to(app)
+    OipRoutes(manager, pipeline, lifecycle, admission, settings.max_body_bytes).add_to(app)
     add_ops_routes(app, manager, lifecycle, metrics)
 
     # Outermost last: request context (ids, metrics, access log) > CORS (preflights answer without a

@@ -18,7 +18,9 @@ from app.config import Settings
 
 # Routes that never need a token: liveness, the API description (public knowledge, and what lets /docs'
 # "Authorize" button work), and the demo page (static; it asks for a token and sends it with its calls).
-ALWAYS_OPEN = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+ALWAYS_OPEN = frozenset(
+    {"/", "/health", "/v2/health/live", "/docs", "/docs/oauth2-redirect", "/openapi.json"}
+)
 
 
 class TokenFileError(ValueError):
@@ -108,5 +110,5 @@ def open_paths(settings: Settings) -> frozenset[str]:
     if not settings.metrics_require_token:
         paths.add("/metrics")
     if not settings.ready_require_token:
-        paths.add("/ready")
+        paths.update({"/ready", "/v2/health/ready"})
     return frozenset(paths)

@@ -76,7 +76,7 @@ def decode_base64_image(value: str) -> bytes:
         raise InvalidInput("'inputs' is not valid base64 of an image file.") from None
 
 
-def _load_json(text: bytes | str, what: str, malformed: str | None = None) -> Any:
+def load_json(text: bytes | str, what: str, malformed: str | None = None) -> Any:
     """json.loads within MAX_JSON_DEPTH and MAX_JSON_VALUES; one InvalidInput for anything else
     (`malformed`, when given, is the message for text that is not JSON at all)."""
     try:
@@ -108,7 +108,7 @@ def _check_json_size(value: Any, what: str) -> None:
             pending.extend((child, depth + 1) for child in item)
 
 
-def _check_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+def check_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     if len(parameters) > MAX_PARAMETERS:
         raise InvalidInput(
             f"The request has {len(parameters)} parameters; at most {MAX_PARAMETERS} are accepted."
@@ -122,7 +122,7 @@ def _check_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_json(body: bytes) -> InferenceRequest:
-    payload = _load_json(body, "The body")
+    payload = load_json(body, "The body")
     if not isinstance(payload, dict):
         raise InvalidInput(f"The JSON body must be an object. {_JSON_SHAPE}")
     inputs = payload.get("inputs", payload.get("image"))
@@ -161,7 +161,7 @@ async def parse_multipart(request: Request, body: bytes) -> InferenceRequest:
                 parameters[key] = value
                 continue
             not_an_object = "The form field 'parameters' must be a JSON object."
-            extra = _load_json(value, "The form field 'parameters'", malformed=not_an_object)
+            extra = load_json(value, "The form field 'parameters'", malformed=not_an_object)
             if not isinstance(extra, dict):
                 raise InvalidInput(not_an_object)
             parameters.update(extra)
@@ -182,5 +182,5 @@ async def parse_request(request: Request, max_body_bytes: int) -> InferenceReque
     query = {key: value for key, value in request.query_params.items()}
     parsed.parameters = {**query, **parsed.parameters}
     # A null parameter means "use the default", as in the HF clients.
-    parsed.parameters = _check_parameters({k: v for k, v in parsed.parameters.items() if v is not None})
+    parsed.parameters = check_parameters({k: v for k, v in parsed.parameters.items() if v is not None})
     return parsed

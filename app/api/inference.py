@@ -1,33 +1,25 @@
-"""The inference routes: one per task (/classify, /segment, /detect), /models/{model_id}, and / for the one
-served model; beside each, the /health and /info that Hugging Face clients ask for.
-
-A request is refused before its body is read when its model is full, reads its body within the body
-timeout, holds one of its model's places and one drain count until answered, and is dropped when its
-client goes away or its deadline passes.
-"""
+"""The Hugging Face inference routes: one per task (/classify, /segment, /detect), /models/{model_id}, and
+/ for the one served model; beside each, the /health and /info that Hugging Face clients ask for.
+Every request goes through `app.api.admission`."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.requests import ClientDisconnect
 
 from app import __version__
-from app.api.body import parse_request
-from app.api.disconnect import ClientDisconnected, unless_disconnected
-from app.api.errors import CLIENT_CLOSED_REQUEST, HttpError
+from app.api.admission import Admission, answer_headers
+from app.api.body import InferenceRequest, parse_request
 from app.api.openapi import IMAGE_BODY, INFERENCE_RESPONSES, RENDER_PARAMETER, SIDE_RESPONSES
 from app.config import Settings
-from app.errors import QueueFull, ShuttingDown
-from app.metrics import Metrics
+from app.errors import ShuttingDown
 from app.runtime.drain import RETRY_AFTER_DRAINING_S, Lifecycle
 from app.runtime.models import ModelManager, ServedModel
-from app.runtime.pipeline import Pipeline, RenderedImage
+from app.runtime.pipeline import Pipeline, RenderedImage, Result
 from app.tasks import TASKS
 from app.tasks.drawing import FORMAT_BY_MEDIA_TYPE, render_format
 
@@ -39,13 +31,13 @@ class InferenceRoutes:
         manager: ModelManager,
         pipeline: Pipeline,
         lifecycle: Lifecycle,
-        metrics: Metrics,
+        admission: Admission,
     ) -> None:
         self.settings = settings
         self.manager = manager
         self.pipeline = pipeline
         self.lifecycle = lifecycle
-        self.metrics = metrics
+        self.admission = admission
 
     def add_to(self, app: FastAPI) -> None:
         for task in TASKS.values():
@@ -133,66 +125,21 @@ class InferenceRoutes:
     async def infer(self, request: Request, find: Callable[[], ServedModel]) -> Response:
         started = time.perf_counter()
         model = find()
-        settings = self.settings
-        state = request.scope["state"]
-        state["model_id"] = model.id
-        deadline = asyncio.timeout(settings.request_timeout_s)
-        body_deadline = asyncio.timeout(settings.body_timeout_s)
-        parsed = None
-        try:
-            with self.lifecycle.accept():
-                async with deadline:
-                    model.batcher.refuse_if_full()  # before reading a body the model has no room for
-                    async with body_deadline:
-                        parsed = await parse_request(request, settings.max_body_bytes)
-                    fmt = answer_format(
-                        parsed.parameters.pop("render", None), request.headers.get("accept", "")
-                    )
-                    with model.batcher.admit():
-                        result = await unless_disconnected(
-                            request.receive, self.pipeline.run(model, parsed.image, parsed.parameters, fmt)
-                        )
-        except ShuttingDown:
-            self.metrics.rejected.labels(model.id, "shutting_down").inc()
-            raise
-        except QueueFull:
-            self.metrics.rejected.labels(model.id, "queue_full").inc()
-            raise
-        except TimeoutError:
-            if parsed is None and (body_deadline.expired() or deadline.expired()):
-                self.metrics.rejected.labels(model.id, "body_timeout").inc()
-                limit, setting = min(
-                    (settings.body_timeout_s, "MVIT_BODY_TIMEOUT_S"),
-                    (settings.request_timeout_s, "MVIT_REQUEST_TIMEOUT_S"),
-                )
-                raise HttpError(
-                    408,
-                    f"The request body did not arrive within {limit:g} s ({setting}).",
-                    headers={"Connection": "close"},
-                ) from None
-            if not deadline.expired():
-                raise
-            self.metrics.rejected.labels(model.id, "timeout").inc()
-            raise HttpError(
-                504,
-                f"The request did not finish within {settings.request_timeout_s:g} s "
-                "(MVIT_REQUEST_TIMEOUT_S); its work was dropped.",
-            ) from None
-        except (ClientDisconnected, ClientDisconnect):
-            self.metrics.rejected.labels(model.id, "client_disconnected").inc()
-            return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; it labels the metrics
-        state["phases"] = result.phases
-        for phase, seconds in result.phases.items():
-            self.metrics.phase_duration.labels(model.id, phase).observe(seconds)
-        headers = {
-            "x-compute-time": f"{time.perf_counter() - started:.3f}",
-            "x-compute-type": model.backend.device_type,
-            "x-model-id": model.id,
-            "x-preprocessing": model.profile,
-            "server-timing": server_timing(result.phases),
-        }
-        if model.model_dir.random_weights:
-            headers["x-model-random-weights"] = "true"
+
+        async def read() -> tuple[InferenceRequest, str | None]:
+            parsed = await parse_request(request, self.settings.max_body_bytes)
+            fmt = answer_format(parsed.parameters.pop("render", None), request.headers.get("accept", ""))
+            return parsed, fmt
+
+        async def work(parsed: tuple[InferenceRequest, str | None]) -> Result:
+            body, fmt = parsed
+            return await self.pipeline.run(model, body.image, body.parameters, fmt)
+
+        result = await self.admission.run(request, model, read, lambda parsed: 1, work)
+        if isinstance(result, Response):
+            return result
+        self.admission.record(request, model, [result.phases])
+        headers = answer_headers(model, started, result.phases)
         if isinstance(result.answer, RenderedImage):
             return Response(result.answer.data, media_type=result.answer.media_type, headers=headers)
         return JSONResponse(result.answer, headers=headers)
@@ -223,8 +170,3 @@ def answer_format(render: object, accept: str) -> str | None:
     if "application/json" in wanted:
         return None
     return next((FORMAT_BY_MEDIA_TYPE[media] for media in wanted if media in FORMAT_BY_MEDIA_TYPE), None)
-
-
-def server_timing(phases: dict[str, float]) -> str:
-    """The `Server-Timing` header value (milliseconds), readable by browsers' network panels."""
-    return ", ".join(f"{phase};dur={seconds * 1000:.1f}" for phase, seconds in phases.items())

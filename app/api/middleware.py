@@ -61,11 +61,7 @@ class RequestContextMiddleware:
             await send(message)
 
         path = scope.get("path", "")
-        endpoint = (
-            path
-            if path in _KNOWN_PATHS
-            else ("/models/{model_id}" if path.startswith("/models/") else "other")
-        )
+        endpoint = route_label(path)
         in_flight = self.metrics.in_flight.labels(endpoint)
         in_flight.inc()
         try:
@@ -127,9 +123,26 @@ class RequestContextMiddleware:
         access_log.log(level, "%s %s %d", fields["method"], fields["path"], status, extra={"access": fields})
 
 
-_PROBE_PATHS = {"/health", "/ready", "/metrics"} | {f"{task.route}/health" for task in TASKS.values()}
+def route_label(path: str) -> str:
+    """The path as a metrics label: known paths as they are, model ids replaced, anything else "other"
+    (a label per unknown path would let callers grow the metrics without bound)."""
+    if path in _KNOWN_PATHS:
+        return path
+    if path.startswith("/models/"):
+        return "/models/{model_id}"
+    if path.startswith("/v2/models/"):
+        for action in ("infer", "ready"):
+            if path.endswith(f"/{action}"):
+                return f"/v2/models/{{name}}/{action}"
+        return "/v2/models/{name}"
+    return "other"
+
+
+_PROBE_PATHS = {"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready"} | {
+    f"{task.route}/health" for task in TASKS.values()
+}
 _KNOWN_PATHS = (
-    {"/", "/health", "/ready", "/info", "/models", "/metrics", "/docs", "/openapi.json"}
+    {"/", "/health", "/ready", "/info", "/models", "/metrics", "/docs", "/openapi.json", "/v2"}
     | _PROBE_PATHS
     | {path for task in TASKS.values() for path in (task.route, f"{task.route}/info")}
 )

@@ -59,6 +59,46 @@ INFERENCE_RESPONSES: dict[int | str, dict[str, Any]] = {
     504: {"description": "The request did not finish within the request timeout"},
 }
 
+OIP_INFER_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["inputs"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "inputs": {
+                        "type": "array",
+                        "description": 'one tensor: {"name": "image", "datatype": "BYTES", "shape": [N], '
+                        '"data": [N base64 image files]}',
+                        "items": {"type": "object"},
+                    },
+                    "outputs": {"type": "array", "items": {"type": "object"}},
+                    "parameters": {"type": "object", "description": "the task's parameters"},
+                },
+            }
+        },
+        "application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"},
+            "description": "the JSON, then binary tensor data (Inference-Header-Content-Length: the JSON's length)",
+        },
+    },
+}
+OIP_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **INFERENCE_RESPONSES,
+    200: {
+        "description": "One tensor per output, the images on axis 0: JSON, or JSON then binary tensor data",
+        "content": {
+            "application/json": {},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+}
+OIP_READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {"description": "Loading, failed, or draining; Retry-After while draining"}
+}
+
 
 def document_bearer_auth(app: FastAPI, open_routes: frozenset[str]) -> None:
     """Declare the bearer scheme in the OpenAPI schema, on every route that needs a token, so that /docs'

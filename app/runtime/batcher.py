@@ -91,20 +91,21 @@ class Batcher:
         """A whole number of seconds after which the current backlog should have drained."""
         return max(1, math.ceil(self._admitted * self._seconds_per_item / self.instances))
 
-    def refuse_if_full(self) -> None:
-        """Raise QueueFull when `admit()` would."""
-        if self._admitted >= self.max_queue_size:
+    def refuse_if_full(self, places: int = 1) -> None:
+        """Raise QueueFull when `admit(places)` would."""
+        if self._admitted + places > self.max_queue_size:
             raise QueueFull(self.name, self.max_queue_size, self.retry_after_seconds())
 
     @contextlib.contextmanager
-    def admit(self) -> Iterator[None]:
-        """Hold one of the model's `max_queue_size` places for the rest of a request, or raise QueueFull."""
-        self.refuse_if_full()
-        self._admitted += 1
+    def admit(self, places: int = 1) -> Iterator[None]:
+        """Hold `places` of the model's `max_queue_size` places (one per image) for the rest of a request,
+        or raise QueueFull."""
+        self.refuse_if_full(places)
+        self._admitted += places
         try:
             yield
         finally:
-            self._admitted -= 1
+            self._admitted -= places
 
     def start(self) -> None:
         if self._task is None:

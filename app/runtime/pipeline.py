@@ -19,7 +19,8 @@ from app.intake.preprocess import preprocess
 from app.runtime.models import ServedModel
 from app.tasks import drawing
 
-Answer = list[dict[str, Any]]
+Answer = list[dict[str, Any]]  # the Hugging Face JSON
+Tensors = dict[str, np.ndarray]  # the same answer as named arrays (`Task.tensors`)
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Result:
-    answer: Answer | RenderedImage
+    answer: Answer | Tensors | RenderedImage
     phases: dict[str, float]  # seconds: decode, preprocess, queue, inference, postprocess or render
 
 
@@ -81,7 +82,10 @@ class Pipeline:
         image_bytes: bytes,
         raw_parameters: dict[str, Any],
         render_format: str | None = None,
+        as_tensors: bool = False,
     ) -> Result:
+        """One image through the model; the answer is HF JSON, named arrays (`as_tensors`), or the
+        annotated image (`render_format`)."""
         params = model.task.validate(raw_parameters, model)  # cheap: refuse bad parameters before decoding
         loop = asyncio.get_running_loop()
         prepared = await loop.run_in_executor(self.pool, prepare, model, image_bytes, self.max_pixels)
@@ -93,7 +97,8 @@ class Pipeline:
             "inference": batch.inference_seconds,
         }
         started = time.perf_counter()
-        answer: Answer | RenderedImage
+        answer: Answer | Tensors | RenderedImage
+        postprocess = model.task.tensors if as_tensors else model.task.postprocess
         if render_format is not None:
             answer = await loop.run_in_executor(
                 self.pool,
@@ -109,11 +114,11 @@ class Pipeline:
             )
             phases["render"] = time.perf_counter() - started
         elif model.task.cheap_postprocess:
-            answer = model.task.postprocess(batch.outputs, prepared.size, model, params)
+            answer = postprocess(batch.outputs, prepared.size, model, params)
             phases["postprocess"] = time.perf_counter() - started
         else:
             answer = await loop.run_in_executor(
-                self.pool, model.task.postprocess, batch.outputs, prepared.size, model, params
+                self.pool, postprocess, batch.outputs, prepared.size, model, params
             )
             phases["postprocess"] = time.perf_counter() - started
         return Result(answer, phases)

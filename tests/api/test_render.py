@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.api import create_app
-from app.api.inference import answer_format, server_timing
+from app.api.admission import server_timing
+from app.api.inference import answer_format
 from app.tasks import classification, detection, drawing, segmentation
 from tests.support import encode, make_settings, photo_like, wait_ready
 

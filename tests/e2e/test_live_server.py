@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import InferenceClient
 
-from tests.support import encode, photo_like, start_server, wait_until_ready
+from tests.support import encode, photo_like, running_server, start_server, wait_until_ready
 
 
 @pytest.fixture(autouse=True)
@@ -22,15 +22,10 @@ def loopback_is_not_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def server(model_dir: Path, seg_model_dir: Path, det_model_dir: Path) -> Iterator[str]:
-    process, url = start_server(
+    with running_server(
         "--model", str(model_dir), "--model", str(seg_model_dir), "--model", str(det_model_dir)
-    )
-    try:
-        wait_until_ready(process, url)
+    ) as url:
         yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
 
 
 def test_inference_client_raw_bytes(server: str, tmp_path: Path) -> None:

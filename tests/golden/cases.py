@@ -196,6 +196,43 @@ def cases(task: str, model_id: str) -> Iterator[Case]:
     yield Case("body over the limit", "POST", route, {"content": b"\xff" * 200_001})
     yield Case("image over the pixel limit", "POST", route, {"content": _big_png()})
     yield Case("GET on an inference route", "GET", route)
+    yield from oip_cases(task, model_id, image)
+
+
+def oip_cases(task: str, model_id: str, image: bytes) -> Iterator[Case]:
+    """The same model over the Open Inference Protocol."""
+    infer = f"/v2/models/{model_id}/infer"
+    second = photo(seed=4)
+    data = [base64.b64encode(image).decode(), base64.b64encode(second).decode()]
+    tensor = {"name": "image", "datatype": "BYTES", "shape": [2], "data": data}
+    params = TASK_PARAMETERS[task]
+    yield Case("oip json, two images", "POST", infer, {"json": {"inputs": [tensor], "parameters": params}})
+    elements = b"".join(len(x).to_bytes(4, "little") + x for x in (image, second))
+    header = json.dumps(
+        {
+            "id": "golden",
+            "inputs": [{**tensor, "data": None, "parameters": {"binary_data_size": len(elements)}}],
+            "parameters": {"binary_data_output": True},
+        }
+    ).replace(', "data": null', "")
+    yield Case(
+        "oip binary in and out",
+        "POST",
+        infer,
+        {
+            "content": header.encode() + elements,
+            "headers": {"inference-header-content-length": str(len(header))},
+        },
+    )
+    yield Case("oip wrong input name", "POST", infer, {"json": {"inputs": [{**tensor, "name": "x"}]}})
+    yield Case(
+        "oip bad parameter",
+        "POST",
+        infer,
+        {"json": {"inputs": [tensor], "parameters": BAD_PARAMETERS[task][0]}},
+    )
+    yield Case("oip metadata", "GET", f"/v2/models/{model_id}")
+    yield Case("oip model ready", "GET", f"/v2/models/{model_id}/ready")
 
 
 def service_cases(model_ids: list[str]) -> Iterator[Case]:
@@ -214,6 +251,11 @@ def service_cases(model_ids: list[str]) -> Iterator[Case]:
     yield Case("demo page", "GET", "/")
     yield Case("metrics", "GET", "/metrics")
     yield Case("openapi", "GET", "/openapi.json")
+    yield Case("oip server metadata", "GET", "/v2")
+    yield Case("oip live", "GET", "/v2/health/live")
+    yield Case("oip ready", "GET", "/v2/health/ready")
+    yield Case("oip unknown model", "GET", "/v2/models/nope")
+    yield Case("oip unknown version", "GET", f"/v2/models/{model_ids[0]}/versions/2")
 
 
 def auth_cases(model_id: str) -> Iterator[Case]:
@@ -232,6 +274,9 @@ def auth_cases(model_id: str) -> Iterator[Case]:
     yield Case("ready is open", "GET", "/ready")
     yield Case("metrics needs a token", "GET", "/metrics")
     yield Case("openapi is open", "GET", "/openapi.json")
+    yield Case("oip live is open", "GET", "/v2/health/live")
+    yield Case("oip ready is open", "GET", "/v2/health/ready")
+    yield Case("oip metadata needs a token", "GET", f"/v2/models/{model_id}")
     yield Case(
         "cors preflight",
         "OPTIONS",
@@ -244,6 +289,8 @@ def draining_cases() -> Iterator[Case]:
     yield Case("inference while draining", "POST", "/classify", {"content": photo()})
     yield Case("ready while draining", "GET", "/ready")
     yield Case("health while draining", "GET", "/health")
+    yield Case("oip ready while draining", "GET", "/v2/health/ready")
+    yield Case("oip live while draining", "GET", "/v2/health/live")
 
 
 def _image_summary(data: bytes) -> dict[str, Any]:
@@ -259,7 +306,9 @@ def _pixels(image: Image.Image) -> str:
 
 
 def _reduce_json(value: Any) -> Any:
-    """Masks (base64 PNG) become image summaries; everything else stays."""
+    """Masks (base64 PNG) become image summaries, long integer tensors (label maps) their size and
+    the values present; everything
+    else stays."""
     if isinstance(value, list):
         return [_reduce_json(v) for v in value]
     if isinstance(value, dict):
@@ -267,6 +316,13 @@ def _reduce_json(value: Any) -> Any:
         for key, item in value.items():
             if key == "mask" and isinstance(item, str):
                 out[key] = _image_summary(base64.b64decode(item))
+            elif (
+                key == "data"
+                and isinstance(item, list)
+                and len(item) > 256
+                and all(type(v) is int for v in item)
+            ):
+                out[key] = {"elements": len(item), "values": sorted(set(item))}
             else:
                 out[key] = _reduce_json(item)
         return out

@@ -12,11 +12,16 @@ from app.config import ENVIRONMENT_ONLY, MODEL_OPTIONS, REPEATED_FLAGS, Settings
 from app.repository.models_yaml import ModelEntry
 from tests.support import ROOT
 
+# How `mvit serve --ray` runs the service (app/ray_serve.RayOptions), not settings of the service itself.
+RAY_FLAGS = {"ray", "replicas", "ray_cpus", "ray_address"}
+
 
 def serve_flags() -> dict[str, str]:
-    """dest -> help of every `mvit serve` option."""
+    """dest -> help of every `mvit serve` option that is a setting."""
     serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
-    return {action.dest: action.help or "" for action in serve._actions if action.dest != "help"}
+    return {
+        action.dest: action.help or "" for action in serve._actions if action.dest not in {"help", *RAY_FLAGS}
+    }
 
 
 def test_every_setting_but_the_secret_ones_is_a_serve_flag_with_its_description() -> None:

@@ -1,0 +1,213 @@
+"""The Open Inference Protocol (KServe v2, the protocol Triton speaks) REST routes, beside the Hugging Face
+ones: the same models, the same batcher, admission, auth, metrics, limits and drain.
+
+`POST /v2/models/{name}/infer` takes a BYTES tensor `image` of N encoded image files; the N images go
+through the batcher together and the answer is one tensor per output with the images on axis 0 (the
+outputs of each task: `Task.tensor_outputs`, also in the model metadata).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from app import __version__
+from app.api.admission import Admission, answer_headers
+from app.api.body import read_body
+from app.api.oip_body import (
+    BINARY_EXTENSION,
+    DATATYPES,
+    HEADER_LENGTH,
+    INPUT_NAME,
+    InferRequest,
+    encode_infer_response,
+    parse_infer_request,
+    stack,
+    tensor_metadata,
+)
+from app.api.openapi import OIP_INFER_BODY, OIP_INFER_RESPONSES, OIP_READY_RESPONSES, SIDE_RESPONSES
+from app.errors import InvalidInput, ModelNotFound, ShuttingDown, TooLarge, shown
+from app.runtime.drain import RETRY_AFTER_DRAINING_S, Lifecycle
+from app.runtime.models import ModelManager, ServedModel
+from app.runtime.pipeline import Pipeline, Result
+
+SERVER_NAME = "mobilevitv2-serve"
+MODEL_VERSION = "1"  # a served model has one version: the folder it was loaded from
+HEALTH_PATHS = ("/v2/health/live", "/v2/health/ready")
+
+
+class OipRoutes:
+    def __init__(
+        self,
+        manager: ModelManager,
+        pipeline: Pipeline,
+        lifecycle: Lifecycle,
+        admission: Admission,
+        max_body_bytes: int,
+    ) -> None:
+        self.manager = manager
+        self.pipeline = pipeline
+        self.lifecycle = lifecycle
+        self.admission = admission
+        self.max_body_bytes = max_body_bytes
+
+    def add_to(self, app: FastAPI) -> None:
+        tags = ["Open Inference Protocol (v2)"]
+
+        @app.get("/v2", tags=tags, summary="Server metadata")
+        async def server_metadata() -> dict[str, Any]:
+            return {"name": SERVER_NAME, "version": __version__, "extensions": [BINARY_EXTENSION]}
+
+        @app.get("/v2/health/live", tags=tags, summary="Liveness: the process is up")
+        async def live() -> dict[str, bool]:
+            return {"live": True}
+
+        @app.get(
+            "/v2/health/ready",
+            tags=tags,
+            summary="Readiness: every model is loaded, not draining",
+            responses=OIP_READY_RESPONSES,
+        )
+        async def ready() -> JSONResponse:
+            if self.lifecycle.draining:
+                raise ShuttingDown(RETRY_AFTER_DRAINING_S)
+            if not self.manager.ready:
+                status = "loading" if self.manager.loading else f"failed: {self.manager.error}"
+                return JSONResponse({"ready": False, "error": f"Models are not ready ({status})"}, 503)
+            return JSONResponse({"ready": True})
+
+        # Model names may hold slashes (Hub ids), so the specific routes come before the bare metadata one.
+        @app.get(
+            "/v2/models/{name:path}/versions/{version}/ready",
+            tags=tags,
+            responses=SIDE_RESPONSES,
+            summary="Model readiness",
+        )
+        async def model_version_ready(name: str, version: str) -> JSONResponse:
+            return self.model_ready(name, version)
+
+        @app.get(
+            "/v2/models/{name:path}/ready", tags=tags, responses=SIDE_RESPONSES, summary="Model readiness"
+        )
+        async def model_ready(name: str) -> JSONResponse:
+            return self.model_ready(name, MODEL_VERSION)
+
+        @app.post(
+            "/v2/models/{name:path}/versions/{version}/infer",
+            tags=tags,
+            summary="Inference",
+            openapi_extra={"requestBody": OIP_INFER_BODY},
+            responses=OIP_INFER_RESPONSES,
+        )
+        async def infer_version(name: str, version: str, request: Request) -> Response:
+            return await self.infer(request, name, version)
+
+        @app.post(
+            "/v2/models/{name:path}/infer",
+            tags=tags,
+            summary="Inference",
+            openapi_extra={"requestBody": OIP_INFER_BODY},
+            responses=OIP_INFER_RESPONSES,
+        )
+        async def infer(name: str, request: Request) -> Response:
+            return await self.infer(request, name, MODEL_VERSION)
+
+        @app.get(
+            "/v2/models/{name:path}/versions/{version}",
+            tags=tags,
+            responses=SIDE_RESPONSES,
+            summary="Model metadata",
+        )
+        async def model_version_metadata(name: str, version: str) -> dict[str, Any]:
+            return metadata(self.find(name, version))
+
+        @app.get("/v2/models/{name:path}", tags=tags, responses=SIDE_RESPONSES, summary="Model metadata")
+        async def model_metadata(name: str) -> dict[str, Any]:
+            return metadata(self.find(name, MODEL_VERSION))
+
+    def find(self, name: str, version: str) -> ServedModel:
+        model = self.manager.get(name)
+        if version != MODEL_VERSION:
+            raise ModelNotFound(
+                f"Model {shown(name)} has no version {shown(version)}; it has {MODEL_VERSION}."
+            )
+        return model
+
+    def model_ready(self, name: str, version: str) -> JSONResponse:
+        self.find(name, version)  # unknown: 404; still loading: 503
+        if self.lifecycle.draining:
+            raise ShuttingDown(RETRY_AFTER_DRAINING_S)
+        return JSONResponse({"name": name, "ready": True})
+
+    async def infer(self, request: Request, name: str, version: str) -> Response:
+        started = time.perf_counter()
+        model = self.find(name, version)
+
+        async def read() -> InferRequest:
+            body = await read_body(request, self.max_body_bytes)
+            if request.headers.get("content-encoding", "identity").lower() != "identity":
+                raise InvalidInput(
+                    "Compressed request bodies are not accepted: image files are compressed already."
+                )
+            parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+            if len(parsed.images) > model.batcher.max_queue_size:
+                raise InvalidInput(
+                    f"The request holds {len(parsed.images)} images; model {model.id} takes at most "
+                    f"{model.batcher.max_queue_size} at once (MVIT_MAX_QUEUE_SIZE). Split it."
+                )
+            return parsed
+
+        async def one(index: int, image: bytes, parameters: dict[str, Any], count: int) -> Result:
+            try:
+                return await self.pipeline.run(model, image, dict(parameters), as_tensors=True)
+            except (InvalidInput, TooLarge) as exc:
+                if count == 1:
+                    raise
+                raise type(exc)(f"Image {index + 1} of {count}: {exc.message}") from None
+
+        async def work(parsed: InferRequest) -> tuple[InferRequest, list[Result]]:
+            count = len(parsed.images)
+            runs = [
+                asyncio.ensure_future(one(i, image, parsed.parameters, count))
+                for i, image in enumerate(parsed.images)
+            ]
+            try:
+                return parsed, list(await asyncio.gather(*runs))
+            finally:  # one image failed or the request ended: the others' work is dropped too
+                for run in runs:
+                    run.cancel()
+
+        answered = await self.admission.run(request, model, read, lambda parsed: len(parsed.images), work)
+        if isinstance(answered, Response):
+            return answered
+        parsed, results = answered
+        self.admission.record(request, model, [result.phases for result in results])
+        arrays = stack([result.answer for result in results], model.task.tensor_outputs(model))  # type: ignore[misc]
+        body, headers, media_type = encode_infer_response(model.id, version, parsed, arrays)
+        phases = request.scope["state"]["phases"]
+        return Response(
+            body, media_type=media_type, headers={**headers, **answer_headers(model, started, phases)}
+        )
+
+
+def metadata(model: ServedModel) -> dict[str, Any]:
+    """Model metadata as the protocol defines it, plus `parameters`: the task, its request parameters and
+    the labels that class ids index."""
+    outputs = model.task.tensor_outputs(model)
+    return {
+        "name": model.id,
+        "versions": [MODEL_VERSION],
+        "platform": model.backend.name,
+        "inputs": [tensor_metadata(INPUT_NAME, "BYTES", [-1])],
+        "outputs": [tensor_metadata(o.name, DATATYPES[o.dtype], [-1, *o.shape]) for o in outputs],
+        "parameters": {
+            "task": model.task.name,
+            "request_parameters": list(model.task.parameters),
+            "outputs": {o.name: o.description for o in outputs},
+            "labels": model.labels,
+        },
+    }

@@ -1,0 +1,179 @@
+"""Ray Serve: the same FastAPI app as `mvit serve`, one copy per Ray Serve replica.
+
+Each replica loads and warms up its models in its constructor, so Ray routes to it only once it can
+answer; sizes its inference and decode threads to the CPUs Ray gave it; and names itself in an
+`x-replica-id` header. Overload answers 429 + Retry-After through Ray too, never 503: Ray's
+`max_ongoing_requests` sits above the replica's own queue (`max_queue_size`), so Ray hands requests on
+and the replica's admission refuses what it cannot hold, with the service's JSON error. Ray's own
+queue, in front of the replicas, is bounded by `max_queued_requests` and refuses with 429 as well.
+Removing a replica (scale-down, redeploy, `serve shutdown`) stops routing to it and lets its ongoing
+requests finish, for up to `drain_timeout_s`.
+
+`mvit serve --ray` runs it on a local Ray instance; `serve run app.ray_serve:build_app` and
+`deploy/ray/serve_config.yaml` run it on an existing cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, Field, model_validator
+from ray import serve
+from ray.serve.config import AutoscalingConfig, BackpressureConfig
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api import create_app
+from app.config import Settings
+
+DEPLOYMENT_NAME = "mvit"
+MIRROR_PERIOD_S = 5.0  # Ray exports its metrics every few seconds; Prometheus scrapes every 15-30 s
+# Requests besides inference that count against Ray's max_ongoing_requests: probes, /metrics, /models.
+SIDE_REQUESTS = 8
+
+
+class RayOptions(BaseModel):
+    """How Ray runs the replicas (the service's own settings stay in `Settings`)."""
+
+    num_replicas: int = Field(1, ge=1, description="Replicas, without autoscaling.")
+    autoscale: bool = Field(False, description="Scale between min_replicas and max_replicas instead.")
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(4, ge=1)
+    # Ray adds replicas while each holds more than this. The default is the requests one replica answers
+    # within about a second at the throughput measured in docs/deployment.md (2 CPUs, width 1.0, c=8).
+    target_ongoing_requests: float = Field(8.0, gt=0)
+    num_cpus: float = Field(1.0, gt=0, description="CPUs each replica reserves (fractions allowed).")
+    max_queued_requests: int = Field(
+        64, ge=-1, description="Requests Ray holds in front of busy replicas before it answers 429."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RayOptions:
+        if self.autoscale and self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
+        return self
+
+
+def replica_settings(overrides: dict[str, Any], cpus: float) -> Settings:
+    """A replica's settings: `overrides` on top of its environment, with inference and decode threads
+    sized to the CPUs Ray reserved for it (unless set), since every replica of a node sees all its cores."""
+    threads = max(1, math.floor(cpus))
+    return Settings(**{"inference_threads": threads, "decode_threads": threads, **overrides})
+
+
+class MetricsMirror:
+    """Copies a replica's `mvit_*` samples into Ray's metrics, tagged with the replica, so that Prometheus
+    finds every replica's figures where it scrapes Ray (each node's metrics export port, as `ray_mvit_*`):
+    through Ray's proxy, `/metrics` answers from whichever replica takes the request. Counters and histogram
+    buckets arrive as gauges of the same values, which `rate()` and `histogram_quantile()` read as they are."""
+
+    def __init__(self, registry: CollectorRegistry, replica_id: str) -> None:
+        self.registry = registry
+        self.replica_id = replica_id
+        self.gauges: dict[str, Any] = {}
+
+    def copy(self) -> None:
+        from ray.util.metrics import Gauge
+
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                gauge = self.gauges.get(sample.name)
+                if gauge is None:
+                    keys = (*sorted(sample.labels), "replica")
+                    gauge = self.gauges[sample.name] = Gauge(sample.name, family.documentation, tag_keys=keys)
+                gauge.set(sample.value, tags={**sample.labels, "replica": self.replica_id})
+
+    async def run(self, period_s: float = MIRROR_PERIOD_S) -> None:
+        while True:
+            self.copy()
+            await asyncio.sleep(period_s)
+
+
+class ReplicaIdHeader:
+    """Adds `x-replica-id` to every answer: which replica served it."""
+
+    def __init__(self, app: ASGIApp, replica_id: str) -> None:
+        self.app = app
+        self.header = (b"x-replica-id", replica_id.encode("latin-1", "replace"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), self.header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id if scope["type"] == "http" else send)
+
+
+@serve.deployment
+@serve.ingress()
+class MvitReplica:
+    async def __init__(self, overrides: dict[str, Any]) -> None:
+        from ray import get_runtime_context
+
+        # As `mvit serve` does: spinning OpenMP threads steal the cores the decode threads need.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        cpus = float(get_runtime_context().get_assigned_resources().get("CPU", 1.0))
+        self.service = create_app(replica_settings(overrides, cpus))
+        manager = self.service.state.manager
+        await manager.load_all()  # here rather than in the app's lifespan: Ray waits for the constructor
+        if manager.error:
+            raise RuntimeError(f"model loading failed: {manager.error}")
+        replica_id = serve.get_replica_context().replica_id.unique_id
+        self.service.add_middleware(ReplicaIdHeader, replica_id=replica_id)
+        mirror = MetricsMirror(self.service.state.metrics.registry, replica_id)
+        self.mirroring = asyncio.get_running_loop().create_task(mirror.run())
+
+    def __serve_build_asgi_app__(self) -> ASGIApp:
+        return self.service  # type: ignore[no-any-return]
+
+    async def check_health(self) -> None:
+        if self.service.state.manager.error:
+            raise RuntimeError(self.service.state.manager.error)
+
+
+def deployment_options(settings: Settings, ray: RayOptions) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "name": DEPLOYMENT_NAME,
+        "ray_actor_options": {"num_cpus": ray.num_cpus},
+        "max_ongoing_requests": settings.max_queue_size + SIDE_REQUESTS,
+        "max_queued_requests": ray.max_queued_requests,
+        "backpressure_config": BackpressureConfig(status_code=429, retry_after_s=1),
+        "graceful_shutdown_timeout_s": settings.drain_timeout_s,
+        "graceful_shutdown_wait_loop_s": 0.5,
+        "health_check_period_s": 5,
+    }
+    if ray.autoscale:
+        options["autoscaling_config"] = AutoscalingConfig(
+            min_replicas=ray.min_replicas,
+            max_replicas=ray.max_replicas,
+            target_ongoing_requests=ray.target_ongoing_requests,
+        )
+    else:
+        options["num_replicas"] = ray.num_replicas
+    return options
+
+
+def application(overrides: dict[str, Any], ray: RayOptions) -> serve.Application:
+    """The Ray Serve application; `overrides` are `Settings` fields (the rest comes from each replica's
+    MVIT_* environment)."""
+    settings = Settings(**overrides)  # fails here, in the driver, on a bad setting
+    return MvitReplica.options(**deployment_options(settings, ray)).bind(overrides)  # type: ignore[attr-defined]
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """`serve run app.ray_serve:build_app models=... num_replicas=2` or `import_path` in a Serve config:
+    `args` holds `Settings` fields and `RayOptions` fields."""
+    ray_fields = {k: v for k, v in args.items() if k in RayOptions.model_fields}
+    overrides = {k: v for k, v in args.items() if k not in RayOptions.model_fields}
+    unknown = sorted(set(overrides) - set(Settings.model_fields))
+    if unknown:
+        raise ValueError(f"unknown argument(s) {', '.join(unknown)}: expected Settings or RayOptions fields")
+    if isinstance(overrides.get("models"), str):
+        overrides["models"] = overrides["models"].split(",")
+    return application(overrides, RayOptions(**ray_fields))

@@ -1,0 +1,221 @@
+"""The service as a Ray Serve application on a real local Ray instance (loopback): two replicas answer as
+the single-process service does, both take traffic, overload is 429 (never 503), a replica killed in a
+burst costs no request a silent failure and comes back, removing the application drains it, and nothing
+of Ray is left running."""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import ROOT, encode, free_port, photo_like, running_server, serving
+
+ray = pytest.importorskip("ray", reason="Ray Serve is the [ray] extra")
+from ray import serve  # noqa: E402
+
+from app.ray_serve import DEPLOYMENT_NAME, RayOptions, application  # noqa: E402
+
+PHOTO = encode(photo_like(640, 480, seed=31))
+ROUTES = ("/classify", "/segment", "/detect")
+MAX_QUEUE_SIZE = 4  # per replica: small, so that a burst overloads it
+
+
+def ray_processes() -> set[int]:
+    """Ray's own daemons (raylet, GCS, workers) on this machine."""
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if any(name in command for name in (b"raylet", b"gcs_server", b"ray::", b"default_worker.py")):
+            found.add(int(pid))
+    return found
+
+
+@pytest.fixture(scope="module")
+def models(model_dir: Path, seg_model_dir: Path, det_model_dir: Path) -> list[str]:
+    return [str(model_dir), str(seg_model_dir), str(det_model_dir)]
+
+
+METRICS_PORT = free_port()  # Ray's Prometheus endpoint of this node
+
+
+@pytest.fixture(scope="module")
+def ray_url(models: list[str]) -> Iterator[str]:
+    before = ray_processes()
+    port = free_port()
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        _metrics_export_port=METRICS_PORT,
+    )
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        overrides = {
+            "models": models,
+            "max_queue_size": MAX_QUEUE_SIZE,
+            "drain_timeout_s": 30,
+            "log_level": "warning",
+        }
+        serve.run(
+            application(overrides, RayOptions(num_replicas=2, num_cpus=1, max_queued_requests=4)),
+            name=DEPLOYMENT_NAME,
+        )
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    deadline = time.monotonic() + 20
+    while ray_processes() - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not ray_processes() - before, "Ray processes left running"
+
+
+def replica_ids(url: str, count: int, concurrency: int = 2) -> set[str]:
+    with ThreadPoolExecutor(concurrency) as pool:
+        answers = list(
+            pool.map(lambda _: httpx.post(f"{url}/classify", content=PHOTO, timeout=60), range(count))
+        )
+    assert all(answer.status_code == 200 for answer in answers)
+    return {answer.headers["x-replica-id"] for answer in answers}
+
+
+def test_two_replicas_answer_as_the_single_process_service(
+    ray_url: str, models: list[str], model_dir: Path
+) -> None:
+    # A replica with 1 CPU runs 1 inference thread: so does the reference, for bit-identical floats.
+    with serving(model_dir, models=models, inference_threads=1, decode_threads=1) as reference:
+        for route in ROUTES:
+            for params in ({}, {"threshold": 0.3} if route == "/detect" else {}):
+                expected = reference.post(route, content=PHOTO, params=params)
+                got = httpx.post(f"{ray_url}{route}", content=PHOTO, params=params, timeout=60)
+                assert got.status_code == expected.status_code == 200
+                assert got.json() == expected.json(), route
+        bad = httpx.post(f"{ray_url}/classify", content=b"not an image", timeout=60)
+        assert (
+            bad.status_code == 400
+            and bad.json() == reference.post("/classify", content=b"not an image").json()
+        )
+
+
+def test_both_replicas_take_traffic(ray_url: str) -> None:
+    assert len(replica_ids(ray_url, 16)) == 2
+
+
+def test_each_replicas_metrics_reach_rays_prometheus_endpoint(ray_url: str) -> None:
+    served_by = replica_ids(ray_url, 8)
+    deadline = time.monotonic() + 60
+    found: set[str] = set()
+    while time.monotonic() < deadline and found != served_by:
+        text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
+        found = {
+            line.split('replica="')[1].split('"')[0]
+            for line in text.splitlines()
+            if line.startswith("ray_mvit_request_duration_seconds_count{") and 'endpoint="/classify"' in line
+        }
+        time.sleep(1)
+    assert found == served_by
+    assert "ray_serve_num_http_requests_total" in text  # and Ray's own, in the same place
+
+
+def test_overload_answers_429_with_retry_after_never_503(ray_url: str) -> None:
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(
+            pool.map(lambda _: httpx.post(f"{ray_url}/segment", content=PHOTO, timeout=120), range(48))
+        )
+    statuses = [answer.status_code for answer in answers]
+    assert set(statuses) <= {200, 429}, statuses
+    refused = [answer for answer in answers if answer.status_code == 429]
+    assert refused and statuses.count(200) >= 2 * MAX_QUEUE_SIZE
+    assert all(int(answer.headers["retry-after"]) >= 1 for answer in refused)
+    assert httpx.post(f"{ray_url}/classify", content=PHOTO, timeout=60).status_code == 200  # and it recovers
+
+
+def test_a_replica_killed_in_a_burst_fails_requests_clearly_and_comes_back(ray_url: str) -> None:
+    victim_id = next(iter(replica_ids(ray_url, 4, concurrency=1)))
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if victim_id in a["name"]]
+    assert len(names) == 1, names
+    victim = ray.get_actor(names[0], namespace="serve")
+
+    def call(i: int) -> httpx.Response:
+        if i == 6:
+            ray.kill(victim, no_restart=True)
+        return httpx.post(f"{ray_url}/classify", content=PHOTO, timeout=60)
+
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(call, range(30)))
+    for answer in answers:
+        assert answer.status_code in (200, 429, 500, 503), answer.status_code
+        if answer.status_code == 200:
+            assert len(answer.json()) == 5  # complete
+        else:
+            assert answer.text.strip()  # says what went wrong
+    assert sum(answer.status_code == 200 for answer in answers) >= 20
+    print("statuses in the burst:", sorted(answer.status_code for answer in answers))
+    deadline = time.monotonic() + 90
+    ids: set[str] = set()
+    while time.monotonic() < deadline:  # Ray starts a replacement; both take traffic again
+        ids = replica_ids(ray_url, 8)
+        if len(ids) == 2 and victim_id not in ids:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(
+            f"the deployment did not recover to 2 replicas: {serve.status().applications}; served by {ids}"
+        )
+    deployment = serve.status().applications[DEPLOYMENT_NAME].deployments[DEPLOYMENT_NAME]
+    assert deployment.status == "HEALTHY" and deployment.replica_states == {"RUNNING": 2}
+
+
+def test_deleting_the_application_drains_requests_in_flight(ray_url: str) -> None:
+    """Last in this module: it removes the application."""
+    many = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [MAX_QUEUE_SIZE], "data": []}]}
+    many["inputs"][0]["data"] = [base64.b64encode(PHOTO).decode()] * MAX_QUEUE_SIZE
+    name = "mobilevitv2-0.5-voc-deeplabv3-512-random"
+    with ThreadPoolExecutor(2) as pool:
+        in_flight = pool.submit(httpx.post, f"{ray_url}/v2/models/{name}/infer", json=many, timeout=120)
+        time.sleep(0.5)  # on its replica by now
+        started = time.monotonic()
+        serve.delete(DEPLOYMENT_NAME)  # returns once the replicas are gone
+        answer = in_flight.result()
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["shape"] == [MAX_QUEUE_SIZE, 480, 640]
+    assert time.monotonic() - started < 30
+    with pytest.raises(httpx.HTTPError):
+        httpx.post(f"{ray_url}/classify", content=PHOTO, timeout=5).raise_for_status()
+
+
+def test_the_serve_config_is_valid_and_builds_the_deployment() -> None:
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from app.ray_serve import build_app
+
+    config = yaml.safe_load((ROOT / "deploy/ray/serve_config.yaml").read_text())
+    application_config = ServeDeploySchema.model_validate(config).applications[0]
+    assert application_config.import_path == "app.ray_serve:build_app"
+    deployment = build_app({**application_config.args, "models": ["x"]})._bound_deployment
+    options = deployment._deployment_config
+    assert options.autoscaling_config.target_ongoing_requests == 8
+    assert options.max_ongoing_requests > application_config.args["max_queue_size"]  # the replica says 429
+    assert options.backpressure_config.status_code == 429
+    assert options.graceful_shutdown_timeout_s == application_config.args["drain_timeout_s"]
+    assert deployment.ray_actor_options["num_cpus"] == 2
+    with pytest.raises(ValueError, match="unknown argument"):
+        build_app({"max_queue_sise": 3})
+
+
+def test_mvit_serve_ray_one_command(model_dir: Path) -> None:
+    ray_flags = ("--ray", "--replicas", "2", "--log-level", "warning")
+    with running_server("--model", str(model_dir), *ray_flags, ready_timeout=120, stop_timeout=60) as url:
+        assert len(replica_ids(url, 12)) == 2
