@@ -75,10 +75,15 @@ async def closed_loop(
     duration_s: float,
     max_requests: int,
     content_type: str = "image/jpeg",
+    headers: list[dict[str, str]] | None = None,
 ) -> LoadResult:
-    """Run the load; bodies are taken in turn. Bounded by both `duration_s` and `max_requests`."""
+    """Run the load; bodies (each with its `headers`, if given) are taken in turn. Bounded by both
+    `duration_s` and `max_requests`."""
     check_loopback(url_host)
-    requests = [http_request(url_host, port, path, body, content_type) for body in bodies]
+    requests = [
+        http_request(url_host, port, path, body, content_type, headers[i] if headers else None)
+        for i, body in enumerate(bodies)
+    ]
     turn = itertools.count()
     result = LoadResult()
     started = time.perf_counter()

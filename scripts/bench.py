@@ -8,6 +8,8 @@ In one run, on loopback ports, with the same model folder:
   * naive: scripts/naive_server.py (FastAPI + transformers.pipeline, PyTorch, one image per call);
   * litserve: scripts/litserve_peer.py (LitServe batching over ONNX Runtime, HF JSON in and out): the
     peer a user would otherwise build (its bodies are the same photos as base64 JSON, encoded once);
+  * oip:   with --oip, the first mvit server again, over the Open Inference Protocol
+    (/v2/models/{id}/infer, one image per request as tritonclient sends it: binary tensor data);
   * raw:   the same backend in this process on preprocessed tensors, batch 1/2/4/8, no HTTP, no decode.
 A closed-loop load generator (scripts/_loadgen.py) posts the bench photos (scikit-image's 9 colour
 photos, as 640x480 and 4032x3024 JPEGs at quality 90, and at 4032x3024 with sensor-like grain at quality
@@ -91,6 +93,37 @@ def as_json(bodies: list[bytes]) -> list[bytes]:
     return [json.dumps({"inputs": base64.b64encode(body).decode()}).encode() for body in bodies]
 
 
+def as_oip(bodies: list[bytes]) -> tuple[list[bytes], list[dict[str, str]]]:
+    """One-image infer requests in binary tensor form, and the header each needs."""
+    requests, headers = [], []
+    for body in bodies:
+        element = len(body).to_bytes(4, "little") + body
+        tensor = {
+            "name": "image",
+            "datatype": "BYTES",
+            "shape": [1],
+            "parameters": {"binary_data_size": len(element)},
+        }
+        header = json.dumps({"inputs": [tensor]}).encode()
+        requests.append(header + element)
+        headers.append({"Inference-Header-Content-Length": str(len(header))})
+    return requests, headers
+
+
+@dataclass
+class Client:
+    """How the load generator calls one server: where, with which bodies (per image set), how labelled."""
+
+    url: str
+    path: str
+    bodies: dict[str, list[bytes]]
+    content_type: str = "image/jpeg"
+    headers: dict[str, list[dict[str, str]]] | None = None  # per image set, one per body
+
+    def headers_for(self, image_set: str, index: int) -> dict[str, str]:
+        return self.headers[image_set][index] if self.headers else {}
+
+
 PEERS = {"naive", "litserve"}
 JSON_SERVERS = {"litserve"}
 RawResults = dict[str, tuple[float, float]]  # configuration -> (img/s, p50 seconds per call)
@@ -140,6 +173,9 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=2000, help="per cell and round")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     parser.add_argument("--no-peer", action="store_true", help="skip the LitServe peer")
+    parser.add_argument(
+        "--oip", action="store_true", help="also the first mvit server over the Open Inference Protocol"
+    )
     parser.add_argument(
         "--mvit",
         nargs="+",
@@ -200,18 +236,33 @@ def main() -> None:
     if not args.no_peer and classifier:
         servers["litserve"] = start_peer(args.model)
     json_images = {name: as_json(bodies) for name, bodies in images.items()}
+    clients = {
+        name: Client(url, route, json_images, "application/json")
+        if name in JSON_SERVERS
+        else Client(url, route, images)
+        for name, (_, url) in servers.items()
+    }
+    if args.oip:
+        oip = {name: as_oip(bodies) for name, bodies in images.items()}
+        clients["oip"] = Client(
+            servers[next(iter(servers))][1],
+            f"/v2/models/{model.id}/infer",
+            {name: requests for name, (requests, _) in oip.items()},
+            "application/octet-stream",
+            {name: headers for name, (_, headers) in oip.items()},
+        )
     groups = [(image_set, concurrency) for concurrency in args.concurrency for image_set in images]
     cells: dict[tuple[str, int, str], Cell] = {}
     raw: dict[tuple[str, int], list[RawResults]] = {}
     try:
-        for name, (_, url) in servers.items():
-            content_type = "application/json" if name in JSON_SERVERS else "image/jpeg"
-            for bodies in (json_images if name in JSON_SERVERS else images).values():
-                for body in bodies[:3]:
+        for client in clients.values():
+            for image_set, bodies in client.bodies.items():
+                for i, body in enumerate(bodies[:3]):
+                    headers = {"content-type": client.content_type, **client.headers_for(image_set, i)}
                     httpx.post(
-                        f"{url}{route}", content=body, headers={"content-type": content_type}, timeout=120
+                        f"{client.url}{client.path}", content=body, headers=headers, timeout=120
                     ).raise_for_status()
-        names = list(servers)
+        names = list(clients)
         for round_number in range(args.rounds):
             order = names[round_number % len(names) :] + names[: round_number % len(names)]
             for image_set, concurrency in groups:
@@ -222,17 +273,18 @@ def main() -> None:
                     raw_run(model, batches, references, args.seconds)
                 )
                 for name in order:
-                    port = int(servers[name][1].rsplit(":", 1)[1])
+                    client = clients[name]
                     result = asyncio.run(
                         closed_loop(
                             "127.0.0.1",
-                            port,
-                            route,
-                            (json_images if name in JSON_SERVERS else images)[image_set],
+                            int(client.url.rsplit(":", 1)[1]),
+                            client.path,
+                            client.bodies[image_set],
                             concurrency,
                             args.seconds,
                             args.max_requests,
-                            "application/json" if name in JSON_SERVERS else "image/jpeg",
+                            client.content_type,
+                            client.headers[image_set] if client.headers else None,
                         )
                     )
                     cells.setdefault((image_set, concurrency, name), Cell()).rounds.append(result)

@@ -46,6 +46,17 @@ def models(model_dir: Path, seg_model_dir: Path, det_model_dir: Path) -> list[st
 
 
 METRICS_PORT = free_port()  # Ray's Prometheus endpoint of this node
+RAY_OPTIONS = RayOptions(num_replicas=2, num_cpus=1, max_queued_requests=4)
+
+
+def settings_of(models: list[str], **changes: object) -> dict[str, object]:
+    return {
+        "models": models,
+        "max_queue_size": MAX_QUEUE_SIZE,
+        "drain_timeout_s": 30,
+        "log_level": "warning",
+        **changes,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +72,7 @@ def ray_url(models: list[str]) -> Iterator[str]:
     )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        overrides = {
-            "models": models,
-            "max_queue_size": MAX_QUEUE_SIZE,
-            "drain_timeout_s": 30,
-            "log_level": "warning",
-        }
-        serve.run(
-            application(overrides, RayOptions(num_replicas=2, num_cpus=1, max_queued_requests=4)),
-            name=DEPLOYMENT_NAME,
-        )
+        serve.run(application(settings_of(models), RAY_OPTIONS), name=DEPLOYMENT_NAME)
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
@@ -177,19 +179,32 @@ def test_a_replica_killed_in_a_burst_fails_requests_clearly_and_comes_back(ray_u
     assert deployment.status == "HEALTHY" and deployment.replica_states == {"RUNNING": 2}
 
 
-def test_deleting_the_application_drains_requests_in_flight(ray_url: str) -> None:
+def oip_request(images: int) -> dict[str, object]:
+    data = [base64.b64encode(PHOTO).decode()] * images
+    return {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [images], "data": data}]}
+
+
+def test_redeploying_and_deleting_drain_requests_in_flight(ray_url: str, models: list[str]) -> None:
     """Last in this module: it removes the application."""
-    many = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [MAX_QUEUE_SIZE], "data": []}]}
-    many["inputs"][0]["data"] = [base64.b64encode(PHOTO).decode()] * MAX_QUEUE_SIZE
-    name = "mobilevitv2-0.5-voc-deeplabv3-512-random"
+    infer = f"{ray_url}/v2/models/mobilevitv2-0.5-voc-deeplabv3-512-random/infer"
+    old_replicas = replica_ids(ray_url, 8)
     with ThreadPoolExecutor(2) as pool:
-        in_flight = pool.submit(httpx.post, f"{ray_url}/v2/models/{name}/infer", json=many, timeout=120)
+        in_flight = pool.submit(httpx.post, infer, json=oip_request(MAX_QUEUE_SIZE), timeout=120)
         time.sleep(0.5)  # on its replica by now
+        # A new version (another setting): Ray replaces both replicas, the old ones once idle.
+        serve.run(application(settings_of(models, log_level="error"), RAY_OPTIONS), name=DEPLOYMENT_NAME)
+        answer = in_flight.result()
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["shape"] == [MAX_QUEUE_SIZE, 480, 640]
+    assert not replica_ids(ray_url, 8) & old_replicas
+
+    with ThreadPoolExecutor(2) as pool:
+        in_flight = pool.submit(httpx.post, infer, json=oip_request(MAX_QUEUE_SIZE), timeout=120)
+        time.sleep(0.5)
         started = time.monotonic()
         serve.delete(DEPLOYMENT_NAME)  # returns once the replicas are gone
         answer = in_flight.result()
     assert answer.status_code == 200, answer.text
-    assert answer.json()["outputs"][0]["shape"] == [MAX_QUEUE_SIZE, 480, 640]
     assert time.monotonic() - started < 30
     with pytest.raises(httpx.HTTPError):
         httpx.post(f"{ray_url}/classify", content=PHOTO, timeout=5).raise_for_status()
