@@ -8,6 +8,7 @@ keep p > conf_threshold and the top-k, greedy NMS that suppresses IoU > threshol
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -126,47 +127,46 @@ def postprocess(
     """cvnets' SSD post-processing on softmax scores (anchors, classes) and decoded boxes (anchors, 4).
 
     Equivalent to: per class, p > conf_threshold, top_k, greedy NMS; then the best `max_objects` across
-    classes. Whether a box survives NMS depends only on higher-scoring boxes of its own class, so we
-    walk all candidates once in descending score and stop as soon as `max_objects` have survived.
+    classes. Whether a box survives NMS depends only on higher-scoring boxes of its own class, so each
+    class keeps a queue of its candidates, best first, and a heap holds every queue's head: the best head
+    is the next survivor, and it suppresses what overlaps it in its own queue only. That is one step per
+    survivor (at most `max_objects`), however many candidates pass the confidence floor.
     """
     anchor_index, class_index = np.nonzero(scores[:, 1:] > conf_threshold)
     class_index += 1
     candidate_scores = scores[anchor_index, class_index]
-    # Rank within each class (best first) to apply the per-class top-k.
+    candidate_boxes = boxes[anchor_index].astype(np.float64)
+    # By class, best first; equal scores keep candidate order (lexsort is stable), as in the heap's keys.
     by_class = np.lexsort((-candidate_scores, class_index))
-    group_start = np.searchsorted(class_index[by_class], class_index[by_class], side="left")
-    rank = np.empty_like(by_class)
-    rank[by_class] = np.arange(by_class.size) - group_start
-    selected = rank < top_k
-    anchor_index, class_index, candidate_scores = (
-        anchor_index[selected],
-        class_index[selected],
-        candidate_scores[selected],
-    )
-
+    grouped = class_index[by_class]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])[: by_class.size]
+    ends = np.r_[starts[1:], by_class.size][: starts.size]
+    queues = [by_class[start : min(end, start + top_k)] for start, end in zip(starts, ends, strict=True)]
+    heads = [(-float(candidate_scores[queue[0]]), int(queue[0]), q) for q, queue in enumerate(queues)]
+    heapq.heapify(heads)
     kept: list[int] = []
-    kept_boxes: dict[int, list[np.ndarray]] = {}
-    for i in np.argsort(-candidate_scores, kind="stable"):
-        box = boxes[anchor_index[i]].astype(np.float64)
-        same_class = kept_boxes.setdefault(int(class_index[i]), [])
-        if same_class and _max_iou(box, np.asarray(same_class)) > iou_threshold:
-            continue
-        same_class.append(box)
-        kept.append(int(i))
-        if len(kept) == max_objects:
-            break
+    while heads and len(kept) < max_objects:
+        _, best, q = heapq.heappop(heads)
+        kept.append(best)
+        rest = queues[q][1:]
+        if rest.size:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rest = rest[~(_iou(candidate_boxes[best], candidate_boxes[rest]) > iou_threshold)]
+        if rest.size:
+            queues[q] = rest
+            heapq.heappush(heads, (-float(candidate_scores[rest[0]]), int(rest[0]), q))
     keep = np.asarray(kept, dtype=np.intp)
     return Detections(class_index[keep].astype(np.int64), candidate_scores[keep], boxes[anchor_index[keep]])
 
 
-def _max_iou(box: np.ndarray, others: np.ndarray) -> float:
+def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """IoU of one box (x1, y1, x2, y2) with each of `others`; NaN where both have no area."""
     top_left = np.maximum(box[:2], others[:, :2])
     bottom_right = np.minimum(box[2:], others[:, 2:])
     inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
     area = (box[2] - box[0]) * (box[3] - box[1])
     areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float(np.nanmax(inter / (area + areas - inter), initial=0.0))
+    return inter / (area + areas - inter)
 
 
 def parse_params(raw: Mapping[str, Any]) -> float:

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from app.config import Settings
@@ -124,6 +126,56 @@ def test_nms_is_per_class_and_suppresses_only_above_the_threshold() -> None:
         probs[5],
     ]
     assert postprocess(scores, boxes, 0.95, 400, 0.5, 200).labels.size == 0
+
+
+def definition(
+    scores: np.ndarray, boxes: np.ndarray, conf: float, top_k: int, iou_threshold: float, max_objects: int
+) -> list[tuple[int, int]]:
+    """cvnets' post-processing as written down, slowly: per class, the candidates over `conf`, best first
+    (ties in anchor order), the first `top_k`, greedy NMS; then the best `max_objects` of all classes.
+    Returns (anchor, class) pairs in the order they are answered."""
+    survivors = []
+    for cls in range(1, scores.shape[1]):
+        anchors = [a for a in np.argsort(-scores[:, cls], kind="stable") if scores[a, cls] > conf][:top_k]
+        kept: list[int] = []
+        for a in anchors:
+            if all(not iou(boxes[a], boxes[k]) > iou_threshold for k in kept):
+                kept.append(a)
+        survivors += [(a, cls) for a in kept]
+    survivors.sort(key=lambda pair: (-scores[pair], pair[0]))  # candidates are anchor-major
+    return survivors[:max_objects]
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else float("nan")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    anchors=st.integers(1, 60),
+    classes=st.integers(2, 6),
+    top_k=st.integers(1, 20),
+    max_objects=st.integers(1, 30),
+    iou_threshold=st.sampled_from([0.3, 0.5, 0.7]),
+)
+def test_postprocess_is_the_definition(
+    seed: int, anchors: int, classes: int, top_k: int, max_objects: int, iou_threshold: float
+) -> None:
+    """On random scenes with ties (scores on a coarse grid), clusters of overlapping boxes and empty boxes."""
+    rng = np.random.default_rng(seed)
+    scores = (rng.integers(0, 8, (anchors, classes)) / 8).astype(np.float32)
+    centres = rng.uniform(0, 1, (anchors, 2)).round(1)  # few distinct places: boxes overlap
+    sizes = rng.choice([0.0, 0.1, 0.3], (anchors, 2))  # some boxes without area
+    boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1).astype(np.float32)
+    found = postprocess(scores, boxes, 0.1, top_k, iou_threshold, max_objects)
+    expected = definition(scores, boxes, 0.1, top_k, iou_threshold, max_objects)
+    assert found.labels.tolist() == [cls for _, cls in expected]
+    assert found.scores.tolist() == [scores[pair] for pair in expected]
+    assert np.array_equal(found.boxes, boxes[[a for a, _ in expected]].reshape(-1, 4))
 
 
 @pytest.mark.parametrize(("height", "width"), [(320, 320), (384, 512), (256, 256)])

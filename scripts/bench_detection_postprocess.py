@@ -1,0 +1,66 @@
+"""SSD post-processing time (`app.tasks.detection.postprocess`) on scenes where NMS suppresses most
+candidates, as a trained detector's outputs make it: objects covered by many overlapping anchors of their
+class and a few of two other classes, the rest of the anchors near zero. No model involved.
+
+    python -m scripts.bench_detection_postprocess
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import numpy as np
+
+from app.cpus import cpu_model
+from app.tasks.detection import postprocess
+from scripts._common import command_line
+
+ANCHORS, CLASSES, OBJECTS = 3232, 81, 20  # SSDLite at 320 px, COCO
+
+
+def scene(anchors_per_object: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    scores = np.full((ANCHORS, CLASSES), 1e-4, np.float32)
+    boxes = rng.uniform(0, 1, (ANCHORS, 4)).astype(np.float32)
+    boxes[:, 2:] = boxes[:, :2] + 0.05
+    order = rng.permutation(ANCHORS)
+    taken = 0
+    for index, (x, y) in enumerate(rng.uniform(0.1, 0.7, (OBJECTS, 2))):
+        for rank, cls in enumerate((1 + index % 80, 1 + (index + 7) % 80, 1 + (index + 31) % 80)):
+            count = anchors_per_object if rank == 0 else anchors_per_object // 5
+            chosen = order[taken : taken + count] if taken + count <= ANCHORS else order[:count]
+            taken += count
+            jitter = rng.normal(0, 0.01, (count, 4))
+            boxes[chosen] = np.array([x, y, x + 0.25, y + 0.25]) + jitter
+            scores[chosen, cls] = rng.uniform(0.02, 0.95 if rank == 0 else 0.3, count)
+    scores[:, 0] = 1 - scores[:, 1:].sum(axis=1)
+    return scores, boxes
+
+
+def main() -> None:
+    print(f"$ {command_line()}")
+    print(f"{time.strftime('%Y-%m-%d')}; {cpu_model()}, {os.cpu_count()} cores")
+    print(
+        "| anchors per object | candidates > 0.01 | detections | ms, median of 3 scenes x 7 runs (min-max) |"
+    )
+    print("|---:|---:|---:|---:|")
+    for per_object in (25, 100, 200):
+        times, candidates, kept = [], [], []
+        for seed in range(3):
+            scores, boxes = scene(per_object, seed)
+            candidates.append(int((scores[:, 1:] > 0.01).sum()))
+            for _ in range(7):
+                started = time.perf_counter()
+                found = postprocess(scores, boxes)
+                times.append(1000 * (time.perf_counter() - started))
+            kept.append(len(found.labels))
+        print(
+            f"| {per_object} | {statistics.median(candidates)} | {statistics.median(kept)} | "
+            f"{statistics.median(times):.2f} ({min(times):.2f}-{max(times):.2f}) |"
+        )
+
+
+if __name__ == "__main__":
+    main()
