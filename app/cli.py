@@ -83,6 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.logs import configure_logging
 
     settings = _settings(args)
+    ray_options = _ray_options(args)
     configure_logging(settings.log_level, settings.log_format)
     try:  # what can be checked before the port is bound fails here, in one line
         configured_tokens(settings)
@@ -90,54 +91,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (CheckpointError, TokenFileError) as exc:
         print(f"mvit serve: {exc}", file=sys.stderr)
         return 1
-    if args.ray:
-        return _serve_on_ray(settings, args)
+    if ray_options is not None:
+        from app.ray_serve import serve_until_stopped
+
+        return serve_until_stopped(settings, ray_options, args.ray_address)
     with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
         return runner.run(_serve(settings))
 
 
-def _serve_on_ray(settings: Any, args: argparse.Namespace) -> int:
-    """`mvit serve --ray`: the service as a Ray Serve application, on a local Ray instance (or the cluster
-    at --ray-address), until SIGTERM or Ctrl-C; then Serve drains the replicas and Ray stops."""
-    import signal
-    import threading
-
-    try:
-        import ray
-        from ray import serve
-
-        from app.ray_serve import DEPLOYMENT_NAME, RayOptions, application
-    except ImportError:
-        print("mvit serve --ray: Ray is not installed: pip install 'mobilevitv2-serve[ray]'", file=sys.stderr)
-        return 1
-    low, _, high = args.replicas.partition("-")
-    try:
-        if high:
-            options = RayOptions(
-                autoscale=True, min_replicas=int(low), max_replicas=int(high), num_cpus=args.ray_cpus
+def _ray_options(args: argparse.Namespace) -> Any:
+    """`--ray`'s RayOptions, None without it; SystemExit for Ray flags without --ray, bad values, no Ray."""
+    if not args.ray:
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ("replicas", "ray_cpus", "ray_address")
+            if getattr(args, name)
+        ]
+        if given:
+            raise SystemExit(
+                f"mvit serve: {' and '.join(given)} {'needs' if len(given) == 1 else 'need'} --ray"
             )
-        else:
-            options = RayOptions(num_replicas=int(low), num_cpus=args.ray_cpus)
-    except ValueError as exc:
-        raise SystemExit(f"mvit serve: --replicas {args.replicas!r}: {exc}") from None
-    ray.init(address=args.ray_address, include_dashboard=False, logging_level=logging.WARNING)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own
-        signal.signal(sig, lambda *_: stop.set())
+        return None
     try:
-        serve.start(http_options={"host": settings.host, "port": settings.port})
-        serve.run(
-            application(settings.model_dump(exclude_unset=True), options),
-            name=DEPLOYMENT_NAME,
-            route_prefix="/",
-        )
-        log.info("Ray Serve is serving on http://%s:%d/ (%s)", settings.host, settings.port, options)
-        stop.wait()
-        log.info("stopping: Ray Serve drains the replicas (at most %g s)", settings.drain_timeout_s)
-        serve.shutdown()
-    finally:
-        ray.shutdown()
-    return 0
+        from app.ray_serve import RayOptions
+    except ImportError:
+        raise SystemExit(
+            "mvit serve --ray: Ray is not installed: pip install 'mobilevitv2-serve[ray]'"
+        ) from None
+    from pydantic import ValidationError
+
+    low, _, high = (args.replicas or "1").partition("-")
+    fields: dict[str, Any] = (
+        {"autoscale": True, "min_replicas": low, "max_replicas": high} if high else {"num_replicas": low}
+    )
+    if args.ray_cpus is not None:
+        fields["num_cpus"] = args.ray_cpus
+    try:
+        return RayOptions(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise SystemExit(f"mvit serve: invalid --replicas or --ray-cpus: {problems}") from None
 
 
 def _prepare_models(settings: Any) -> list[Any]:
@@ -429,16 +422,12 @@ def add_serve_command(sub: Any) -> None:
     )
     ray.add_argument(
         "--replicas",
-        default="1",
         metavar="N|MIN-MAX",
         help="with --ray: N replicas, or autoscale between MIN and MAX (default 1)",
     )
-    ray.add_argument(
-        "--ray-cpus", type=float, default=1.0, help="with --ray: CPUs each replica reserves (default 1)"
-    )
+    ray.add_argument("--ray-cpus", type=float, help="with --ray: CPUs each replica reserves (default 1)")
     ray.add_argument(
         "--ray-address",
-        default=None,
         help="with --ray: a running cluster (ray://HOST:10001 or auto); default: start one here",
     )
     serve.set_defaults(func=cmd_serve)

@@ -34,11 +34,12 @@ class ModelLoading(ServiceError):
 
 
 class QueueFull(ServiceError):
-    """The model already holds `limit` requests."""
+    """The model's queue has no room: it holds at most `limit` images (one per HF request; an Open
+    Inference Protocol request holds one per image)."""
 
     def __init__(self, model: str, limit: int, retry_after_s: int) -> None:
         super().__init__(
-            f"Model {model} is busy: it already holds {limit} requests. Retry after {retry_after_s} s."
+            f"Model {model} is busy: its queue of {limit} images is full. Retry after {retry_after_s} s."
         )
         self.limit = limit
         self.retry_after_s = retry_after_s

@@ -16,8 +16,10 @@ requests finish, for up to `drain_timeout_s`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
+import sys
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -28,6 +30,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import create_app
 from app.config import Settings
+from app.logs import configure_logging
+
+log = logging.getLogger(__name__)
 
 DEPLOYMENT_NAME = "mvit"
 MIRROR_PERIOD_S = 5.0  # Ray exports its metrics every few seconds; Prometheus scrapes every 15-30 s
@@ -59,9 +64,15 @@ class RayOptions(BaseModel):
 
 def replica_settings(overrides: dict[str, Any], cpus: float) -> Settings:
     """A replica's settings: `overrides` on top of its environment, with inference and decode threads
-    sized to the CPUs Ray reserved for it (unless set), since every replica of a node sees all its cores."""
+    sized to the CPUs Ray reserved for it unless either sets them (every replica of a node sees all its
+    cores)."""
     threads = max(1, math.floor(cpus))
-    return Settings(**{"inference_threads": threads, "decode_threads": threads, **overrides})
+    sized = {
+        name: threads
+        for name in ("inference_threads", "decode_threads")
+        if name not in overrides and f"MVIT_{name.upper()}" not in os.environ
+    }
+    return Settings(**sized, **overrides)
 
 
 class MetricsMirror:
@@ -90,7 +101,10 @@ class MetricsMirror:
 
     async def run(self, period_s: float = MIRROR_PERIOD_S) -> None:
         while True:
-            self.copy()
+            try:
+                self.copy()
+            except Exception:  # a metric Ray refuses must not end the copying of the others
+                log.exception("copying the metrics into Ray's failed")
             await asyncio.sleep(period_s)
 
 
@@ -119,7 +133,9 @@ class MvitReplica:
         # As `mvit serve` does: spinning OpenMP threads steal the cores the decode threads need.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         cpus = float(get_runtime_context().get_assigned_resources().get("CPU", 1.0))
-        self.service = create_app(replica_settings(overrides, cpus))
+        settings = replica_settings(overrides, cpus)
+        configure_logging(settings.log_level, settings.log_format)
+        self.service = create_app(settings)
         manager = self.service.state.manager
         await manager.load_all()  # here rather than in the app's lifespan: Ray waits for the constructor
         if manager.error:
@@ -133,8 +149,12 @@ class MvitReplica:
         return self.service  # type: ignore[no-any-return]
 
     async def check_health(self) -> None:
-        if self.service.state.manager.error:
-            raise RuntimeError(self.service.state.manager.error)
+        """Ray replaces a replica whose check fails: here, one whose batching loop has died."""
+        stopped = [
+            model.id for model in self.service.state.manager.models.values() if not model.batcher.running
+        ]
+        if stopped:
+            raise RuntimeError(f"the batcher of {', '.join(stopped)} is not running")
 
 
 def deployment_options(settings: Settings, ray: RayOptions) -> dict[str, Any]:
@@ -177,3 +197,50 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     if isinstance(overrides.get("models"), str):
         overrides["models"] = overrides["models"].split(",")
     return application(overrides, RayOptions(**ray_fields))
+
+
+def serve_until_stopped(settings: Settings, options: RayOptions, address: str | None) -> int:
+    """`mvit serve --ray`: the application on a new local Ray instance, or on the cluster at `address`,
+    until SIGTERM or Ctrl-C (also while it deploys). Then Serve drains the replicas; a local instance
+    stops, while on a cluster only this application is deleted."""
+    import signal
+    import threading
+
+    import ray
+
+    ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING)
+    stop, asked = threading.Event(), threading.Event()
+
+    def on_signal(*_: object) -> None:
+        asked.set()
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own
+        signal.signal(sig, on_signal)
+    # Tokens stay in the replicas' environment: deployment arguments are stored in Ray's GCS.
+    overrides = settings.model_dump(exclude_unset=True, exclude={"api_tokens"})
+    failure: list[str] = []
+
+    def deploy() -> None:
+        try:
+            serve.start(http_options={"host": settings.host, "port": settings.port})
+            serve.run(application(overrides, options), name=DEPLOYMENT_NAME, route_prefix="/")
+            log.info("Ray Serve is serving on http://%s:%d/ (%s)", settings.host, settings.port, options)
+        except Exception as exc:  # Ray's messages are long; the first line says what failed
+            failure.append(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            stop.set()
+
+    threading.Thread(target=deploy, name="ray-deploy", daemon=True).start()
+    try:
+        stop.wait()
+        log.info("stopping: Ray Serve drains the replicas (at most %g s)", settings.drain_timeout_s)
+        if address:
+            serve.delete(DEPLOYMENT_NAME)
+        else:
+            serve.shutdown()
+    finally:
+        ray.shutdown()
+    if failure and not asked.is_set():  # a deployment cut short by a signal is no failure
+        print(f"mvit serve --ray: the deployment failed: {failure[0]}", file=sys.stderr)
+        return 1
+    return 0

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 import httpx
 import numpy as np
 
+from app.api.oip_body import serialize_bytes
 from scripts._common import BENCH_SETS, bench_set, command_line, start_listening, start_server
 from scripts._loadgen import LoadResult, closed_loop
 
@@ -94,17 +95,17 @@ def as_json(bodies: list[bytes]) -> list[bytes]:
 
 
 def as_oip(bodies: list[bytes]) -> tuple[list[bytes], list[dict[str, str]]]:
-    """One-image infer requests in binary tensor form, and the header each needs."""
+    """One-image infer requests as tritonclient sends them (binary in and out), with their headers."""
     requests, headers = [], []
     for body in bodies:
-        element = len(body).to_bytes(4, "little") + body
+        element = serialize_bytes(np.array([body], dtype=object))
         tensor = {
             "name": "image",
             "datatype": "BYTES",
             "shape": [1],
             "parameters": {"binary_data_size": len(element)},
         }
-        header = json.dumps({"inputs": [tensor]}).encode()
+        header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
         requests.append(header + element)
         headers.append({"Inference-Header-Content-Length": str(len(header))})
     return requests, headers

@@ -24,12 +24,14 @@ from app.api.oip_body import (
     HEADER_LENGTH,
     INPUT_NAME,
     InferRequest,
+    check_outputs,
     encode_infer_response,
     parse_infer_request,
     stack,
     tensor_metadata,
 )
 from app.api.openapi import OIP_INFER_BODY, OIP_INFER_RESPONSES, OIP_READY_RESPONSES, SIDE_RESPONSES
+from app.api.ops import readiness
 from app.errors import InvalidInput, ModelNotFound, ShuttingDown, TooLarge, shown
 from app.runtime.drain import RETRY_AFTER_DRAINING_S, Lifecycle
 from app.runtime.models import ModelManager, ServedModel
@@ -37,7 +39,6 @@ from app.runtime.pipeline import Pipeline, Result
 
 SERVER_NAME = "mobilevitv2-serve"
 MODEL_VERSION = "1"  # a served model has one version: the folder it was loaded from
-HEALTH_PATHS = ("/v2/health/live", "/v2/health/ready")
 
 
 class OipRoutes:
@@ -73,12 +74,9 @@ class OipRoutes:
             responses=OIP_READY_RESPONSES,
         )
         async def ready() -> JSONResponse:
-            if self.lifecycle.draining:
-                raise ShuttingDown(RETRY_AFTER_DRAINING_S)
-            if not self.manager.ready:
-                status = "loading" if self.manager.loading else f"failed: {self.manager.error}"
-                return JSONResponse({"ready": False, "error": f"Models are not ready ({status})"}, 503)
-            return JSONResponse({"ready": True})
+            status, fields, headers = readiness(self.manager, self.lifecycle)
+            body = {"ready": status == 200} | ({"error": fields["error"]} if "error" in fields else {})
+            return JSONResponse(body, status, headers)
 
         # Model names may hold slashes (Hub ids), so the specific routes come before the bare metadata one.
         @app.get(
@@ -146,19 +144,20 @@ class OipRoutes:
     async def infer(self, request: Request, name: str, version: str) -> Response:
         started = time.perf_counter()
         model = self.find(name, version)
+        outputs = model.task.tensor_outputs(model)
+        loop = asyncio.get_running_loop()
 
         async def read() -> InferRequest:
-            body = await read_body(request, self.max_body_bytes)
             if request.headers.get("content-encoding", "identity").lower() != "identity":
                 raise InvalidInput(
                     "Compressed request bodies are not accepted: image files are compressed already."
                 )
-            parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
-            if len(parsed.images) > model.batcher.max_queue_size:
-                raise InvalidInput(
-                    f"The request holds {len(parsed.images)} images; model {model.id} takes at most "
-                    f"{model.batcher.max_queue_size} at once (MVIT_MAX_QUEUE_SIZE). Split it."
-                )
+            body = await read_body(request, self.max_body_bytes)
+            parsed = parse_infer_request(
+                body, request.headers.get(HEADER_LENGTH), model.batcher.max_queue_size
+            )
+            check_outputs(parsed, [output.name for output in outputs])
+            model.task.validate(parsed.parameters, model)  # once, before any image is decoded
             return parsed
 
         async def one(index: int, image: bytes, parameters: dict[str, Any], count: int) -> Result:
@@ -169,25 +168,30 @@ class OipRoutes:
                     raise
                 raise type(exc)(f"Image {index + 1} of {count}: {exc.message}") from None
 
-        async def work(parsed: InferRequest) -> tuple[InferRequest, list[Result]]:
+        async def work(parsed: InferRequest) -> tuple[list[Result], tuple[bytes, dict[str, str], str]]:
             count = len(parsed.images)
             runs = [
                 asyncio.ensure_future(one(i, image, parsed.parameters, count))
                 for i, image in enumerate(parsed.images)
             ]
             try:
-                return parsed, list(await asyncio.gather(*runs))
+                results = list(await asyncio.gather(*runs))
             finally:  # one image failed or the request ended: the others' work is dropped too
                 for run in runs:
                     run.cancel()
 
+            def encode() -> tuple[bytes, dict[str, str], str]:
+                arrays = stack([result.answer for result in results], outputs)  # type: ignore[misc]
+                return encode_infer_response(model.id, version, parsed, arrays)
+
+            # Off the event loop, and while the request still holds its places: a big label map takes a while.
+            return results, await loop.run_in_executor(self.pipeline.pool, encode)
+
         answered = await self.admission.run(request, model, read, lambda parsed: len(parsed.images), work)
         if isinstance(answered, Response):
             return answered
-        parsed, results = answered
+        results, (body, headers, media_type) = answered
         self.admission.record(request, model, [result.phases for result in results])
-        arrays = stack([result.answer for result in results], model.task.tensor_outputs(model))  # type: ignore[misc]
-        body, headers, media_type = encode_infer_response(model.id, version, parsed, arrays)
         phases = request.scope["state"]["phases"]
         return Response(
             body, media_type=media_type, headers={**headers, **answer_headers(model, started, phases)}

@@ -9,6 +9,7 @@ each binary tensor gives its byte count in `parameters.binary_data_size`, and a 
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from app.errors import InvalidInput, shown
 from app.tasks import TensorOutput
 
 INPUT_NAME = "image"
+# Past this many elements an output must be asked for as binary data: JSON lists of millions of numbers
+# cost seconds and hundreds of MB to build (a label map of a 12 MP photo has 12 million).
+MAX_JSON_ELEMENTS = 1_000_000
 HEADER_LENGTH = "inference-header-content-length"
 DATATYPES = {"object": "BYTES", "float32": "FP32", "uint8": "UINT8", "int32": "INT32"}
 BINARY_EXTENSION = "binary_tensor_data"
@@ -43,7 +47,9 @@ class InferRequest:
     binary_output: bool  # the default for outputs the request does not name
 
 
-def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
+def parse_infer_request(body: bytes, header_length: str | None, max_images: int) -> InferRequest:
+    """The request's images and settings; InvalidInput for anything malformed, or for more than
+    `max_images` images (checked before they are split out of the body)."""
     json_part, binary = _split(body, header_length)
     malformed = f"The request is not valid JSON. {_SHAPE}"
     if header_length is not None:
@@ -59,11 +65,14 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput(f"'id' must be a string, got {shown(request_id)}.")
+    task_parameters = {
+        k: v for k, v in parameters.items() if k not in PROTOCOL_PARAMETERS and v is not None
+    }  # null means "the default", as on the HF routes
     return InferRequest(
         id=request_id,
-        images=_images(request.get("inputs"), binary),
-        parameters=check_parameters({k: v for k, v in parameters.items() if k not in PROTOCOL_PARAMETERS}),
-        outputs=_requested_outputs(request.get("outputs")),
+        images=_images(request.get("inputs"), binary, max_images),
+        parameters=check_parameters(task_parameters),
+        outputs=_requested_outputs(request.get("outputs"), binary_output),
         binary_output=binary_output,
     )
 
@@ -71,7 +80,7 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    if not header_length.strip().isdigit() or int(header_length) > len(body):
+    if not re.fullmatch(r"[0-9]{1,15}", header_length.strip()) or int(header_length) > len(body):
         raise InvalidInput(
             f"Inference-Header-Content-Length is {shown(header_length)}: it must be the length of the JSON "
             f"at the start of the body, at most the body's {len(body):,} bytes."
@@ -94,7 +103,7 @@ def _flag(value: Any, name: str) -> bool:
     return value
 
 
-def _images(inputs: Any, binary: bytes) -> list[bytes]:
+def _images(inputs: Any, binary: bytes, max_images: int) -> list[bytes]:
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidInput(f"'inputs' must hold exactly one tensor, {INPUT_NAME!r}. {_SHAPE}")
     tensor = inputs[0]
@@ -117,6 +126,11 @@ def _images(inputs: Any, binary: bytes) -> list[bytes]:
     ):
         raise InvalidInput(f"Input {INPUT_NAME!r} has shape {shown(shape)}; it must be [N], N >= 1 images.")
     count = shape[0]
+    if count > max_images:
+        raise InvalidInput(
+            f"The request holds {count} images; this model takes at most {max_images} at once "
+            "(MVIT_MAX_QUEUE_SIZE). Split it."
+        )
     parameters = _object(tensor.get("parameters"), f"The parameters of input {INPUT_NAME!r}")
     if any(key.startswith("shared_memory") for key in parameters):
         raise InvalidInput("Shared-memory inputs are not supported: send the images in the request body.")
@@ -173,7 +187,9 @@ def bytes_elements(raw: bytes, count: int) -> list[bytes]:
     return elements
 
 
-def _requested_outputs(outputs: Any) -> dict[str, bool] | None:
+def _requested_outputs(outputs: Any, binary_output: bool) -> dict[str, bool] | None:
+    """Output name -> as binary data (each output's `binary_data`, else the request's
+    `binary_data_output`); None for every output."""
     if outputs is None:
         return None
     if not isinstance(outputs, list):
@@ -188,8 +204,19 @@ def _requested_outputs(outputs: Any) -> dict[str, bool] | None:
             raise InvalidInput(
                 f"Output parameter(s) {', '.join(map(shown, unsupported))} are not supported; only binary_data is."
             )
-        requested[output["name"]] = _flag(parameters.get("binary_data", False), "binary_data")
+        if output["name"] in requested:
+            raise InvalidInput(f"Output {shown(output['name'])} is asked for twice.")
+        requested[output["name"]] = _flag(parameters.get("binary_data", binary_output), "binary_data")
     return requested
+
+
+def check_outputs(request: InferRequest, names: Sequence[str]) -> None:
+    """Refuse unknown output names before any work is done."""
+    unknown = sorted(set(request.outputs or ()) - set(names))
+    if unknown:
+        raise InvalidInput(
+            f"Unknown output(s) {', '.join(map(shown, unknown))}; this model answers {', '.join(names)}."
+        )
 
 
 def stack(
@@ -227,11 +254,6 @@ def encode_infer_response(
 ) -> tuple[bytes, dict[str, str], str]:
     """(body, headers, media type) of an infer response: the JSON, and binary outputs after it."""
     wanted = request.outputs if request.outputs is not None else dict.fromkeys(arrays, request.binary_output)
-    unknown = sorted(set(wanted) - set(arrays))
-    if unknown:
-        raise InvalidInput(
-            f"Unknown output(s) {', '.join(map(shown, unknown))}; this model answers {', '.join(arrays)}."
-        )
     outputs, chunks = [], []
     for name, as_binary in wanted.items():
         array = arrays[name]
@@ -248,13 +270,19 @@ def encode_infer_response(
             )
             output["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
+        elif array.size > MAX_JSON_ELEMENTS:
+            raise InvalidInput(
+                f"Output {name!r} has {array.size:,} elements, too many for JSON (at most "
+                f"{MAX_JSON_ELEMENTS:,}): ask for it as binary data (binary_data: true, tritonclient's default)."
+            )
         else:
             output["data"] = array.ravel().tolist()
         outputs.append(output)
     response: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": outputs}
     if request.id is not None:
         response["id"] = request.id
-    header = json.dumps(response, ensure_ascii=False, separators=(",", ":")).encode()
+    # ASCII: a request id may hold a lone surrogate, which UTF-8 cannot encode.
+    header = json.dumps(response, ensure_ascii=True, separators=(",", ":")).encode()
     if not chunks:
         return header, {}, "application/json"
     return (

@@ -23,6 +23,20 @@ DEMO_PAGE_HEADERS = {
 }
 
 
+def readiness(manager: ModelManager, lifecycle: Lifecycle) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, body, headers) of `/ready`; the Open Inference Protocol's `/v2/health/ready` says the same."""
+    if lifecycle.draining:
+        body = {"status": "draining", "error": "The service is shutting down"}
+        return 503, body, {"Retry-After": str(RETRY_AFTER_DRAINING_S)}
+    if manager.ready:
+        return 200, {"status": "ready", "models": list(manager.models)}, {}
+    if manager.loading:
+        estimate = manager.estimated_time()
+        body = {"status": "loading", "error": "Models are loading", "estimated_time": estimate}
+        return 503, body, {"Retry-After": str(max(1, round(estimate)))}
+    return 503, {"status": "failed", "error": f"Model loading failed: {manager.error}"}, {}
+
+
 def add_ops_routes(app: FastAPI, manager: ModelManager, lifecycle: Lifecycle, metrics: Metrics) -> None:
     demo_page = (resources.files("app") / "static" / "index.html").read_bytes()
 
@@ -41,22 +55,8 @@ def add_ops_routes(app: FastAPI, manager: ModelManager, lifecycle: Lifecycle, me
         responses={503: {"description": "Loading, failed, or draining (status says which); Retry-After"}},
     )
     async def ready() -> JSONResponse:
-        if lifecycle.draining:
-            return JSONResponse(
-                {"status": "draining", "error": "The service is shutting down"},
-                status_code=503,
-                headers={"Retry-After": str(RETRY_AFTER_DRAINING_S)},
-            )
-        if manager.ready:
-            return JSONResponse({"status": "ready", "models": list(manager.models)})
-        if manager.loading:
-            estimate = manager.estimated_time()
-            return JSONResponse(
-                {"status": "loading", "error": "Models are loading", "estimated_time": estimate},
-                status_code=503,
-                headers={"Retry-After": str(max(1, round(estimate)))},
-            )
-        return JSONResponse({"status": "failed", "error": f"Model loading failed: {manager.error}"}, 503)
+        status, fields, headers = readiness(manager, lifecycle)
+        return JSONResponse(fields, status, headers)
 
     @app.get("/models", summary="The served models")
     async def list_models() -> list[dict[str, Any]]:

@@ -107,6 +107,11 @@ class Batcher:
         finally:
             self._admitted -= places
 
+    @property
+    def running(self) -> bool:
+        """The batching loop is alive (started, not stopped, not crashed)."""
+        return self._task is not None and not self._task.done()
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")

@@ -165,6 +165,57 @@ def test_broken_binary_bodies_get_400(
     assert response.status_code == 400 and message in response.json()["error"], response.text
 
 
+@pytest.mark.parametrize("length", ["\u00b2", "9" * 5000, "-1", " "])
+def test_odd_header_lengths_get_400(client: TestClient, jpeg_bytes: bytes, length: str) -> None:
+    body, _ = binary_request([jpeg_bytes])
+    response = client.post(
+        INFER, content=body, headers={"Inference-Header-Content-Length": length.encode("latin-1")}
+    )
+    assert response.status_code == 400 and "Inference-Header-Content-Length" in response.json()["error"]
+
+
+def test_protocol_details(client: TestClient, jpeg_bytes: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    # binary_data_output is the default of the outputs a request names
+    request = {
+        **json_request([jpeg_bytes]),
+        "outputs": [{"name": "scores"}],
+        "parameters": {"binary_data_output": True},
+    }
+    assert client.post(INFER, json=request).headers["content-type"] == "application/octet-stream"
+    # an id that UTF-8 cannot encode comes back escaped
+    answer = client.post(INFER, content=json.dumps({**json_request([jpeg_bytes]), "id": "\ud800"}).encode())
+    assert answer.status_code == 200 and json.loads(answer.content)["id"] == "\ud800"
+    # null parameters mean the default, as on the HF routes
+    nulls = client.post(INFER, json=json_request([jpeg_bytes], top_k=None, function_to_apply=None)).json()
+    assert nulls["outputs"][0]["shape"] == [1, 5]
+    # a parameter error is the request's, not an image's
+    bad = client.post(INFER, json=json_request([jpeg_bytes] * 2, top_k=0)).json()["error"]
+    assert bad.startswith("Parameter 'top_k'")
+    duplicate = {**json_request([jpeg_bytes]), "outputs": [{"name": "scores"}, {"name": "scores"}]}
+    assert "asked for twice" in client.post(INFER, json=duplicate).json()["error"]
+    # a huge N is refused from the shape alone
+    huge = {
+        "inputs": [
+            {"name": "image", "datatype": "BYTES", "shape": [10**9], "parameters": {"binary_data_size": 0}}
+        ]
+    }
+    header = json.dumps(huge).encode()
+    refused = client.post(
+        INFER, content=header, headers={"Inference-Header-Content-Length": str(len(header))}
+    )
+    assert refused.status_code == 400 and "at most" in refused.json()["error"]
+    # outputs too big for JSON must be asked for as binary data
+    monkeypatch.setattr("app.api.oip_body.MAX_JSON_ELEMENTS", 4)
+    too_big = client.post(INFER, json=json_request([jpeg_bytes]))
+    assert too_big.status_code == 400 and "binary_data" in too_big.json()["error"]
+    assert (
+        client.post(
+            INFER, json={**json_request([jpeg_bytes]), "parameters": {"binary_data_output": True}}
+        ).status_code
+        == 200
+    )
+
+
 def test_element_lengths_must_match_the_data() -> None:
     with pytest.raises(InvalidInput, match="only 2 follow"):
         bytes_elements(b"\x05\0\0\0ab", 1)
@@ -178,7 +229,7 @@ def test_element_lengths_must_match_the_data() -> None:
 @given(st.binary(max_size=300), st.one_of(st.none(), st.integers(0, 400).map(str)))
 def test_any_body_parses_or_is_refused_with_invalid_input(body: bytes, header_length: str | None) -> None:
     with contextlib.suppress(InvalidInput):
-        parse_infer_request(body, header_length)
+        parse_infer_request(body, header_length, max_images=8)
 
 
 @given(st.lists(st.binary(max_size=50), min_size=1, max_size=8))

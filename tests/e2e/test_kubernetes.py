@@ -183,6 +183,16 @@ def test_the_kserve_predictor_is_a_valid_pod(version: str) -> None:
     assert kserve["scaleMetric"] in ("cpu", "memory", "concurrency", "rps")
 
 
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_kserve_predictor_has_a_disruption_budget(version: str) -> None:
+    budget = yaml.safe_load((KUBERNETES / "kserve" / "poddisruptionbudget.yaml").read_text())
+    kubernetes_validate.validate(budget, version, strict=True)
+    assert budget["spec"]["selector"]["matchLabels"] == {
+        "serving.kserve.io/inferenceservice": KSERVE["metadata"]["name"]
+    }
+    assert budget["spec"]["maxUnavailable"] < KSERVE["spec"]["predictor"]["minReplicas"]
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_what_the_schemas_cannot_see(overlay: str) -> None:
     """One source per volume, mounts of volumes that exist, Recreate without rollingUpdate, one namespace."""

@@ -8,14 +8,14 @@ from __future__ import annotations
 import base64
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import ROOT, encode, free_port, photo_like, running_server, serving
+from tests.support import encode, free_port, photo_like, serving
 
 ray = pytest.importorskip("ray", reason="Ray Serve is the [ray] extra")
 from ray import serve  # noqa: E402
@@ -45,7 +45,6 @@ def models(model_dir: Path, seg_model_dir: Path, det_model_dir: Path) -> list[st
     return [str(model_dir), str(seg_model_dir), str(det_model_dir)]
 
 
-METRICS_PORT = free_port()  # Ray's Prometheus endpoint of this node
 RAY_OPTIONS = RayOptions(num_replicas=2, num_cpus=1, max_queued_requests=4)
 
 
@@ -60,22 +59,21 @@ def settings_of(models: list[str], **changes: object) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def ray_url(models: list[str]) -> Iterator[str]:
+def cluster() -> Iterator[int]:
+    """A local Ray instance; yields the port of its Prometheus endpoint. Nothing of it survives."""
     before = ray_processes()
-    port = free_port()
+    metrics_port = free_port()
     ray.init(
+        address="local",
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
-        _metrics_export_port=METRICS_PORT,
+        _metrics_export_port=metrics_port,
     )
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(application(settings_of(models), RAY_OPTIONS), name=DEPLOYMENT_NAME)
-        yield f"http://127.0.0.1:{port}"
+        yield metrics_port
     finally:
-        serve.shutdown()
         ray.shutdown()
     deadline = time.monotonic() + 20
     while ray_processes() - before and time.monotonic() < deadline:
@@ -83,13 +81,41 @@ def ray_url(models: list[str]) -> Iterator[str]:
     assert not ray_processes() - before, "Ray processes left running"
 
 
-def replica_ids(url: str, count: int, concurrency: int = 2) -> set[str]:
+@pytest.fixture(scope="module")
+def ray_url(cluster: int, models: list[str]) -> Iterator[str]:
+    port = free_port()
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(application(settings_of(models), RAY_OPTIONS), name=DEPLOYMENT_NAME)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+
+
+def classify(url: str, count: int, concurrency: int = 2) -> list[httpx.Response]:
     with ThreadPoolExecutor(concurrency) as pool:
-        answers = list(
+        return list(
             pool.map(lambda _: httpx.post(f"{url}/classify", content=PHOTO, timeout=60), range(count))
         )
+
+
+def replica_ids(url: str, count: int, concurrency: int = 2) -> set[str]:
+    answers = classify(url, count, concurrency)
     assert all(answer.status_code == 200 for answer in answers)
     return {answer.headers["x-replica-id"] for answer in answers}
+
+
+def eventually(served: Callable[[set[str]], bool], url: str, within_s: float) -> set[str]:
+    """The replicas that answered, once `served(them)` holds; answers other than 200 meanwhile are
+    allowed (a replica may be on its way out)."""
+    deadline = time.monotonic() + within_s
+    ids: set[str] = set()
+    while time.monotonic() < deadline:
+        ids = {a.headers["x-replica-id"] for a in classify(url, 8) if a.status_code == 200}
+        if served(ids):
+            return ids
+        time.sleep(0.5)
+    raise AssertionError(f"still served by {ids} after {within_s} s: {serve.status().applications}")
 
 
 def test_two_replicas_answer_as_the_single_process_service(
@@ -114,12 +140,12 @@ def test_both_replicas_take_traffic(ray_url: str) -> None:
     assert len(replica_ids(ray_url, 16)) == 2
 
 
-def test_each_replicas_metrics_reach_rays_prometheus_endpoint(ray_url: str) -> None:
+def test_each_replicas_metrics_reach_rays_prometheus_endpoint(ray_url: str, cluster: int) -> None:
     served_by = replica_ids(ray_url, 8)
     deadline = time.monotonic() + 60
     found: set[str] = set()
     while time.monotonic() < deadline and found != served_by:
-        text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
+        text = httpx.get(f"http://127.0.0.1:{cluster}/metrics", timeout=10).text
         found = {
             line.split('replica="')[1].split('"')[0]
             for line in text.splitlines()
@@ -163,20 +189,10 @@ def test_a_replica_killed_in_a_burst_fails_requests_clearly_and_comes_back(ray_u
         else:
             assert answer.text.strip()  # says what went wrong
     assert sum(answer.status_code == 200 for answer in answers) >= 20
-    print("statuses in the burst:", sorted(answer.status_code for answer in answers))
-    deadline = time.monotonic() + 90
-    ids: set[str] = set()
-    while time.monotonic() < deadline:  # Ray starts a replacement; both take traffic again
-        ids = replica_ids(ray_url, 8)
-        if len(ids) == 2 and victim_id not in ids:
-            break
-        time.sleep(1)
-    else:
-        pytest.fail(
-            f"the deployment did not recover to 2 replicas: {serve.status().applications}; served by {ids}"
-        )
-    deployment = serve.status().applications[DEPLOYMENT_NAME].deployments[DEPLOYMENT_NAME]
-    assert deployment.status == "HEALTHY" and deployment.replica_states == {"RUNNING": 2}
+    deployment = eventually(lambda ids: len(ids) == 2 and victim_id not in ids, ray_url, 90)
+    assert victim_id not in deployment
+    status = serve.status().applications[DEPLOYMENT_NAME].deployments[DEPLOYMENT_NAME]
+    assert status.status == "HEALTHY" and status.replica_states == {"RUNNING": 2}
 
 
 def oip_request(images: int) -> dict[str, object]:
@@ -184,53 +200,35 @@ def oip_request(images: int) -> dict[str, object]:
     return {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [images], "data": data}]}
 
 
-def test_redeploying_and_deleting_drain_requests_in_flight(ray_url: str, models: list[str]) -> None:
-    """Last in this module: it removes the application."""
-    infer = f"{ray_url}/v2/models/mobilevitv2-0.5-voc-deeplabv3-512-random/infer"
-    old_replicas = replica_ids(ray_url, 8)
-    with ThreadPoolExecutor(2) as pool:
-        in_flight = pool.submit(httpx.post, infer, json=oip_request(MAX_QUEUE_SIZE), timeout=120)
-        time.sleep(0.5)  # on its replica by now
-        # A new version (another setting): Ray replaces both replicas, the old ones once idle.
-        serve.run(application(settings_of(models, log_level="error"), RAY_OPTIONS), name=DEPLOYMENT_NAME)
-        answer = in_flight.result()
-    assert answer.status_code == 200, answer.text
-    assert answer.json()["outputs"][0]["shape"] == [MAX_QUEUE_SIZE, 480, 640]
-    assert not replica_ids(ray_url, 8) & old_replicas
-
-    with ThreadPoolExecutor(2) as pool:
-        in_flight = pool.submit(httpx.post, infer, json=oip_request(MAX_QUEUE_SIZE), timeout=120)
-        time.sleep(0.5)
+def in_flight_while(change: Callable[[], None], url: str) -> tuple[httpx.Response, float]:
+    """A 3-image segmentation request, sent; `change()` once it is being served; its answer, and how long
+    after the change started it came (a request answered before the change proves nothing)."""
+    infer = f"{url}/v2/models/mobilevitv2-0.5-voc-deeplabv3-512-random/infer"
+    with ThreadPoolExecutor(1) as pool:
+        request = pool.submit(httpx.post, infer, json=oip_request(3), timeout=120)
+        time.sleep(0.5)  # three 640x480 maps take seconds on 2 cores: it is being computed now
+        assert not request.done()
         started = time.monotonic()
-        serve.delete(DEPLOYMENT_NAME)  # returns once the replicas are gone
-        answer = in_flight.result()
+        change()
+        answer = request.result()
+        return answer, time.monotonic() - started
+
+
+def test_redeploying_and_deleting_drain_requests_in_flight(ray_url: str, models: list[str]) -> None:
+    """Last to use the application: it removes it."""
+    old_replicas = replica_ids(ray_url, 8)
+    # A new version (another setting): Ray replaces both replicas, the old ones once idle.
+
+    def redeploy() -> None:
+        serve.run(application(settings_of(models, log_level="error"), RAY_OPTIONS), name=DEPLOYMENT_NAME)
+
+    answer, _ = in_flight_while(redeploy, ray_url)
     assert answer.status_code == 200, answer.text
-    assert time.monotonic() - started < 30
+    assert answer.json()["outputs"][0]["shape"] == [3, 480, 640]
+    eventually(lambda ids: len(ids) == 2 and not ids & old_replicas, ray_url, 30)
+
+    answer, waited = in_flight_while(lambda: serve.delete(DEPLOYMENT_NAME), ray_url)
+    assert answer.status_code == 200, answer.text
+    assert waited < 30
     with pytest.raises(httpx.HTTPError):
         httpx.post(f"{ray_url}/classify", content=PHOTO, timeout=5).raise_for_status()
-
-
-def test_the_serve_config_is_valid_and_builds_the_deployment() -> None:
-    import yaml
-    from ray.serve.schema import ServeDeploySchema
-
-    from app.ray_serve import build_app
-
-    config = yaml.safe_load((ROOT / "deploy/ray/serve_config.yaml").read_text())
-    application_config = ServeDeploySchema.model_validate(config).applications[0]
-    assert application_config.import_path == "app.ray_serve:build_app"
-    deployment = build_app({**application_config.args, "models": ["x"]})._bound_deployment
-    options = deployment._deployment_config
-    assert options.autoscaling_config.target_ongoing_requests == 8
-    assert options.max_ongoing_requests > application_config.args["max_queue_size"]  # the replica says 429
-    assert options.backpressure_config.status_code == 429
-    assert options.graceful_shutdown_timeout_s == application_config.args["drain_timeout_s"]
-    assert deployment.ray_actor_options["num_cpus"] == 2
-    with pytest.raises(ValueError, match="unknown argument"):
-        build_app({"max_queue_sise": 3})
-
-
-def test_mvit_serve_ray_one_command(model_dir: Path) -> None:
-    ray_flags = ("--ray", "--replicas", "2", "--log-level", "warning")
-    with running_server("--model", str(model_dir), *ray_flags, ready_timeout=120, stop_timeout=60) as url:
-        assert len(replica_ids(url, 12)) == 2

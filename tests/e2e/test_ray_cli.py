@@ -1,0 +1,57 @@
+"""Ray Serve without a long-lived cluster: the Serve config for `serve deploy` builds what it says, and
+`mvit serve --ray` serves from its replicas and stops cleanly (it starts and stops its own Ray instance;
+tests/e2e/test_ray_serve.py's instance is gone by the time this module runs)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import ROOT, encode, photo_like, running_server
+
+pytest.importorskip("ray", reason="Ray Serve is the [ray] extra")
+
+PHOTO = encode(photo_like(320, 240, seed=32))
+
+
+def test_the_serve_config_is_valid_and_builds_the_deployment() -> None:
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from app.ray_serve import build_app
+
+    config = yaml.safe_load((ROOT / "deploy/ray/serve_config.yaml").read_text())
+    application_config = ServeDeploySchema.model_validate(config).applications[0]
+    assert application_config.import_path == "app.ray_serve:build_app"
+    deployment = build_app({**application_config.args, "models": ["x"]})._bound_deployment
+    options = deployment._deployment_config
+    assert options.autoscaling_config.target_ongoing_requests == 8
+    assert options.max_ongoing_requests > application_config.args["max_queue_size"]  # the replica says 429
+    assert options.backpressure_config.status_code == 429
+    assert options.graceful_shutdown_timeout_s == application_config.args["drain_timeout_s"]
+    assert deployment.ray_actor_options["num_cpus"] == 2
+    with pytest.raises(ValueError, match="unknown argument"):
+        build_app({"max_queue_sise": 3})
+
+
+def test_mvit_serve_ray_one_command(model_dir: Path) -> None:
+    ray_flags = ("--ray", "--replicas", "2", "--log-level", "warning")
+    with running_server("--model", str(model_dir), *ray_flags, ready_timeout=120, stop_timeout=60) as url:
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(
+                pool.map(lambda _: httpx.post(f"{url}/classify", content=PHOTO, timeout=60), range(12))
+            )
+        assert {answer.status_code for answer in answers} == {200}
+        assert len({answer.headers["x-replica-id"] for answer in answers}) == 2
+
+
+def test_mvit_serve_ray_refuses_what_it_cannot_run(model_dir: Path) -> None:
+    from tests.support import mvit
+
+    without_ray = mvit("serve", "--model", str(model_dir), "--replicas", "2")
+    assert without_ray.returncode == 1 and "--replicas needs --ray" in without_ray.stderr
+    bad = mvit("serve", "--model", str(model_dir), "--ray", "--replicas", "3-1")
+    assert bad.returncode == 1 and "min_replicas 3 > max_replicas 1" in bad.stderr
