@@ -120,6 +120,8 @@ def _ray_options(args: argparse.Namespace) -> Any:
         ) from None
     from pydantic import ValidationError
 
+    from app.errors import validation_problems
+
     low, _, high = (args.replicas or "1").partition("-")
     fields: dict[str, Any] = (
         {"autoscale": True, "min_replicas": low, "max_replicas": high} if high else {"num_replicas": low}
@@ -129,8 +131,9 @@ def _ray_options(args: argparse.Namespace) -> Any:
     try:
         return RayOptions(**fields)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise SystemExit(f"mvit serve: invalid --replicas or --ray-cpus: {problems}") from None
+        raise SystemExit(
+            f"mvit serve: invalid --replicas or --ray-cpus: {validation_problems(exc.errors())}"
+        ) from None
 
 
 def _prepare_models(settings: Any) -> list[Any]:
@@ -287,7 +290,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-# The settings `mvit predict` takes: which model, and how to load and feed it.
 def cmd_tune(args: argparse.Namespace) -> int:
     from app.errors import CheckpointError
     from app.intake.preprocess import Preprocessing
@@ -350,6 +352,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+# The settings `mvit predict` takes: which model, and how to load and feed it.
 PREDICT_SETTINGS = (
     "models",
     "model_repository",

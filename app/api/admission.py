@@ -91,14 +91,16 @@ class Admission:
 
     def record(
         self, request: Request, model: ServedModel, each_image_phases: Iterable[dict[str, float]]
-    ) -> None:
-        """Phase metrics for every image; the access log gets each phase's longest."""
+    ) -> dict[str, float]:
+        """Phase metrics for every image; returns each phase's longest, which the access log and the
+        `server-timing` header get."""
         longest: dict[str, float] = {}
         for phases in each_image_phases:
             for phase, seconds in phases.items():
                 self.metrics.phase_duration.labels(model.id, phase).observe(seconds)
                 longest[phase] = max(seconds, longest.get(phase, 0.0))
         request.scope["state"]["phases"] = longest
+        return longest
 
 
 def answer_headers(model: ServedModel, started: float, phases: dict[str, float]) -> dict[str, str]:

@@ -191,8 +191,7 @@ class OipRoutes:
         if isinstance(answered, Response):
             return answered
         results, (body, headers, media_type) = answered
-        self.admission.record(request, model, [result.phases for result in results])
-        phases = request.scope["state"]["phases"]
+        phases = self.admission.record(request, model, [result.phases for result in results])
         return Response(
             body, media_type=media_type, headers={**headers, **answer_headers(model, started, phases)}
         )

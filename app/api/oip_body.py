@@ -266,7 +266,7 @@ def encode_infer_response(
             chunk = (
                 serialize_bytes(array)
                 if array.dtype == object
-                else array.astype(array.dtype.newbyteorder("<")).tobytes()
+                else array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
             )
             output["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ROOT, encode, photo_like, running_server
+from tests.support import ROOT, encode, mvit, photo_like, running_server
 
 pytest.importorskip("ray", reason="Ray Serve is the [ray] extra")
 
@@ -49,8 +49,6 @@ def test_mvit_serve_ray_one_command(model_dir: Path) -> None:
 
 
 def test_mvit_serve_ray_refuses_what_it_cannot_run(model_dir: Path) -> None:
-    from tests.support import mvit
-
     without_ray = mvit("serve", "--model", str(model_dir), "--replicas", "2")
     assert without_ray.returncode == 1 and "--replicas needs --ray" in without_ray.stderr
     bad = mvit("serve", "--model", str(model_dir), "--ray", "--replicas", "3-1")
