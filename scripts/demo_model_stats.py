@@ -1,10 +1,12 @@
 """The statistics docs/model-repository.md quotes for the demo models (tests/unit/test_demo_models.py
 bounds them): for a classifier, how much its logits depend on the photo; for a segmenter, how coherent
-its maps are and how well they follow the shapes of scenes it was not fitted on.
+its maps are and how well they follow the shapes of scenes it was not fitted on; for a detector, how many
+confident boxes and candidates it finds per photo.
 
-    mvit demo-models models/ --width 0.5 --task classification --task segmentation
+    mvit demo-models models/ --width 0.5 --task classification --task segmentation --task detection
     python -m scripts.demo_model_stats models/mobilevitv2-0.5-imagenet1k-256-random --photos 6
     python -m scripts.demo_model_stats models/mobilevitv2-0.5-voc-deeplabv3-512-random --photos 6
+    python -m scripts.demo_model_stats models/mobilevitv2-0.5-coco-ssdlite-320-random --photos 6
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from scripts._common import command_line, jpeg
 
 if TYPE_CHECKING:
     from app.runtime.models import ServedModel
+    from app.tasks.detection import Detections
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="a classifier's model folder")
+    parser.add_argument("model", help="a demo model's folder")
     parser.add_argument("--photos", type=int, default=6)
     args = parser.parse_args()
 
@@ -37,6 +40,9 @@ def main() -> None:
     model = load_model(args.model, Settings(models=[args.model]))
     if model.task.name == "image-segmentation":
         segmenter_stats(model, args.photos)
+        return
+    if model.task.name == "object-detection":
+        detector_stats(model, args.photos)
         return
     # Procedural photos from another seed than the ones demo models are calibrated on.
     photos = [jpeg(image) for image in procedural_photos(args.photos, seed=1000)]
@@ -87,6 +93,33 @@ def segmenter_stats(model: ServedModel, count: int) -> None:
             right = [round(float((m == t).mean()), 2) for m, t in zip(maps, truth, strict=True)]
             print(f"cells of the right class: {right}")
             print(f"cells of the background: {[round(float((t == 0).mean()), 2) for t in truth]}")
+
+
+def detections(model: ServedModel, photo: bytes) -> tuple[Detections, int]:
+    """A detector's detections on a photo (cvnets' 0.01 candidate floor applied), and how many candidates
+    its softmax puts above that floor before NMS."""
+    from app.runtime.pipeline import prepare
+    from app.tasks.detection import DEFAULT_THRESHOLD, softmax
+
+    outputs = model.backend.infer(prepare(model, photo, 10**8).tensor[None])
+    candidates = int((softmax(outputs["logits"][0])[:, 1:] > model.detector.config.conf_threshold).sum())
+    found = model.detector.detect(outputs["logits"][0], outputs["box_regression"][0], DEFAULT_THRESHOLD)
+    return found, candidates
+
+
+def detector_stats(model: ServedModel, count: int) -> None:
+    from app.tasks.detection import DEFAULT_THRESHOLD
+    from app.tools.calibrate import procedural_photos
+
+    found = [detections(model, jpeg(image)) for image in procedural_photos(count, 1000)]
+    confident = [d.scores >= DEFAULT_THRESHOLD for d, _ in found]
+    print(f"detections above {DEFAULT_THRESHOLD} per photo: {[int(c.sum()) for c in confident]}")
+    print(f"best score per photo: {[round(float(d.scores.max(initial=0)), 2) for d, _ in found]}")
+    print(f"candidates above cvnets' 0.01 floor per photo: {[n for _, n in found]}")
+    labels = [
+        sorted({model.labels[i] for i in d.labels[c]}) for (d, _), c in zip(found, confident, strict=True)
+    ]
+    print(f"labels per photo: {labels}")
 
 
 if __name__ == "__main__":

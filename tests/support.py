@@ -68,6 +68,14 @@ def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
 
 
+def photo_with_shapes(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A procedural photo (colour fields, shapes, stripes, noise: app/tools/calibrate.py) at width x height:
+    what demo detectors find a handful of confident boxes in, where `photo_like` gives them few."""
+    from app.tools.calibrate import procedural_photos
+
+    return next(procedural_photos(1, seed)).resize((width, height), Image.Resampling.BILINEAR)
+
+
 TASKS = ("image-classification", "image-segmentation", "object-detection")
 
 

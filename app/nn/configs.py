@@ -121,8 +121,8 @@ class Architecture:
     # center crop, as the Hub checkpoints) or "whole" (the photo resized to size x size, as ml-cvnets).
     demo_resize: str = "crop"
     short_side_ratio: float = 288 / 256
-    # Demo weights calibrated on procedural photos (app/tools/calibrate.py), or left as seeded.
-    demo_calibration: Literal["whiten", "regions"] | None = "whiten"  # app/tools/calibrate.py
+    # How demo weights are calibrated on procedural photos or scenes (app/tools/calibrate.py).
+    demo_calibration: Literal["whiten", "regions", "boxes"] = "whiten"  # app/tools/calibrate.py
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -160,7 +160,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             image_size=320,
             head="ssdlite",
             head_config=SSDConfig,
-            demo_calibration=None,
+            demo_calibration="boxes",
             demo_resize="whole",
         ),
     )

@@ -14,8 +14,14 @@ class), the DeepLabV3 classifier is solved by ridge regression from its input fe
 class map. Its argmax maps then form coherent regions of several classes whose foreground overlaps the
 shapes; the class of a region is mostly wrong (random features do not separate 20 hues linearly).
 
-`mvit demo-models` applies what the architecture's row names in `demo_calibration`. The SSDLite heads
-are not calibrated: fits of the same kind did not carry over to unseen photos (docs/model-repository.md).
+SSDLite heads get the detector's version of the classifiers' whitening: every output of their last convs
+(per anchor: 4 box offsets, the background and 80 class logits) is centred and scaled over the photos'
+places, and the background logit raised until the calibration photos average a handful of detections
+above the default threshold. A fit to boxes did not carry over to unseen photos (docs/model-repository.md),
+so these boxes do not follow objects: the counts and scores are trained-like, the boxes are not. A
+detector trained end to end is scripts/train_proxy_detector.py.
+
+`mvit demo-models` applies what the architecture's row names in `demo_calibration`.
 
 docs/model-repository.md lists the resulting statistics and the test that checks them.
 """
@@ -23,7 +29,7 @@ docs/model-repository.md lists the resulting statistics and the test that checks
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -32,12 +38,17 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from app.nn.configs import Architecture
+from app.nn.ssd import COORDINATES
 
 LOGIT_STD = 3.0  # spread of a class's logit over images
 CLASS_BIAS_STD = 1.0  # spread of the classes' average logits
 REGION_LOGIT_SCALE = 8.0  # a fitted one-hot target of 1 becomes a logit of this size
 REGION_BALANCE = 0.5  # a cell of the fit weighs frequency(its class) ** -REGION_BALANCE
 REGION_RIDGE = 1.0  # ridge penalty, relative to the features' mean weighted variance
+DETECTION_LOGIT_STD = 4.0  # spread of a class logit over photos and places
+BOX_OFFSET_STD = 0.5  # spread of the encoded box offsets: boxes stay near their anchors
+DETECTIONS_PER_PHOTO = 3.0
+CLASS_SHARE = 0.3  # how much of a class logit is its own; the rest is the anchor's objectness
 
 
 def procedural_photos(count: int, seed: int = 0) -> Iterator[Image.Image]:
@@ -190,3 +201,45 @@ def calibrate_regions(
     recalibrate_batch_norms(model, batch)
     for name in architecture.head_names:
         fit_region_head(model, model.get_submodule(name), batch, regions)
+
+
+def calibrate_detector(
+    model: nn.Module,
+    architecture: Architecture,
+    batch: torch.Tensor,
+    count_detections: Callable[[np.ndarray, np.ndarray], int],
+    seed: int,
+) -> None:
+    """Make an SSD (seeded random weights, eval mode) find a handful of confident boxes on photos like
+    `batch`. `count_detections(logits, regression)` counts one image's detections above the default
+    threshold."""
+    generator = torch.Generator().manual_seed(seed)
+    recalibrate_batch_norms(model, batch)
+    per_anchor = model.ssd_heads[0].per_anchor  # 4 box offsets, the background, the classes
+    lasts = [model.get_submodule(name) for name in architecture.head_names]
+    for layer in lasts:
+        whiten_head(model, layer, batch, DETECTION_LOGIT_STD, CLASS_BIAS_STD, generator)
+        box = torch.arange(layer.weight.shape[0]) % per_anchor < COORDINATES
+        layer.weight.data[box] *= BOX_OFFSET_STD / DETECTION_LOGIT_STD
+        layer.bias.data[box] *= BOX_OFFSET_STD / DETECTION_LOGIT_STD
+        # one objectness shared by an anchor's classes, so a confident anchor is confident of one class
+        weight = layer.weight.data.view(-1, per_anchor, *layer.weight.shape[1:])
+        bias = layer.bias.data.view(-1, per_anchor)
+        classes = slice(COORDINATES + 1, per_anchor)
+        weight[:, classes] = weight[:, classes] * CLASS_SHARE + weight[:, COORDINATES + 1 : COORDINATES + 2]
+        bias[:, classes] = bias[:, classes] * CLASS_SHARE + bias[:, COORDINATES + 1 : COORDINATES + 2]
+    with torch.no_grad():
+        outputs = [model(chunk) for chunk in batch.split(8)]
+    logits, regression = (torch.cat([output[i] for output in outputs]).numpy() for i in (0, 1))
+
+    def mean_detections(background: float) -> float:
+        raised = logits.copy()
+        raised[..., 0] += background
+        return float(np.mean([count_detections(*image) for image in zip(raised, regression, strict=True)]))
+
+    low, high = 0.0, 8 * DETECTION_LOGIT_STD  # fewer detections as the background logit rises
+    for _ in range(20):
+        middle = (low + high) / 2
+        low, high = (middle, high) if mean_detections(middle) > DETECTIONS_PER_PHOTO else (low, middle)
+    for layer in lasts:
+        layer.bias.data[torch.arange(layer.bias.shape[0]) % per_anchor == COORDINATES] += high

@@ -2,8 +2,8 @@
 
 Classifiers are calibrated on procedural photos (app/tools/calibrate.py) so that they answer like trained
 ones: logits of a trained-like scale whose winner changes from photo to photo. Segmenters are fitted on
-procedural scenes, so their maps follow a photo's shapes in regions of several classes. Their answers are
-still meaningless.
+procedural scenes, so their maps follow a photo's shapes in regions of several classes. Detectors are
+calibrated to find a handful of confident boxes per photo. Their answers are still meaningless.
 
 They are written in exactly the format the server loads (Hugging Face layout, safetensors), so
 `transformers` can load them too, and carry `manifest.json` with `"random_weights": true` so that
@@ -18,8 +18,9 @@ import numpy as np
 
 from app.intake.preprocess import Preprocessing, preprocess
 from app.labels import read_labels
-from app.nn.configs import ARCHITECTURE_BY_TASK
+from app.nn.configs import ARCHITECTURE_BY_TASK, SSDConfig
 from app.repository.writer import hf_config, write_model_folder
+from app.tasks.detection import DEFAULT_THRESHOLD, Detector
 
 # Procedural photos (classifiers) and scenes (segmenters) the demo weights are calibrated on.
 CALIBRATION_PHOTOS = 16
@@ -38,7 +39,13 @@ def write_demo_model(
 
     from app.nn.build import create_network
     from app.nn.mobilevitv2 import randomize_weights
-    from app.tools.calibrate import calibrate, calibrate_regions, procedural_photos, procedural_scenes
+    from app.tools.calibrate import (
+        calibrate,
+        calibrate_detector,
+        calibrate_regions,
+        procedural_photos,
+        procedural_scenes,
+    )
 
     if task not in ARCHITECTURE_BY_TASK:
         raise ValueError(f"unknown task {task!r}: {', '.join(ARCHITECTURE_BY_TASK)}")
@@ -70,6 +77,16 @@ def write_demo_model(
         scenes = list(procedural_scenes(CALIBRATION_SCENES, len(labels), size, seed))
         batch = torch.from_numpy(np.stack([preprocess(image, preprocessing) for image, _ in scenes]))
         calibrate_regions(model, architecture, batch, np.stack([regions for _, regions in scenes]))
+    else:  # "boxes"
+        photos = [preprocess(photo, preprocessing) for photo in procedural_photos(CALIBRATION_PHOTOS, seed)]
+        detector = Detector.for_input(SSDConfig.from_dict(config), size, size)
+
+        def count_detections(logits: np.ndarray, regression: np.ndarray) -> int:
+            return int(
+                (detector.detect(logits, regression, DEFAULT_THRESHOLD).scores >= DEFAULT_THRESHOLD).sum()
+            )
+
+        calibrate_detector(model, architecture, torch.from_numpy(np.stack(photos)), count_detections, seed)
     kind = "-".join(part for part in (architecture.dataset, architecture.head) if part)
     name = f"mobilevitv2-{width}-{kind}-{size}-random"
     manifest = {

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from app.api import create_app
-from tests.support import ROOT, encode, live, make_settings, photo_like, wait_for
+from tests.support import ROOT, encode, live, make_settings, photo_with_shapes, wait_for
 
 TOKEN = "browser-test-token"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -84,7 +84,7 @@ def test_demo_page_in_a_real_browser(browser: object, server_url: str, tmp_path:
     shots = Path(os.environ.get("MVIT_SCREENSHOT_DIR", ROOT / "test-artifacts"))
     shots.mkdir(parents=True, exist_ok=True)
     photo = tmp_path / "photo.jpg"
-    photo.write_bytes(encode(photo_like(640, 480, seed=12), quality=92))
+    photo.write_bytes(encode(photo_with_shapes(640, 480, seed=12), quality=92))
 
     driver.get(f"{server_url}/")  # type: ignore[attr-defined]
     find = driver.find_element  # type: ignore[attr-defined]
@@ -107,7 +107,7 @@ def test_demo_page_in_a_real_browser(browser: object, server_url: str, tmp_path:
         Select(find(By.ID, "task")).select_by_visible_text(task)
         find(By.ID, "params").clear()
         if task == "detection":
-            find(By.ID, "params").send_keys("threshold=0.05")  # random weights: low scores
+            find(By.ID, "params").send_keys("threshold=0.3")  # the form's parameters reach the route
         find(By.ID, "run").click()
         wait.until(lambda d, r=route: find(By.ID, "rendered").get_attribute("alt").startswith(r))
         status = find(By.ID, "status")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, encode, photo_like, start_server, wait_until_ready
+from tests.support import ROOT, encode, photo_with_shapes, start_server, wait_until_ready
 
 PACKAGE = ROOT / "tests" / "js" / "node_modules" / "@huggingface" / "inference"
 # What the README does not print but the client's behaviour hangs on: `parameters` next to raw image bytes
@@ -67,7 +67,7 @@ def test_the_readme_javascript_runs_as_written(node: str, server: str, tmp_path:
     assert 'const url = "http://127.0.0.1:8000";' in code
     script = ROOT / "tests" / "js" / f".run-{os.getpid()}.mjs"  # beside node_modules, so the import resolves
     script.write_text(code.replace("http://127.0.0.1:8000", server) + PROBE, encoding="utf-8")
-    (tmp_path / "photo.jpg").write_bytes(encode(photo_like(640, 480, seed=5)))
+    (tmp_path / "photo.jpg").write_bytes(encode(photo_with_shapes(640, 480, seed=8)))
     try:
         result = subprocess.run(
             [node, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
@@ -79,7 +79,7 @@ def test_the_readme_javascript_runs_as_written(node: str, server: str, tmp_path:
     found = json.loads(line.removeprefix("RESULT "))
     assert len(found["labels"]) == 2  # top_k=2 from the query string
     assert all(set(label) == {"label", "score"} for label in found["labels"])
-    assert found["boxes"] and all(box["score"] >= 0.95 for box in found["boxes"])  # threshold from the URL
+    assert found["boxes"] and all(box["score"] >= 0.6 for box in found["boxes"])  # threshold from the URL
     assert set(found["boxes"][0]["box"]) == {"xmin", "ymin", "xmax", "ymax"}
     assert found["masks"] and all(mask["mask"].startswith("iVBORw0KGgo") for mask in found["masks"])  # PNG
     assert found["dropped"] == 5  # the client drops `parameters` beside raw bytes: the README says so

@@ -12,7 +12,7 @@ import pytest
 from app.backends.onnx_export import export_onnx
 from app.repository import read_model_dir
 from app.tools.demo_models import write_demo_model
-from tests.support import encode, photo_like, start_server, wait_until_ready
+from tests.support import encode, photo_with_shapes, start_server, wait_until_ready
 
 # What the ONNX-only install ([onnx] extra) does not have. Importing any of them fails, as it would
 # there, and at exit the process reports which of them were loaded anyway (must be none).
@@ -48,7 +48,7 @@ def test_onnx_backend_serves_without_torch(onnx_repository: list[Path]) -> None:
     process, url = start_server(*args, "--backend", "onnx", launcher=("-c", LAUNCHER))
     try:
         wait_until_ready(process, url)
-        image = encode(photo_like(640, 480, seed=3))
+        image = encode(photo_with_shapes(640, 480, seed=3))
         for route, key in (("classify", "score"), ("segment", "mask"), ("detect", "box")):
             response = httpx.post(f"{url}/{route}", content=image, timeout=30)
             assert response.status_code == 200, response.text

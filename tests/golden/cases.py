@@ -44,7 +44,7 @@ TASK_ROUTES = {"classification": "/classify", "segmentation": "/segment", "detec
 TASK_PARAMETERS = {
     "classification": {"top_k": 2, "function_to_apply": "sigmoid"},
     "segmentation": {"subtask": "semantic"},
-    "detection": {"threshold": 0.9},
+    "detection": {"threshold": 0.05},
 }
 BAD_PARAMETERS = {
     "classification": [{"top_k": 0}, {"top_k": "many"}, {"function_to_apply": "tanh"}],

@@ -1,6 +1,7 @@
 """Demo models answer like trained ones (app/tools/calibrate.py). Classifiers: logits of a trained-like
 scale that depend on the photo as much as on the class, and a winner that changes from photo to photo.
-Segmenters: maps of coherent regions of several classes whose foreground overlaps the shapes of unseen\nscenes."""
+Segmenters: maps of coherent regions of several classes whose foreground overlaps the shapes of unseen
+scenes. Detectors: a handful of confident boxes per photo, out of a trained-like number of candidates."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import pytest
 
 from app.runtime.models import load_model
 from app.runtime.pipeline import prepare
-from app.tools.calibrate import procedural_scenes
+from app.tasks.detection import DEFAULT_THRESHOLD
+from app.tools.calibrate import procedural_photos, procedural_scenes
 from app.tools.demo_models import write_demo_model
-from scripts.demo_model_stats import foreground_overlap, region_stats
+from scripts.demo_model_stats import detections, foreground_overlap, region_stats
 from tests.support import encode, make_settings, photo_like
 
 
@@ -70,3 +72,34 @@ def test_segmentation_foreground_overlaps_the_shapes(
 ) -> None:
     overlaps = [foreground_overlap(m, t) for m, t in zip(*scene_maps, strict=True)]
     assert np.mean(overlaps) >= 0.15, overlaps
+
+
+@pytest.fixture(scope="module")
+def found(det_model_dir: Path) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """The session's demo detector on 8 procedural photos it was not calibrated on: per photo, the labels
+    and scores of its detections above the default threshold, and its candidates above cvnets' floor."""
+    model = load_model(str(det_model_dir), make_settings(det_model_dir))
+    results = []
+    for photo in procedural_photos(8, seed=1000):
+        found, candidates = detections(model, encode(photo))
+        confident = found.scores >= DEFAULT_THRESHOLD
+        results.append((found.labels[confident], found.scores[confident], candidates))
+    return results
+
+
+def test_detectors_find_a_handful_of_confident_boxes(found: list[tuple[np.ndarray, np.ndarray, int]]) -> None:
+    counts = [len(labels) for labels, _, _ in found]
+    assert 1 <= np.mean(counts) <= 8 and max(counts) <= 20, counts  # seeded weights alone: 200 on every photo
+    assert sum(count > 0 for count in counts) >= 5, counts
+
+
+def test_detector_candidates_are_trained_like(found: list[tuple[np.ndarray, np.ndarray, int]]) -> None:
+    # A trained SSD puts hundreds to a few thousand (anchor, class) pairs above the 0.01 floor; seeded
+    # weights alone put ~38,000 there, a flat softmax.
+    candidates = [n for _, _, n in found]
+    assert np.median(candidates) >= 20 and max(candidates) <= 5_000, candidates
+
+
+def test_detections_change_from_photo_to_photo(found: list[tuple[np.ndarray, np.ndarray, int]]) -> None:
+    labels = [tuple(sorted(labels.tolist())) for labels, _, _ in found if len(labels)]
+    assert len(set(labels)) >= 3, labels
