@@ -4,8 +4,10 @@ under each preprocessing profile (docs/preprocessing.md).
 
 For every image: decode + the model's preprocessing, then each available backend. Reports max
 |difference| of the raw outputs against the reference (torch, or onnx fp32 when torch is absent), also
-as a share of the export gate's scale-aware tolerance (app/backends/parity.py), and, for classifiers,
-top-1 agreement and max |difference| of softmax probabilities.
+as a share of the export gate's scale-aware tolerance (app/backends/parity.py), and the decisions:
+for classifiers, top-1 agreement and max |difference| of softmax probabilities; for segmenters, the share
+of label-map cells that agree; for detectors, the detections above 0.5 that agree as sets (same label,
+IoU >= 0.5).
 
 An ImageNet-style folder (one subfolder per class) also gives top-1 accuracy per backend. Subfolders are
 matched to classes by index ("0", "1", ...), by the label text in config.json, or, when there is one
@@ -133,10 +135,44 @@ def main() -> None:
             line += f"; top-1 agreement {agree:.1%}; max |prob diff| {prob:.2e}"
             if labelled:
                 line += f"; top-1 accuracy {float((top1 == np.array(truth)).mean()):.2%}"
+        elif reference.task.name == "image-segmentation":
+            same = float((outs["logits"].argmax(1) == ref["logits"].argmax(1)).mean())
+            line += f"; label-map cells agreeing {same:.2%}"
+        else:
+            line += "; " + detection_agreement(reference, outs, ref)
         print(line)
     profiles = [p for p in args.profiles.split(",") if p]
     if classifier and labelled and profiles:
         compare_profiles(reference, reference_name, [path for path, _ in items], np.array(truth), profiles)
+
+
+def detection_agreement(model: ServedModel, outs: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> str:
+    """Detections above the default threshold, compared as sets with the reference's: a pair agrees when
+    it has the same label and IoU >= 0.5 (each detection used once, best score first)."""
+    from app.tasks.detection import DEFAULT_THRESHOLD
+
+    agreeing = found = expected = 0
+    for i in range(len(ref["logits"])):
+        mine, theirs = (
+            model.detector.detect(o["logits"][i], o["box_regression"][i], DEFAULT_THRESHOLD)
+            for o in (outs, ref)
+        )
+        keep_mine, keep_theirs = mine.scores >= DEFAULT_THRESHOLD, theirs.scores >= DEFAULT_THRESHOLD
+        boxes, labels = theirs.boxes[keep_theirs], theirs.labels[keep_theirs]
+        taken = np.zeros(len(boxes), bool)
+        for box, label in zip(mine.boxes[keep_mine], mine.labels[keep_mine], strict=True):
+            top_left, bottom_right = np.maximum(box[:2], boxes[:, :2]), np.minimum(box[2:], boxes[:, 2:])
+            inter = np.clip(bottom_right - top_left, 0, None).prod(-1)
+            union = (box[2:] - box[:2]).prod() + (boxes[:, 2:] - boxes[:, :2]).prod(-1) - inter
+            fits = (inter / np.maximum(union, 1e-12) >= 0.5) & (labels == label) & ~taken
+            if fits.any():
+                taken[np.argmax(fits)] = True
+                agreeing += 1
+        found, expected = found + int(keep_mine.sum()), expected + int(keep_theirs.sum())
+    return (
+        f"detections above {DEFAULT_THRESHOLD}: {found} (reference {expected}), {agreeing} agreeing "
+        f"({agreeing / max(1, found, expected):.1%})"
+    )
 
 
 def compare_profiles(

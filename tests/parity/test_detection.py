@@ -30,7 +30,15 @@ from app.tasks.detection import (
     ssd_anchors,
 )
 from app.tools.convert import convert_cvnets_checkpoint
-from tests.support import CVNETS_FIXTURES, assert_matches, cvnets_fixture, encode, photo_like, serving
+from tests.support import (
+    CVNETS_FIXTURES,
+    assert_matches,
+    cvnets_fixture,
+    encode,
+    photo_like,
+    photo_with_shapes,
+    serving,
+)
 
 FIXTURE = CVNETS_FIXTURES / "ssdlite_mobilevitv2_0.5_coco"
 needs_fixture = pytest.mark.usefixtures("cvnets_fixtures")
@@ -271,3 +279,24 @@ def test_a_big_rotated_photo_is_decoded_reduced_and_boxes_use_its_full_frame(det
     body = det_client.post("/detect", content=data, params={"threshold": 0.003}).json()
     check_detections(body, (1920, 2560), 0.003)
     assert max(d["box"]["ymax"] for d in body) > 1280  # in the full frame, not the reduced 960x1280 one
+
+
+def test_compare_backends_counts_detections_agreeing_as_sets(det_model_dir: Path) -> None:
+    from app.intake.preprocess import preprocess
+    from scripts.compare_backends import detection_agreement
+
+    model = load_model(str(det_model_dir), Settings(models=[str(det_model_dir)]))
+    batch = np.stack([preprocess(photo_with_shapes(640, 480, seed), model.preprocessing) for seed in (4, 8)])
+    outputs = model.backend.infer(batch)
+    found = sum(
+        int(
+            (
+                model.detector.detect(outputs["logits"][i], outputs["box_regression"][i], 0.5).scores >= 0.5
+            ).sum()
+        )
+        for i in range(2)
+    )
+    assert found >= 2
+    assert detection_agreement(model, outputs, outputs).endswith(f"{found} agreeing (100.0%)")
+    moved = dict(outputs, box_regression=outputs["box_regression"] + 10.0)  # every box far from its own
+    assert f"(reference {found}), 0 agreeing (0.0%)" in detection_agreement(model, moved, outputs)
