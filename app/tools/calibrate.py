@@ -47,7 +47,7 @@ REGION_BALANCE = 0.5  # a cell of the fit weighs frequency(its class) ** -REGION
 REGION_RIDGE = 1.0  # ridge penalty, relative to the features' mean weighted variance
 DETECTION_LOGIT_STD = 4.0  # spread of a class logit over photos and places
 BOX_OFFSET_STD = 0.5  # spread of the encoded box offsets: boxes stay near their anchors
-DETECTIONS_PER_PHOTO = 3.0
+DETECTIONS_PER_PHOTO = 3.0  # the calibration photos' mean detections above the default threshold
 CLASS_SHARE = 0.3  # how much of a class logit is its own; the rest is the anchor's objectness
 
 
@@ -222,7 +222,9 @@ def calibrate_detector(
         box = torch.arange(layer.weight.shape[0]) % per_anchor < COORDINATES
         layer.weight.data[box] *= BOX_OFFSET_STD / DETECTION_LOGIT_STD
         layer.bias.data[box] *= BOX_OFFSET_STD / DETECTION_LOGIT_STD
-        # one objectness shared by an anchor's classes, so a confident anchor is confident of one class
+        # One objectness shared by an anchor's classes, so that an anchor sure of something is sure of one
+        # class. It is the first class's row, so that class (COCO's person) wins more often than the others
+        # (10% of the detections on 32 photos, against 1.25% for an even share), as persons do in COCO.
         weight = layer.weight.data.view(-1, per_anchor, *layer.weight.shape[1:])
         bias = layer.bias.data.view(-1, per_anchor)
         classes = slice(COORDINATES + 1, per_anchor)
