@@ -1,5 +1,5 @@
 """scripts/train_proxy_detector.py at a tiny size: it trains, is deterministic, and writes a detector that
-serves; its matching and mAP are checked on cases worked out by hand. (Its real run, ~15 minutes, is in
+serves; its matching and mAP are checked on cases worked out by hand. (Its real run, ~11 minutes, is in
 docs/performance.md; CI spends seconds here.)"""
 
 from __future__ import annotations
