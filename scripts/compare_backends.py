@@ -149,26 +149,24 @@ def main() -> None:
 def detection_agreement(model: ServedModel, outs: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> str:
     """Detections above the default threshold, compared as sets with the reference's: a pair agrees when
     it has the same label and IoU >= 0.5 (each detection used once, best score first)."""
-    from app.tasks.detection import DEFAULT_THRESHOLD
+    from app.tasks.detection import DEFAULT_THRESHOLD, box_iou
 
     agreeing = found = expected = 0
     for i in range(len(ref["logits"])):
         mine, theirs = (
-            model.detector.detect(o["logits"][i], o["box_regression"][i], DEFAULT_THRESHOLD)
+            model.detector.detect(o["logits"][i], o["box_regression"][i], DEFAULT_THRESHOLD).above(
+                DEFAULT_THRESHOLD
+            )
             for o in (outs, ref)
         )
-        keep_mine, keep_theirs = mine.scores >= DEFAULT_THRESHOLD, theirs.scores >= DEFAULT_THRESHOLD
-        boxes, labels = theirs.boxes[keep_theirs], theirs.labels[keep_theirs]
-        taken = np.zeros(len(boxes), bool)
-        for box, label in zip(mine.boxes[keep_mine], mine.labels[keep_mine], strict=True):
-            top_left, bottom_right = np.maximum(box[:2], boxes[:, :2]), np.minimum(box[2:], boxes[:, 2:])
-            inter = np.clip(bottom_right - top_left, 0, None).prod(-1)
-            union = (box[2:] - box[:2]).prod() + (boxes[:, 2:] - boxes[:, :2]).prod(-1) - inter
-            fits = (inter / np.maximum(union, 1e-12) >= 0.5) & (labels == label) & ~taken
+        taken = np.zeros(len(theirs.scores), bool)
+        for box, label in zip(mine.boxes, mine.labels, strict=True):
+            with np.errstate(divide="ignore", invalid="ignore"):  # NaN (no match) where neither has area
+                fits = (box_iou(box, theirs.boxes) >= 0.5) & (theirs.labels == label) & ~taken
             if fits.any():
                 taken[np.argmax(fits)] = True
                 agreeing += 1
-        found, expected = found + int(keep_mine.sum()), expected + int(keep_theirs.sum())
+        found, expected = found + len(mine.scores), expected + len(theirs.scores)
     return (
         f"detections above {DEFAULT_THRESHOLD}: {found} (reference {expected}), {agreeing} agreeing "
         f"({agreeing / max(1, found, expected):.1%})"

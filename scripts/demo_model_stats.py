@@ -112,13 +112,11 @@ def detector_stats(model: ServedModel, count: int) -> None:
     from app.tools.calibrate import procedural_photos
 
     found = [detections(model, jpeg(image)) for image in procedural_photos(count, 1000)]
-    confident = [d.scores >= DEFAULT_THRESHOLD for d, _ in found]
-    print(f"detections above {DEFAULT_THRESHOLD} per photo: {[int(c.sum()) for c in confident]}")
+    confident = [d.above(DEFAULT_THRESHOLD) for d, _ in found]
+    print(f"detections above {DEFAULT_THRESHOLD} per photo: {[len(c.scores) for c in confident]}")
     print(f"best score per photo: {[round(float(d.scores.max(initial=0)), 2) for d, _ in found]}")
     print(f"candidates above cvnets' 0.01 floor per photo: {[n for _, n in found]}")
-    labels = [
-        sorted({model.labels[i] for i in d.labels[c]}) for (d, _), c in zip(found, confident, strict=True)
-    ]
+    labels = [sorted({model.labels[i] for i in c.labels}) for c in confident]
     print(f"labels per photo: {labels}")
 
 

@@ -8,7 +8,7 @@ plus each object's best anchor, cross-entropy with 3:1 hard-negative mining, smo
 offsets. It writes a model folder in the service's format (it serves like any detector), then prints, on
 held-out scenes, boxes per scene above threshold 0.5, precision and recall at IoU 0.5, and mAP@0.5. With
 `--quantize`, it also exports to ONNX, quantizes to INT8 on training scenes, and prints the same figures
-for ONNX Runtime fp32 and INT8.
+for ONNX Runtime fp32 and INT8 (and OpenVINO fp32, bf16 and INT8 where it is installed).
 
     python -m scripts.train_proxy_detector models/ --quantize
 """
@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from app.cpus import cpu_model
+from app.tasks.detection import box_iou
 from scripts._common import command_line
 
 if TYPE_CHECKING:
@@ -128,20 +129,21 @@ def average_precision(
             for score, box in sorted(zip(scores[mine], boxes[mine], strict=True), key=lambda s: -s[0]):
                 hit = False
                 if len(wanted):
-                    overlaps = iou_matrix(box[None], wanted)[0]
+                    overlaps = box_iou(box, wanted)
                     overlaps[taken] = 0
                     if overlaps.max() >= 0.5:
                         taken[overlaps.argmax()] = hit = True
                 scored.append((score, hit))
         if objects == 0:
             continue
+        if not scored:
+            precisions.append(0.0)
+            continue
         scored.sort(key=lambda s: -s[0])
-        hits = np.cumsum([hit for _, hit in scored]) if scored else np.zeros(0)
-        recall = np.concatenate([[0], hits / objects, [1]]) if scored else np.array([0, 1])
-        precision = (
-            np.concatenate([[1], hits / np.arange(1, len(scored) + 1), [0]]) if scored else np.array([1, 0])
-        )
-        precision = np.maximum.accumulate(precision[::-1])[::-1]
+        hits = np.cumsum([hit for _, hit in scored])
+        recall = np.concatenate([[0], hits / objects, [1]])
+        precision = np.concatenate([[1], hits / np.arange(1, len(scored) + 1), [0]])
+        precision = np.maximum.accumulate(precision[::-1])[::-1]  # the envelope: best precision at >= recall
         precisions.append(float(np.sum((recall[1:] - recall[:-1]) * precision[1:])))
     return float(np.mean(precisions))
 
@@ -158,19 +160,19 @@ def evaluate(
         image, boxes, labels = draw_scene(first + i, size)
         detections.append(detect(image))
         truths.append((boxes, labels))
-    kept, right, objects = 0, 0, 0
+    kept = right = objects = found = 0
     for (boxes, scores, labels), (true_boxes, true_labels) in zip(detections, truths, strict=True):
         confident = scores >= THRESHOLD
-        kept += int(confident.sum())
-        objects += len(true_boxes)
-        if confident.any():
-            overlaps = iou_matrix(boxes[confident], true_boxes)
-            same = labels[confident][:, None] == true_labels[None]
-            right += int(((overlaps >= 0.5) & same).any(axis=1).sum())
+        hits = (iou_matrix(boxes[confident], true_boxes) >= 0.5) & (
+            labels[confident][:, None] == true_labels[None]
+        )
+        kept, objects = kept + int(confident.sum()), objects + len(true_boxes)
+        right += int(hits.any(axis=1).sum())  # detections on an object of their class
+        found += int(hits.any(axis=0).sum())  # objects with such a detection
     return {
         "boxes_per_scene": kept / count,
         "precision": right / max(1, kept),
-        "recall": right / objects,  # close to precision's numerator: NMS leaves one box per object
+        "recall": found / objects,
         "map50": average_precision(detections, truths, len(CLASSES)),
     }
 
@@ -192,7 +194,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--held-out-scenes", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quantize", action="store_true", help="also evaluate ONNX Runtime fp32 and INT8")
+    parser.add_argument("--quantize", action="store_true", help="also evaluate every backend and precision")
     args = parser.parse_args()
 
     import torch

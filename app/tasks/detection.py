@@ -115,6 +115,11 @@ class Detections:
     scores: np.ndarray  # (n,)
     boxes: np.ndarray  # (n, 4) x1, y1, x2, y2 normalised, not clipped
 
+    def above(self, threshold: float) -> Detections:
+        """Those scoring at least `threshold` (`Detector.detect` keeps candidates down to cvnets' floor)."""
+        keep = self.scores >= threshold
+        return Detections(self.labels[keep], self.scores[keep], self.boxes[keep])
+
 
 def postprocess(
     scores: np.ndarray,
@@ -151,7 +156,7 @@ def postprocess(
         rest = queues[q][1:]
         if rest.size:
             with np.errstate(divide="ignore", invalid="ignore"):
-                rest = rest[~(_iou(candidate_boxes[best], candidate_boxes[rest]) > iou_threshold)]
+                rest = rest[~(box_iou(candidate_boxes[best], candidate_boxes[rest]) > iou_threshold)]
         if rest.size:
             queues[q] = rest
             heapq.heappush(heads, (-float(candidate_scores[rest[0]]), int(rest[0]), q))
@@ -159,7 +164,7 @@ def postprocess(
     return Detections(class_index[keep].astype(np.int64), candidate_scores[keep], boxes[anchor_index[keep]])
 
 
-def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+def box_iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
     """IoU of one box (x1, y1, x2, y2) with each of `others`; NaN where both have no area."""
     top_left = np.maximum(box[:2], others[:, :2])
     bottom_right = np.minimum(box[2:], others[:, 2:])

@@ -20,7 +20,7 @@ from app.intake.preprocess import Preprocessing, preprocess
 from app.labels import read_labels
 from app.nn.configs import ARCHITECTURE_BY_TASK, SSDConfig
 from app.repository.writer import hf_config, write_model_folder
-from app.tasks.detection import DEFAULT_THRESHOLD, Detector
+from app.tasks.detection import Detector
 
 # Procedural photos (classifiers) and scenes (segmenters) the demo weights are calibrated on.
 CALIBRATION_PHOTOS = 16
@@ -80,13 +80,7 @@ def write_demo_model(
     else:  # "boxes"
         photos = [preprocess(photo, preprocessing) for photo in procedural_photos(CALIBRATION_PHOTOS, seed)]
         detector = Detector.for_input(SSDConfig.from_dict(config), size, size)
-
-        def count_detections(logits: np.ndarray, regression: np.ndarray) -> int:
-            return int(
-                (detector.detect(logits, regression, DEFAULT_THRESHOLD).scores >= DEFAULT_THRESHOLD).sum()
-            )
-
-        calibrate_detector(model, architecture, torch.from_numpy(np.stack(photos)), count_detections, seed)
+        calibrate_detector(model, architecture, torch.from_numpy(np.stack(photos)), detector, seed)
     kind = "-".join(part for part in (architecture.dataset, architecture.head) if part)
     name = f"mobilevitv2-{width}-{kind}-{size}-random"
     manifest = {

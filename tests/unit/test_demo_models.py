@@ -82,8 +82,8 @@ def found(det_model_dir: Path) -> list[tuple[np.ndarray, np.ndarray, int]]:
     results = []
     for photo in procedural_photos(8, seed=1000):
         found, candidates = detections(model, encode(photo))
-        confident = found.scores >= DEFAULT_THRESHOLD
-        results.append((found.labels[confident], found.scores[confident], candidates))
+        confident = found.above(DEFAULT_THRESHOLD)
+        results.append((confident.labels, confident.scores, candidates))
     return results
 
 
