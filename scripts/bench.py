@@ -224,10 +224,19 @@ def main() -> None:
     references = [c for c in every_configuration if c[0] in {best, best_single, "batch 1"}]
 
     servers = {}
+    mvit_labels = [item.partition(":")[0] for item in args.mvit]
     for item in args.mvit:
         label, _, settings_text = item.partition(":")
-        env = dict(pair.split("=", 1) for pair in settings_text.split(",") if pair)
-        servers[label] = start_server("--model", args.model, "--backend", args.backend, env=env)
+        # The backend goes by environment, so that an item's MVIT_BACKEND can override it (a flag would win).
+        env = {"MVIT_BACKEND": args.backend}
+        env |= dict(pair.split("=", 1) for pair in settings_text.split(",") if pair)
+        servers[label] = start_server("--model", args.model, env=env)
+        served = httpx.get(f"{servers[label][1]}/models", timeout=10).json()[0]
+        print(
+            f"server {label}: {served['backend']} {served['precision']} ({served['artifact']}), "
+            f"max_batch_size {served['max_batch_size']}, instances {served['instances']}, "
+            f"{'tuned' if served['tuning']['tuned'] else 'not tuned'}"
+        )
     route = model.task.route
     classifier = route == "/classify"
     if not classifier:
@@ -311,9 +320,12 @@ def main() -> None:
             a.throughput / b.throughput for a, b in zip(cells[key].rounds, cells[other].rounds, strict=True)
         ]
 
+    first_mvit = names[0]
+    # Each further mvit server (an A/B configuration: another backend, precision, batch size) against the
+    # first, paired within each round.
     print(
-        "\n| images | concurrency | server | req/s | p50 ms | p99 ms | errors | vs raw | vs naive | vs litserve |\n"
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+        "\n| images | concurrency | server | req/s | p50 ms | p99 ms | errors | vs raw | vs naive | vs litserve "
+        f"| vs {first_mvit} |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     for image_set, concurrency in groups:
         for name in names:
@@ -329,9 +341,15 @@ def main() -> None:
             vs_peer = (
                 f"{statistics.median(vs_cell(key, peer)):.2f}x" if peer in cells and name not in PEERS else ""
             )
+            vs_first = (
+                spread(vs_cell(key, (image_set, concurrency, first_mvit)))
+                if name in mvit_labels and name != first_mvit
+                else ""
+            )
             print(
                 f"| {image_set} | {concurrency} | {name} | {cell.throughput:.1f} | {cell.percentile_ms(50):.1f} | "
-                f"{cell.percentile_ms(99):.1f} | {cell.errors} | {statistics.median(vs_raw(key)):.2f} | {vs_naive} | {vs_peer} |"
+                f"{cell.percentile_ms(99):.1f} | {cell.errors} | {statistics.median(vs_raw(key)):.2f} | {vs_naive} | "
+                f"{vs_peer} | {vs_first} |"
             )
 
     print(f"\ntargets (median of {args.rounds} rounds, range in brackets; each round pairs adjacent runs)")

@@ -24,6 +24,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from scripts._common import command_line
 
@@ -62,11 +63,13 @@ def main() -> None:
         with contextlib.suppress(ImportError):
             versions.append(f"{module} {__import__(module).__version__}")
     print(", ".join(versions))
-    print(f"{'model':<42} {'backend':<14} {'batch':>5} {'p50 ms':>9} {'img/s':>8}")
+    print(f"{'folder':<42} {'backend':<14} {'batch':>5} {'p50 ms':>9} {'img/s':>8}")
 
     photos = bench_photos()
+    # Every (folder, backend) pair, interleaved call by call at each batch size, so a slow spell of the
+    # machine hits all of them alike (two copies of a folder quantized differently compare fairly).
+    runs: dict[tuple[str, str], tuple[Any, np.ndarray]] = {}
     for source in args.models:
-        backends = {}
         for name in args.backends:
             backend, _, precision = name.partition("-")
             file_precision = "int8" if precision == "int8" else "fp32"
@@ -81,26 +84,25 @@ def main() -> None:
                 onnx_allow_spinning=args.spin,
                 onnx_auto_export=False,
             )
-            backends[name] = load_model(source, settings)
-        if not backends:
-            continue
-        any_model = next(iter(backends.values()))
-        tensors = np.stack([preprocess(p, any_model.preprocessing) for p in photos])
-        for batch_size in args.batch_sizes:
-            batch = np.ascontiguousarray(np.resize(tensors, (batch_size, *tensors.shape[1:])))
-            times: dict[str, list[float]] = {name: [] for name in backends}
-            for model in backends.values():  # warm-up at this shape
-                model.backend.infer(batch)
-            for _ in range(args.rounds):
-                for name, model in backends.items():
-                    started = time.perf_counter()
-                    model.backend.infer(batch)
-                    times[name].append(time.perf_counter() - started)
-            for name, samples in times.items():
-                p50 = statistics.median(samples)
-                print(
-                    f"{any_model.id:<42} {name:<14} {batch_size:>5} {p50 * 1000:>9.1f} {batch_size / p50:>8.1f}"
-                )
+            model = load_model(source, settings)
+            tensors = np.stack([preprocess(p, model.preprocessing) for p in photos])
+            runs[(Path(source).name, name)] = (model, tensors)
+    for batch_size in args.batch_sizes:
+        batches = {
+            key: np.ascontiguousarray(np.resize(tensors, (batch_size, *tensors.shape[1:])))
+            for key, (_, tensors) in runs.items()
+        }
+        times: dict[tuple[str, str], list[float]] = {key: [] for key in runs}
+        for key, (model, _) in runs.items():  # warm-up at this shape
+            model.backend.infer(batches[key])
+        for _ in range(args.rounds):
+            for key, (model, _) in runs.items():
+                started = time.perf_counter()
+                model.backend.infer(batches[key])
+                times[key].append(time.perf_counter() - started)
+        for (folder, name), samples in times.items():
+            p50 = statistics.median(samples)
+            print(f"{folder:<42} {name:<14} {batch_size:>5} {p50 * 1000:>9.1f} {batch_size / p50:>8.1f}")
 
 
 if __name__ == "__main__":

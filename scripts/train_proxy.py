@@ -15,6 +15,7 @@ folder of held-out images).
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -106,7 +107,23 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quantize", action="store_true", help="also compare ONNX fp32 and INT8 top-1")
+    parser.add_argument(
+        "--quantizer",
+        choices=["onnxruntime", "nncf"],
+        default="onnxruntime",
+        help="with --quantize: who writes model.int8.onnx (`mvit export --quantizer`)",
+    )
+    parser.add_argument(
+        "--evaluate",
+        type=Path,
+        metavar="FOLDER",
+        help="no training: quantize and evaluate this proxy folder, written earlier by this script",
+    )
     args = parser.parse_args()
+    if args.evaluate is not None:
+        size = json.loads((args.evaluate / "config.json").read_text())["image_size"]
+        compare_precisions(args.evaluate, args.held_out_images, size, args.quantizer)
+        return
 
     import torch
 
@@ -178,7 +195,7 @@ def main() -> None:
         f"{folder}: held-out top-1 {manifest['held_out_top1']:.1%} (torch), {time.perf_counter() - started:.0f} s in all"
     )
     if args.quantize:
-        compare_precisions(folder, args.held_out_images, size)
+        compare_precisions(folder, args.held_out_images, size, args.quantizer)
 
 
 def top1(model: object, x: np.ndarray, y: np.ndarray) -> float:
@@ -195,7 +212,7 @@ def top1(model: object, x: np.ndarray, y: np.ndarray) -> float:
     return float((predicted == y).mean())
 
 
-def compare_precisions(folder: Path, held_out: int, size: int) -> None:
+def compare_precisions(folder: Path, held_out: int, size: int, quantizer: str = "onnxruntime") -> None:
     """Export, quantize on 100 training images, and report held-out top-1 per backend and precision."""
     data = folder.with_name(f"{folder.name}-images")  # beside the model folder, not in it
     images, calibration = data / "held-out", data / "calibration"
@@ -216,6 +233,8 @@ def compare_precisions(folder: Path, held_out: int, size: int) -> None:
         "int8",
         "--calibration",
         str(calibration),
+        "--quantizer",
+        quantizer,
     ]
     subprocess.run(run, check=True)
     subprocess.run([sys.executable, "-m", "scripts.compare_backends", str(folder), str(images)], check=True)

@@ -16,6 +16,7 @@ for ONNX Runtime fp32 and INT8 (and OpenVINO fp32, bf16 and INT8 where it is ins
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import subprocess
 import sys
@@ -195,7 +196,23 @@ def main() -> None:
     parser.add_argument("--held-out-scenes", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quantize", action="store_true", help="also evaluate every backend and precision")
+    parser.add_argument(
+        "--quantizer",
+        choices=["onnxruntime", "nncf"],
+        default="onnxruntime",
+        help="with --quantize: who writes model.int8.onnx (`mvit export --quantizer`)",
+    )
+    parser.add_argument(
+        "--evaluate",
+        type=Path,
+        metavar="FOLDER",
+        help="no training: quantize and evaluate this proxy folder, written earlier by this script",
+    )
     args = parser.parse_args()
+    if args.evaluate is not None:
+        size = json.loads((args.evaluate / "config.json").read_text())["image_size"]
+        compare_precisions(args.evaluate, args.held_out_scenes, size, args.quantizer)
+        return
 
     import torch
 
@@ -306,10 +323,10 @@ def main() -> None:
     )
     print(f"{folder}: written, {time.perf_counter() - started:.0f} s in all")
     if args.quantize:
-        compare_precisions(folder, args.held_out_scenes, size)
+        compare_precisions(folder, args.held_out_scenes, size, args.quantizer)
 
 
-def compare_precisions(folder: Path, held_out: int, size: int) -> None:
+def compare_precisions(folder: Path, held_out: int, size: int, quantizer: str = "onnxruntime") -> None:
     """Export, quantize on 100 training scenes, and evaluate every runtime and precision the service offers
     (OpenVINO's where it is installed) on the held-out scenes."""
     import importlib.util
@@ -324,7 +341,10 @@ def compare_precisions(folder: Path, held_out: int, size: int) -> None:
     for i in range(100):
         draw_scene(TRAIN_SEED + i, size)[0].save(calibration / f"{i}.png")
     export = [sys.executable, "-m", "app.cli", "export", str(folder)]
-    subprocess.run([*export, "--quantize", "int8", "--calibration", str(calibration)], check=True)
+    subprocess.run(
+        [*export, "--quantize", "int8", "--calibration", str(calibration), "--quantizer", quantizer],
+        check=True,
+    )
     candidates: dict[str, dict[str, str]] = {
         "ONNX Runtime fp32": {"backend": "onnx"},
         "ONNX Runtime int8": {"backend": "onnx", "onnx_precision": "int8"},

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from app.backends.onnx_files import SOURCE_SHA256, available_export, is_stale, refresh_stale
+from app.backends.onnx_files import QUANTIZER, SOURCE_SHA256, available_export, is_stale, refresh_stale
 from app.config import Settings
 from app.errors import CheckpointError
 from app.intake.preprocess import Preprocessing
@@ -181,6 +181,14 @@ def load_onnx_backend(model_dir: ModelDir, settings: Settings) -> OnnxBackend:
     if backend.input_size != size:
         raise CheckpointError(
             f"{source} takes {backend.input_size} inputs but the preprocessing makes {size}: export it again"
+        )
+    if backend.metadata.get(QUANTIZER) == "nncf":
+        log.warning(
+            "%s was quantized with NNCF for OpenVINO: ONNX Runtime runs its convolutions in float after "
+            "dequantizing, slower than fp32 (docs/performance.md#int8-opt-in). Serve it with --backend openvino, or quantize again with "
+            "`mvit export %s --quantize int8 --calibration IMAGES/` for ONNX Runtime",
+            source,
+            model_dir.path,
         )
     instances = instance_count(settings, providers)
     if instances > 1:

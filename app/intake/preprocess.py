@@ -234,6 +234,13 @@ def preprocess(
     `full_size` is the (width, height) of the image before a reduced decode (`app.intake.decode.decode`): the resize
     target follows from it, so a reduced decode lands on exactly the size a full decode would.
     """
+    return to_model_input(resize_and_crop(image, spec, full_size), spec)
+
+
+def resize_and_crop(
+    image: Image.Image, spec: Preprocessing, full_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """The pixel steps: RGB PIL image -> resized and center-cropped uint8 array (H, W, 3), a view."""
     if image.mode != "RGB":
         raise ValueError(f"expected an RGB image, got mode {image.mode}")
     size = spec.resized_size(*(full_size or image.size))
@@ -244,6 +251,11 @@ def preprocess(
     pixels = np.asarray(image)
     if spec.crop_height_width is not None:
         pixels = _center_crop(pixels, *spec.crop_height_width, spec)
+    return pixels
+
+
+def to_model_input(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """The float pass: uint8 (H, W, 3) -> float32 (3, H, W), rescaled, normalised and flipped as configured."""
     channels = pixels.transpose(2, 0, 1)  # views: CHW, and BGR if asked; the float pass copies once
     if spec.bgr:
         channels = channels[::-1]

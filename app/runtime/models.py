@@ -72,6 +72,7 @@ class ServedModel:
             "route": self.task.route,
             "backend": self.backend.name,
             "artifact": self.backend.artifact,
+            "precision": self.tuning.key.precision,
             "device": self.backend.device_type,
             "width_multiplier": self.width,
             "input_size": list(self.input_size) if self.input_size else None,

@@ -1,7 +1,18 @@
-"""`mvit export --quantize int8`: model.int8.onnx from model.onnx, static with calibration images or dynamic."""
+"""`mvit export --quantize int8`: model.int8.onnx from model.onnx.
+
+Two quantizers write the same kind of file (QDQ ONNX), tuned for different runtimes:
+- `onnxruntime` (default): ONNX Runtime's static QDQ with calibration images, or dynamic without. Its
+  file runs well on both ONNX Runtime and OpenVINO.
+- `nncf`: OpenVINO's NNCF post-training quantization (transformer preset). It quantizes the inputs of
+  the convolutions and leaves most of their outputs in float: OpenVINO runs that faster still (fewer
+  requantizations), but ONNX Runtime fuses a convolution into an integer kernel only when its output is
+  quantized too, so it runs these in float after dequantizing, slower than fp32. The measurements are in
+  docs/performance.md.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +26,7 @@ from app.backends.onnx_export import (
     set_metadata,
     temporary_path,
 )
+from app.backends.onnx_files import QUANTIZER
 from app.errors import CheckpointError, ServiceError
 from app.intake.decode import IMAGE_SUFFIXES, decode_image
 from app.intake.preprocess import Preprocessing, preprocess
@@ -23,6 +35,7 @@ from app.repository import ModelDir
 # Convolutions and the classifier carry the compute. Quantizing the norms' reductions, softmax and
 # attention products too added little speed and cost a lot of agreement.
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
+QUANTIZERS = ("onnxruntime", "nncf")
 
 
 def calibration_images(folder: Path, count: int) -> list[Path]:
@@ -32,13 +45,68 @@ def calibration_images(folder: Path, count: int) -> list[Path]:
     return images[:count]
 
 
-def quantize_int8(model_dir: ModelDir, calibration: Path | None, count: int = 100) -> Path:
+def calibration_tensors(paths: list[Path], spec: Preprocessing) -> Iterator[np.ndarray]:
+    """Each calibration image as a batch of one, through the model's own preprocessing."""
+    for path in paths:
+        try:
+            image = decode_image(path.read_bytes(), max_pixels=200_000_000)
+        except ServiceError as exc:
+            raise CheckpointError(f"calibration image {path}: {exc.message}") from None
+        yield preprocess(image, spec)[None]
+
+
+def quantize_int8(
+    model_dir: ModelDir, calibration: Path | None, count: int = 100, quantizer: str = "onnxruntime"
+) -> Path:
     """Write `<model_dir>/model.int8.onnx` from model.onnx.
 
-    With a calibration folder: static QDQ (per-channel int8 weights, uint8 activations, MinMax ranges over
-    `count` images run through the model's own preprocessing), the fast path on CPU. Without: dynamic
-    quantization, which needs no data but turns convolutions into ConvInteger, slower than fp32 on CPU.
+    `onnxruntime` with a calibration folder: static QDQ (per-channel int8 weights, uint8 activations,
+    MinMax ranges over `count` images run through the model's own preprocessing), the fast path on CPU.
+    Without: dynamic quantization, which needs no data but turns convolutions into ConvInteger, slower
+    than fp32 on CPU. `nncf` needs calibration images.
     """
+    if quantizer not in QUANTIZERS:
+        raise CheckpointError(f"unknown quantizer {quantizer!r}: {' or '.join(QUANTIZERS)}")
+    if quantizer == "nncf" and calibration is None:
+        raise CheckpointError("--quantizer nncf needs calibration images (--calibration IMAGES/)")
+    source = model_dir.onnx_file("fp32")
+    if not source.is_file():
+        source = export_onnx(model_dir)
+    if quantizer == "nncf":
+        assert calibration is not None
+        return _quantize_with_nncf(model_dir, source, calibration_images(calibration, count), calibration)
+    return _quantize_with_onnxruntime(model_dir, source, calibration, count)
+
+
+def _quantize_with_nncf(model_dir: ModelDir, source: Path, paths: list[Path], calibration: Path) -> Path:
+    try:
+        import nncf
+    except ImportError:
+        raise CheckpointError("--quantizer nncf needs NNCF: `pip install '.[nncf]'`") from None
+    import onnx
+
+    spec = Preprocessing.from_hf_config(model_dir.preprocessor_config)
+    tensors = list(calibration_tensors(paths, spec))
+    quantized = nncf.quantize(
+        onnx.load(source),
+        nncf.Dataset(tensors, lambda pixels: {INPUT_NAME: pixels}),
+        model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(tensors),
+    )
+    target = model_dir.onnx_file("int8")
+    method = f"NNCF post-training, transformer preset, {len(tensors)} calibration images from {calibration}"
+    with replacing(target, "quantize") as tmp:
+        onnx.save(quantized, tmp)
+        set_metadata(
+            tmp,
+            {**read_metadata(source), f"{METADATA_PREFIX}quantization": f"int8 {method}", QUANTIZER: "nncf"},
+        )
+    return target
+
+
+def _quantize_with_onnxruntime(
+    model_dir: ModelDir, source: Path, calibration: Path | None, count: int
+) -> Path:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -48,27 +116,17 @@ def quantize_int8(model_dir: ModelDir, calibration: Path | None, count: int = 10
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    source = model_dir.onnx_file("fp32")
-    if not source.is_file():
-        source = export_onnx(model_dir)
     target = model_dir.onnx_file("int8")
     metadata = read_metadata(source)
     spec = Preprocessing.from_hf_config(model_dir.preprocessor_config)
 
     class Images(CalibrationDataReader):
         def __init__(self, paths: list[Path]) -> None:
-            self._paths = iter(paths)
+            self._tensors = calibration_tensors(paths, spec)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            path = next(self._paths, None)
-            if path is None:
-                return None
-            try:
-                image = decode_image(path.read_bytes(), max_pixels=200_000_000)
-            except ServiceError as exc:
-                raise CheckpointError(f"calibration image {path}: {exc.message}") from None
-            pixels = preprocess(image, spec)
-            return {INPUT_NAME: pixels[None]}
+            pixels = next(self._tensors, None)
+            return None if pixels is None else {INPUT_NAME: pixels}
 
     prepared = temporary_path(target, "prepared")
     try:
@@ -92,7 +150,10 @@ def quantize_int8(model_dir: ModelDir, calibration: Path | None, count: int = 10
                     str(prepared), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS
                 )
                 method = "dynamic, int8 weights"
-            set_metadata(tmp, {**metadata, f"{METADATA_PREFIX}quantization": f"int8 {method}"})
+            set_metadata(
+                tmp,
+                {**metadata, f"{METADATA_PREFIX}quantization": f"int8 {method}", QUANTIZER: "onnxruntime"},
+            )
     finally:
         prepared.unlink(missing_ok=True)
     return target

@@ -11,6 +11,7 @@ import pytest
 
 from app.backends import parity
 from app.backends.onnx_backend import load_onnx_backend
+from app.backends.onnx_export import read_metadata
 from app.backends.openvino_backend import load_openvino_backend
 from app.backends.torch_backend import load_torch_backend
 from app.repository import CheckpointError, read_model_dir
@@ -112,6 +113,53 @@ def test_int8_runs_the_calibrated_export(exported: dict[str, Path], tmp_path: Pa
     # differently), and still, roughly, the fp32 function (measured: 0.87; ONNX Runtime's INT8 0.86).
     assert np.corrcoef(int8.ravel(), onnx_runtime_int8.ravel())[0, 1] > 0.8  # measured: 0.91
     assert np.corrcoef(int8.ravel(), fp32.ravel())[0, 1] > 0.7
+
+
+def test_nncf_int8_runs_on_openvino_and_is_flagged_on_onnx_runtime(
+    exported: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("nncf")
+    import onnx
+
+    folder = copy_model(exported["image-classification"], tmp_path)
+    model_dir = read_model_dir(folder)
+    with pytest.raises(CheckpointError, match="--quantizer nncf needs calibration images"):
+        quantize_int8(model_dir, None, quantizer="nncf")
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for i in range(8):
+        (calibration / f"{i}.jpg").write_bytes(encode(photo_like(400, 300, seed=60 + i)))
+    path = quantize_int8(model_dir, calibration, 8, quantizer="nncf")
+    graph = onnx.load(path).graph
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    convolutions = [node for node in graph.node if node.op_type == "Conv"]
+    assert convolutions and all(set(node.input) & dequantized for node in convolutions)
+    metadata = read_metadata(path)
+    assert metadata["mvit.quantizer"] == "nncf" and metadata["mvit.quantization"].startswith("int8 NNCF")
+    assert metadata["mvit.task"] == "image-classification"  # the export's own metadata is kept
+
+    batch = batch_for(folder, count=4)
+    fp32 = load_torch_backend(model_dir).infer(batch)["logits"]
+    backend = load_openvino_backend(
+        model_dir, make_settings(folder, backend="openvino", onnx_precision="int8")
+    )
+    int8 = backend.infer(batch)["logits"]
+    assert not np.allclose(int8, fp32, atol=1e-3)  # really quantized
+    assert np.corrcoef(int8.ravel(), fp32.ravel())[0, 1] > 0.7
+
+    with caplog.at_level("WARNING"):
+        load_onnx_backend(model_dir, make_settings(folder, backend="onnx", onnx_precision="int8"))
+    assert "quantized with NNCF for OpenVINO" in caplog.text and "--backend openvino" in caplog.text
+
+
+def test_cli_refuses_nncf_without_calibration(
+    exported: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.cli import main
+
+    folder = exported["image-classification"]
+    assert main(["export", str(folder), "--quantize", "int8", "--quantizer", "nncf"]) == 1
+    assert "--quantizer nncf needs --calibration" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
