@@ -11,7 +11,8 @@ interpolated logits. Those are computed in row bands capped at a fixed number of
 from __future__ import annotations
 
 import base64
-import io
+import struct
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ TASK = "image-segmentation"
 PARAMETERS = ("subtask", "threshold", "mask_threshold", "overlap_mask_area_threshold")
 # Most float32 values one band of boundary pixels may hold (x 4 corners): ~64 MB.
 BAND_FLOATS = 4_000_000
-PNG_COMPRESS_LEVEL = 1
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 OVERLAY_OPACITY = 0.5
 
 
@@ -117,10 +118,25 @@ def _boundary_labels(
 
 
 def encode_png(mask: np.ndarray) -> str:
-    """A 0/255 mode-L PNG, base64 (no data: prefix)."""
-    buffer = io.BytesIO()
-    Image.fromarray(mask).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    """A 0/255 8-bit grayscale PNG, base64 (no data: prefix).
+
+    Written here rather than by Pillow: rows unfiltered and zlib's run-length strategy, which suit a mask's
+    long runs of 0 and 255. Pillow tries every row filter and compresses generically, which is 2.4-4x
+    slower for 2-3x the bytes on masks (docs/performance.md).
+    """
+    height, width = mask.shape
+    rows = np.empty((height, width + 1), dtype=np.uint8)
+    rows[:, 0] = 0  # each row's filter type: None
+    rows[:, 1:] = mask
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
+    pixels = compressor.compress(rows.data) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8 bits, greyscale, no interlace
+    png = PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", pixels) + _chunk(b"IEND", b"")
+    return base64.b64encode(png).decode("ascii")
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
 def segment(
