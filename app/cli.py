@@ -243,6 +243,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.calibration is not None and not args.calibration.is_dir():
         print(f"mvit export: --calibration {args.calibration} is not a folder of images", file=sys.stderr)
         return 1
+    if not args.quantize and (args.quantizer != "onnxruntime" or args.calibration is not None):
+        print("mvit export: --quantizer and --calibration go with --quantize int8", file=sys.stderr)
+        return 1
     if args.quantizer == "nncf" and args.calibration is None:
         print("mvit export: --quantizer nncf needs --calibration IMAGES/", file=sys.stderr)
         return 1
@@ -508,6 +511,8 @@ def add_fetch_command(sub: Any) -> None:
 
 
 def add_export_command(sub: Any) -> None:
+    from app.backends.onnx_files import QUANTIZERS
+
     export = sub.add_parser(
         "export", allow_abbrev=False, help="export model folders to ONNX (model.onnx), optionally INT8 too"
     )
@@ -526,10 +531,10 @@ def add_export_command(sub: Any) -> None:
     )
     export.add_argument(
         "--quantizer",
-        choices=["onnxruntime", "nncf"],
+        choices=QUANTIZERS,
         default="onnxruntime",
         help="who writes model.int8.onnx: onnxruntime (default; fast on both runtimes) or nncf (faster on "
-        "--backend openvino, slower than fp32 on ONNX Runtime; needs '.[nncf]' and --calibration)",
+        "--backend openvino, slower than fp32 on ONNX Runtime; needs '.[export,nncf]' and --calibration)",
     )
     export.set_defaults(func=cmd_export)
 

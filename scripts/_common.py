@@ -115,3 +115,10 @@ def command_line() -> str:
     spec = getattr(sys.modules["__main__"], "__spec__", None)
     program = f"-m {spec.name}" if spec is not None else shlex.quote(sys.argv[0])
     return f"python {program} {' '.join(map(shlex.quote, sys.argv[1:]))}".rstrip()
+
+
+def pillow_png(mask: np.ndarray, level: int = 1) -> bytes:
+    """A mask as Pillow writes a PNG, at a zlib level: what the service's own mask encoder is compared with."""
+    buffer = io.BytesIO()
+    Image.fromarray(mask).save(buffer, format="PNG", compress_level=level)
+    return buffer.getvalue()

@@ -320,7 +320,7 @@ def main() -> None:
             a.throughput / b.throughput for a, b in zip(cells[key].rounds, cells[other].rounds, strict=True)
         ]
 
-    first_mvit = names[0]
+    first_mvit = mvit_labels[0]
     # Each further mvit server (an A/B configuration: another backend, precision, batch size) against the
     # first, paired within each round.
     print(
@@ -354,7 +354,7 @@ def main() -> None:
 
     print(f"\ntargets (median of {args.rounds} rounds, range in brackets; each round pairs adjacent runs)")
     first_set = args.images[0]
-    mvit = names[0]
+    mvit = first_mvit
 
     def check(label: str, values: list[float], target: float, above: bool, unit: str = "") -> None:
         value = statistics.median(values)

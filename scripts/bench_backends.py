@@ -24,9 +24,12 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from scripts._common import command_line
+
+if TYPE_CHECKING:
+    from app.runtime.models import ServedModel
 
 
 def main() -> None:
@@ -68,7 +71,10 @@ def main() -> None:
     photos = bench_photos()
     # Every (folder, backend) pair, interleaved call by call at each batch size, so a slow spell of the
     # machine hits all of them alike (two copies of a folder quantized differently compare fairly).
-    runs: dict[tuple[str, str], tuple[Any, np.ndarray]] = {}
+    runs: dict[tuple[str, str], tuple[ServedModel, np.ndarray]] = {}
+    names = [Path(source).name for source in args.models]
+    if len(set(names)) != len(names):
+        parser.error("the model folders' names label the rows: give folders with different names")
     for source in args.models:
         for name in args.backends:
             backend, _, precision = name.partition("-")

@@ -34,7 +34,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("models", nargs="+", help="model folders (their preprocessing is what is timed)")
+    parser.add_argument(
+        "models", nargs="+", help="exported model folders (their preprocessing is what is timed)"
+    )
     parser.add_argument("--images", nargs="+", choices=tuple(BENCH_SETS), default=list(BENCH_SETS))
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per photo and stage")
     args = parser.parse_args()
@@ -50,7 +52,7 @@ def main() -> None:
     print("| model input | images | decode ms | resize + crop ms | float pass ms | float pass share |")
     print("|---|---|---:|---:|---:|---:|")
     for folder in args.models:
-        model = load_model(folder, Settings(models=[folder], backend="torch"))
+        model = load_model(folder, Settings(models=[folder], backend="onnx", onnx_auto_export=False))
         spec = model.preprocessing
         for image_set in args.images:
             stages: dict[str, list[float]] = {"decode": [], "resize": [], "float": []}

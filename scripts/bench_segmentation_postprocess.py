@@ -10,26 +10,22 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import statistics
 import time
 from unittest import mock
 
 import numpy as np
-from PIL import Image
 
 from app.config import Settings
 from app.cpus import cpu_model
 from app.runtime.models import load_model
 from app.runtime.pipeline import prepare
 from app.tasks import segmentation
-from scripts._common import BENCH_SETS, bench_set, command_line
+from scripts._common import BENCH_SETS, bench_set, command_line, pillow_png
 
 
-def pillow_png(mask: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(mask).save(buffer, format="PNG", compress_level=1)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+def pillow_png_base64(mask: np.ndarray) -> str:
+    return base64.b64encode(pillow_png(mask)).decode("ascii")
 
 
 def main() -> None:
@@ -43,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model = load_model(args.model, Settings(models=[args.model], backend="onnx"))
-    encoders = {"Pillow, zlib level 1": pillow_png, "the service's encoder": segmentation.encode_png}
+    encoders = {"Pillow, zlib level 1": pillow_png_base64, "the service's encoder": segmentation.encode_png}
     print(f"$ {command_line()}")
     print(f"{time.strftime('%Y-%m-%d')}; {cpu_model()}; one thread")
     print(f"| photos | masks per photo | {' | '.join(f'{name}, ms per photo' for name in encoders)} |")
@@ -60,7 +56,10 @@ def main() -> None:
             for name, encoder in encoders.items():
                 with mock.patch.object(segmentation, "encode_png", encoder):
                     started = time.perf_counter()
-                    masks = sum(len(segmentation.segment(x, size, model.labels)) for x, size in cases)
+                    masks = sum(
+                        len(segmentation.segment(x, size, model.labels, model.upsample_align_corners))
+                        for x, size in cases
+                    )
                     times[name].append(1000 * (time.perf_counter() - started) / len(cases))
         figures = " | ".join(
             f"{statistics.median(v):.1f} ({min(v):.1f}-{max(v):.1f})" for v in times.values()

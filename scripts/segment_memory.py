@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from app.tasks.segmentation import encode_png
-from scripts._common import command_line, photo_jpeg, start_server
+from scripts._common import command_line, photo_jpeg, pillow_png, start_server
 
 
 def status_kib(pid: int, field: str) -> int:
@@ -38,12 +38,6 @@ def phase_sums(metrics: str) -> dict[str, tuple[float, float]]:
         count = re.search(rf'mvit_phase_duration_seconds_count{{[^}}]*phase="{phase}"}} (\S+)', metrics)
         sums[phase] = (float(total.group(1)) if total else 0.0, float(count.group(1)) if count else 0.0)
     return sums
-
-
-def pillow_png(mask: np.ndarray, level: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(mask).save(buffer, format="PNG", compress_level=level)
-    return buffer.getvalue()
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from app.backends.onnx_files import QUANTIZERS
 from scripts._common import command_line
 
 CLASSES = (
@@ -98,7 +99,9 @@ def tensors(first: int, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("directory", type=Path, help="where to write the model folder, e.g. models/")
+    parser.add_argument(
+        "directory", type=Path, nargs="?", help="where to write the model folder, e.g. models/"
+    )
     parser.add_argument("--width", type=float, default=0.5)
     parser.add_argument("--image-size", type=int, default=64, help="a multiple of 32")
     parser.add_argument("--train-images", type=int, default=8_000)
@@ -109,7 +112,7 @@ def main() -> None:
     parser.add_argument("--quantize", action="store_true", help="also compare ONNX fp32 and INT8 top-1")
     parser.add_argument(
         "--quantizer",
-        choices=["onnxruntime", "nncf"],
+        choices=QUANTIZERS,
         default="onnxruntime",
         help="with --quantize: who writes model.int8.onnx (`mvit export --quantizer`)",
     )
@@ -117,9 +120,12 @@ def main() -> None:
         "--evaluate",
         type=Path,
         metavar="FOLDER",
-        help="no training: quantize and evaluate this proxy folder, written earlier by this script",
+        help="instead of training: quantize this proxy folder, written earlier by this script, and evaluate "
+        "it on every backend and precision",
     )
     args = parser.parse_args()
+    if (args.directory is None) == (args.evaluate is None):
+        parser.error("give a directory to train into, or --evaluate FOLDER")
     if args.evaluate is not None:
         size = json.loads((args.evaluate / "config.json").read_text())["image_size"]
         compare_precisions(args.evaluate, args.held_out_images, size, args.quantizer)

@@ -185,7 +185,7 @@ def load_onnx_backend(model_dir: ModelDir, settings: Settings) -> OnnxBackend:
     if backend.metadata.get(QUANTIZER) == "nncf":
         log.warning(
             "%s was quantized with NNCF for OpenVINO: ONNX Runtime runs its convolutions in float after "
-            "dequantizing, slower than fp32 (docs/performance.md#int8-opt-in). Serve it with --backend openvino, or quantize again with "
+            "dequantizing, slower than fp32 (docs/performance.md#two-quantizers-onnx-runtimes-default-and-nncf-for-openvino). Serve it with --backend openvino, or quantize again with "
             "`mvit export %s --quantize int8 --calibration IMAGES/` for ONNX Runtime",
             source,
             model_dir.path,

@@ -13,7 +13,8 @@ from app.repository import ModelDir, file_sha256
 log = logging.getLogger(__name__)
 
 SOURCE_SHA256 = "mvit.source_sha256"  # the export's metadata: SHA-256 of the weights it came from
-QUANTIZER = "mvit.quantizer"  # an INT8 export's metadata: the quantizer that wrote it (onnxruntime, nncf)
+QUANTIZER = "mvit.quantizer"  # an INT8 export's metadata: which of QUANTIZERS wrote it
+QUANTIZERS = ("onnxruntime", "nncf")  # `mvit export --quantizer`: app/tools/quantize.py
 
 
 def export(model_dir: ModelDir, why: str) -> Path:

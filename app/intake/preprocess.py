@@ -240,7 +240,7 @@ def preprocess(
 def resize_and_crop(
     image: Image.Image, spec: Preprocessing, full_size: tuple[int, int] | None = None
 ) -> np.ndarray:
-    """The pixel steps: RGB PIL image -> resized and center-cropped uint8 array (H, W, 3), a view."""
+    """The pixel steps: RGB PIL image -> resized and center-cropped uint8 array (H, W, 3)."""
     if image.mode != "RGB":
         raise ValueError(f"expected an RGB image, got mode {image.mode}")
     size = spec.resized_size(*(full_size or image.size))

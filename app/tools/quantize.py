@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from app.backends.onnx_export import (
     set_metadata,
     temporary_path,
 )
-from app.backends.onnx_files import QUANTIZER
+from app.backends.onnx_files import QUANTIZER, QUANTIZERS
 from app.errors import CheckpointError, ServiceError
 from app.intake.decode import IMAGE_SUFFIXES, decode_image
 from app.intake.preprocess import Preprocessing, preprocess
@@ -35,7 +36,7 @@ from app.repository import ModelDir
 # Convolutions and the classifier carry the compute. Quantizing the norms' reductions, softmax and
 # attention products too added little speed and cost a lot of agreement.
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
-QUANTIZERS = ("onnxruntime", "nncf")
+Quantizer = Literal["onnxruntime", "nncf"]  # QUANTIZERS
 
 
 def calibration_images(folder: Path, count: int) -> list[Path]:
@@ -56,7 +57,7 @@ def calibration_tensors(paths: list[Path], spec: Preprocessing) -> Iterator[np.n
 
 
 def quantize_int8(
-    model_dir: ModelDir, calibration: Path | None, count: int = 100, quantizer: str = "onnxruntime"
+    model_dir: ModelDir, calibration: Path | None, count: int = 100, quantizer: Quantizer = "onnxruntime"
 ) -> Path:
     """Write `<model_dir>/model.int8.onnx` from model.onnx.
 
@@ -72,29 +73,27 @@ def quantize_int8(
     source = model_dir.onnx_file("fp32")
     if not source.is_file():
         source = export_onnx(model_dir)
-    if quantizer == "nncf":
-        assert calibration is not None
-        return _quantize_with_nncf(model_dir, source, calibration_images(calibration, count), calibration)
+    if quantizer == "nncf" and calibration is not None:
+        return _quantize_with_nncf(model_dir, source, calibration, count)
     return _quantize_with_onnxruntime(model_dir, source, calibration, count)
 
 
-def _quantize_with_nncf(model_dir: ModelDir, source: Path, paths: list[Path], calibration: Path) -> Path:
+def _quantize_with_nncf(model_dir: ModelDir, source: Path, calibration: Path, count: int) -> Path:
     try:
         import nncf
     except ImportError:
-        raise CheckpointError("--quantizer nncf needs NNCF: `pip install '.[nncf]'`") from None
+        raise CheckpointError("--quantizer nncf needs NNCF: `pip install '.[export,nncf]'`") from None
     import onnx
 
     spec = Preprocessing.from_hf_config(model_dir.preprocessor_config)
-    tensors = list(calibration_tensors(paths, spec))
+    paths = calibration_images(calibration, count)
+    # Preprocessed as NNCF reads them (it may pass over the set more than once), not all held in memory.
+    dataset = nncf.Dataset(paths, lambda path: {INPUT_NAME: next(calibration_tensors([path], spec))})
     quantized = nncf.quantize(
-        onnx.load(source),
-        nncf.Dataset(tensors, lambda pixels: {INPUT_NAME: pixels}),
-        model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(tensors),
+        onnx.load(source), dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(paths)
     )
     target = model_dir.onnx_file("int8")
-    method = f"NNCF post-training, transformer preset, {len(tensors)} calibration images from {calibration}"
+    method = f"NNCF post-training, transformer preset, {len(paths)} calibration images from {calibration}"
     with replacing(target, "quantize") as tmp:
         onnx.save(quantized, tmp)
         set_metadata(

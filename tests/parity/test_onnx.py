@@ -16,7 +16,7 @@ from PIL import Image
 
 from app.backends import parity
 from app.backends.onnx_backend import CACHE_DIR, _cache_path, load_onnx_backend
-from app.backends.onnx_export import export_onnx, read_metadata
+from app.backends.onnx_export import export_onnx, read_metadata, set_metadata
 from app.backends.torch_backend import load_torch_backend
 from app.cli import main
 from app.intake.decode import decode_image
@@ -213,6 +213,7 @@ def test_int8_exports_quantize_and_stay_close_to_fp32(exported: dict[str, Path],
     meta = read_metadata(path)
     assert (
         meta["mvit.quantization"].startswith("int8 static QDQ")
+        and meta["mvit.quantizer"] == "onnxruntime"
         and meta["mvit.task"] == "image-classification"
     )
 
@@ -220,12 +221,29 @@ def test_int8_exports_quantize_and_stay_close_to_fp32(exported: dict[str, Path],
     fp32 = load_onnx_backend(model_dir, make_settings(folder, backend="onnx")).infer(batch)["logits"]
     int8_model = load_model(str(folder), make_settings(folder, backend="onnx", onnx_precision="int8"))
     assert int8_model.backend.artifact == "model.int8.onnx"
+    assert int8_model.describe()["precision"] == "int8"
     int8 = int8_model.backend.infer(batch)["logits"]
     assert not np.allclose(int8, fp32, atol=1e-4)  # really quantized
     assert np.corrcoef(int8.ravel(), fp32.ravel())[0, 1] > 0.7  # and still the same function, roughly
 
     dynamic = quantize_int8(model_dir, None)
     assert read_metadata(dynamic)["mvit.quantization"].startswith("int8 dynamic")
+
+
+def test_onnx_runtime_warns_about_an_nncf_quantized_file(
+    exported: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """NNCF's files run slower than fp32 on ONNX Runtime; the file's metadata says who quantized it."""
+    folder = copy_model(exported["image-classification"], tmp_path)
+    model_dir = read_model_dir(folder)
+    path = quantize_int8(model_dir, None)
+    with caplog.at_level("WARNING"):
+        load_onnx_backend(model_dir, make_settings(folder, backend="onnx", onnx_precision="int8"))
+    assert "NNCF" not in caplog.text
+    set_metadata(path, {**read_metadata(path), "mvit.quantizer": "nncf"})
+    with caplog.at_level("WARNING"):
+        load_onnx_backend(model_dir, make_settings(folder, backend="onnx", onnx_precision="int8"))
+    assert "quantized with NNCF for OpenVINO" in caplog.text and "--backend openvino" in caplog.text
 
 
 def test_cli_export(exported: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -152,16 +152,6 @@ def test_nncf_int8_runs_on_openvino_and_is_flagged_on_onnx_runtime(
     assert "quantized with NNCF for OpenVINO" in caplog.text and "--backend openvino" in caplog.text
 
 
-def test_cli_refuses_nncf_without_calibration(
-    exported: dict[str, Path], capsys: pytest.CaptureFixture[str]
-) -> None:
-    from app.cli import main
-
-    folder = exported["image-classification"]
-    assert main(["export", str(folder), "--quantize", "int8", "--quantizer", "nncf"]) == 1
-    assert "--quantizer nncf needs --calibration" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize(
     ("device", "message"),
     [

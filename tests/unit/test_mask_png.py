@@ -66,3 +66,13 @@ def test_it_is_smaller_than_pillows_png_for_a_mask() -> None:
     pillow = io.BytesIO()
     Image.fromarray(mask).save(pillow, format="PNG", compress_level=1)
     assert len(base64.b64decode(encode_png(mask))) < len(pillow.getvalue())
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [np.zeros((0, 5), np.uint8), np.zeros((4, 4), bool), np.zeros((4, 4, 1), np.uint8)],
+    ids=["empty", "bool", "3-D"],
+)
+def test_what_is_not_a_mask_is_refused(mask: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="non-empty 2-D uint8"):
+        encode_png(mask)
