@@ -40,6 +40,9 @@ class TuningRecord:
     measured: list[dict[str, Any]] = field(default_factory=list)  # one row per configuration tried
     tuned_at: str = ""
     command: str = ""
+    # The file measured (model.onnx, model.int8.onnx or the weights): a record applies to that file only.
+    # Empty in records written before it was recorded.
+    artifact_sha256: str = ""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TuningRecord:
@@ -50,6 +53,7 @@ class TuningRecord:
             list(data.get("measured", [])),
             str(data.get("tuned_at", "")),
             str(data.get("command", "")),
+            str(data.get("artifact_sha256", "")),
         )
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from app.backends import runtime_version
 from app.config import Settings
 from app.cpus import cpu_model
-from app.repository import ModelDir
+from app.repository import ModelDir, file_sha256
 from app.repository.tuning import MachineKey, TuningRecord, find_record
 
 
@@ -20,14 +21,18 @@ class Tuning:
     record: TuningRecord | None
     applied: dict[str, Any]  # the record's choices the operator did not override
     warning: str | None = None  # a reduced precision measured slower than fp32 here
+    outdated: str | None = None  # why this machine's record does not apply: it measured another file
 
     def describe(self, model_dir: ModelDir) -> dict[str, Any]:
         if self.record is None:
+            measure = (
+                f"measure the best batch size and instances here: `mvit tune {model_dir.path} "
+                f"--backend {self.key.backend}`"
+            )
             return {
                 "tuned": False,
                 "machine": self.key.describe(),
-                "hint": f"measure the best batch size and instances here: `mvit tune {model_dir.path} "
-                f"--backend {self.key.backend}`",
+                "hint": f"{self.outdated}; {measure}" if self.outdated else measure,
             }
         return {
             "tuned": True,
@@ -54,11 +59,27 @@ def machine_key(settings: Settings) -> MachineKey:
     )
 
 
+def served_file(model_dir: ModelDir, settings: Settings) -> Path | None:
+    """The file the configured backend runs: what a tuning record was measured on."""
+    return model_dir.weights if settings.backend == "torch" else model_dir.onnx_file(settings.onnx_precision)
+
+
+def served_file_sha256(model_dir: ModelDir, settings: Settings) -> str:
+    path = served_file(model_dir, settings)
+    return file_sha256(path) if path is not None and path.is_file() else ""
+
+
 def apply_tuning(model_dir: ModelDir, settings: Settings) -> tuple[Settings, Tuning]:
     key = machine_key(settings)
     record = find_record(model_dir.path, key)
     if record is None:
         return settings, Tuning(key, None, {})
+    if record.artifact_sha256 and record.artifact_sha256 != served_file_sha256(model_dir, settings):
+        path = served_file(model_dir, settings)
+        name = path.name if path is not None else "file"
+        return settings, Tuning(
+            key, None, {}, outdated=f"this machine's tuning record was measured on another {name}"
+        )
     applied = {name: value for name, value in record.chosen.items() if name not in settings.model_fields_set}
     tuning = Tuning(key, record, applied, slower_than_fp32(model_dir, key, record))
     return settings.model_copy(update=applied), tuning

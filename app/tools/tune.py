@@ -29,7 +29,7 @@ from app.backends import Backend, load_backend
 from app.config import Settings
 from app.repository import ModelDir
 from app.repository.tuning import TuningRecord, write_record
-from app.runtime.tuned import machine_key
+from app.runtime.tuned import machine_key, served_file_sha256
 
 
 @dataclass(frozen=True)
@@ -185,6 +185,7 @@ def tune(
         measured=[m.row() for m in sorted(measurements, key=lambda m: -m.throughput)],
         tuned_at=datetime.now(UTC).isoformat(timespec="seconds"),
         command=command,
+        artifact_sha256=served_file_sha256(model_dir, settings),
     )
     write_record(model_dir.path, record)
     return record, best

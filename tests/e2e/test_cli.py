@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -101,6 +102,7 @@ def test_tune_measures_records_and_the_server_applies_it(model_dir: Path, tmp_pa
     assert record["key"]["backend"] == "onnx" and record["key"]["threads"] == 2
     assert record["command"].startswith("mvit tune ") and len(record["measured"]) == 8  # 2 x 2 x 2
     assert all(len(row["images_per_s_range"]) == 2 and row["images_per_s"] > 0 for row in record["measured"])
+    assert record["artifact_sha256"] == hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
     chosen = record["chosen"]
     with serving(folder, backend="onnx") as client:
         described = client.get("/models").json()[0]

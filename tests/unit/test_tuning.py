@@ -20,7 +20,7 @@ from app.repository.tuning import (
     read_records,
     write_record,
 )
-from app.runtime.tuned import apply_tuning, machine_key
+from app.runtime.tuned import apply_tuning, machine_key, served_file_sha256
 from app.tools.tune import Configuration, Measurement, choose
 from tests.support import make_settings
 
@@ -108,3 +108,28 @@ def test_a_reduced_precision_measured_slower_than_fp32_is_flagged(folder: Path) 
     assert tuning.describe(read_model_dir(folder))["warning"] == tuning.warning
     write_record(folder, TuningRecord(int8_key, {"max_batch_size": 1}, [{"images_per_s": 60.0}]))
     assert apply_tuning(read_model_dir(folder), settings)[1].warning is None
+
+
+def test_a_record_measured_on_another_file_is_not_applied(folder: Path) -> None:
+    """Re-exporting or re-quantizing a model makes its record for this machine a measurement of the old file."""
+    settings = make_settings(folder, backend="torch")
+    model_dir = read_model_dir(folder)
+    measured_here = served_file_sha256(model_dir, settings)
+    assert measured_here and model_dir.weights is not None
+    write_record(
+        folder, TuningRecord(machine_key(settings), {"max_batch_size": 2}, artifact_sha256=measured_here)
+    )
+    tuned, tuning = apply_tuning(model_dir, settings)
+    assert tuned.max_batch_size == 2 and tuning.record is not None
+
+    model_dir.weights.write_bytes(model_dir.weights.read_bytes() + b" ")  # another file now
+    tuned, tuning = apply_tuning(model_dir, settings)
+    assert tuned is settings and tuning.record is None
+    assert tuning.describe(model_dir)["hint"] == (
+        f"this machine's tuning record was measured on another {model_dir.weights.name}; "
+        f"measure the best batch size and instances here: `mvit tune {folder} --backend torch`"
+    )
+
+    # Records written before the file was recorded still apply.
+    write_record(folder, TuningRecord(machine_key(settings), {"max_batch_size": 2}))
+    assert apply_tuning(model_dir, settings)[0].max_batch_size == 2
