@@ -14,8 +14,6 @@ folder of held-out images).
 
 from __future__ import annotations
 
-import argparse
-import json
 import subprocess
 import sys
 import time
@@ -24,8 +22,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from app.backends.onnx_files import QUANTIZERS
 from scripts._common import command_line
+from scripts._proxy import (
+    deterministic_torch,
+    export_int8,
+    parse_proxy_arguments,
+    proxy_parser,
+    trained_size,
+    write_proxy,
+)
 
 CLASSES = (
     "circle",
@@ -98,50 +103,24 @@ def tensors(first: int, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "directory", type=Path, nargs="?", help="where to write the model folder, e.g. models/"
-    )
-    parser.add_argument("--width", type=float, default=0.5)
-    parser.add_argument("--image-size", type=int, default=64, help="a multiple of 32")
+    parser = proxy_parser(__doc__.split("\n\n")[0], image_size=64)
     parser.add_argument("--train-images", type=int, default=8_000)
     parser.add_argument("--held-out-images", type=int, default=1_000)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quantize", action="store_true", help="also compare ONNX fp32 and INT8 top-1")
-    parser.add_argument(
-        "--quantizer",
-        choices=QUANTIZERS,
-        default="onnxruntime",
-        help="with --quantize: who writes model.int8.onnx (`mvit export --quantizer`)",
-    )
-    parser.add_argument(
-        "--evaluate",
-        type=Path,
-        metavar="FOLDER",
-        help="instead of training: quantize this proxy folder, written earlier by this script, and evaluate "
-        "it on every backend and precision",
-    )
-    args = parser.parse_args()
-    if (args.directory is None) == (args.evaluate is None):
-        parser.error("give a directory to train into, or --evaluate FOLDER")
+    args = parse_proxy_arguments(parser)
     if args.evaluate is not None:
-        size = json.loads((args.evaluate / "config.json").read_text())["image_size"]
-        compare_precisions(args.evaluate, args.held_out_images, size, args.quantizer)
+        compare_precisions(args.evaluate, args.held_out_images, trained_size(args.evaluate), args.quantizer)
         return
 
     import torch
 
-    from app.intake.preprocess import Preprocessing
     from app.nn.build import create_network
     from app.nn.configs import ARCHITECTURE_BY_TASK
-    from app.repository.writer import hf_config, write_model_folder
+    from app.repository.writer import hf_config
 
     print(f"$ {command_line()}")
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True)
+    deterministic_torch(args.threads)
     size = args.image_size
     architecture = ARCHITECTURE_BY_TASK["image-classification"]
     config = hf_config(args.width, size, list(CLASSES), architecture.name)
@@ -181,24 +160,19 @@ def main() -> None:
         )
 
     model.eval()
-    name = f"proxy-mobilevitv2-{args.width}-shapes-{size}"
-    preprocessing = Preprocessing(resize_height_width=(size, size), resample=2, bgr=False)
-    manifest = {
-        "id": name,
-        "task": architecture.task,
-        "random_weights": False,
-        "trained_on": f"{len(CLASSES)} procedural shape and texture classes (scripts/train_proxy.py)",
-        "held_out_top1": round(top1(model, held_x, held_y), 4),
-        "generated_by": "python -m scripts.train_proxy",
-        # Trained on exactly what preprocessor_config.json gives, so that is its trained preprocessing.
-        "training_pipeline": "scripts/train_proxy.py",
-        "preprocessing_profile": "hf",
-    }
-    folder = write_model_folder(
-        args.directory / name, config, preprocessing.to_hf_config(), manifest, model.state_dict()
+    held_out_top1 = round(top1(model, held_x, held_y), 4)
+    folder = write_proxy(
+        args.directory,
+        f"proxy-mobilevitv2-{args.width}-shapes-{size}",
+        architecture.task,
+        config,
+        model.state_dict(),
+        "train_proxy",
+        f"{len(CLASSES)} procedural shape and texture classes (scripts/train_proxy.py)",
+        {"held_out_top1": held_out_top1},
     )
     print(
-        f"{folder}: held-out top-1 {manifest['held_out_top1']:.1%} (torch), {time.perf_counter() - started:.0f} s in all"
+        f"{folder}: held-out top-1 {held_out_top1:.1%} (torch), {time.perf_counter() - started:.0f} s in all"
     )
     if args.quantize:
         compare_precisions(folder, args.held_out_images, size, args.quantizer)
@@ -229,20 +203,7 @@ def compare_precisions(folder: Path, held_out: int, size: int, quantizer: str = 
     calibration.mkdir(exist_ok=True)
     for i in range(100):
         draw_example(TRAIN_SEED + i, size)[0].save(calibration / f"{i}.png")
-    run = [
-        sys.executable,
-        "-m",
-        "app.cli",
-        "export",
-        str(folder),
-        "--quantize",
-        "int8",
-        "--calibration",
-        str(calibration),
-        "--quantizer",
-        quantizer,
-    ]
-    subprocess.run(run, check=True)
+    export_int8(folder, calibration, quantizer)
     subprocess.run([sys.executable, "-m", "scripts.compare_backends", str(folder), str(images)], check=True)
 
 

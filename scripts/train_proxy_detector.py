@@ -15,11 +15,7 @@ for ONNX Runtime fp32 and INT8 (and OpenVINO fp32, bf16 and INT8 where it is ins
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,10 +24,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw
 
-from app.backends.onnx_files import QUANTIZERS
 from app.cpus import cpu_model
 from app.tasks.detection import box_iou
 from scripts._common import command_line
+from scripts._proxy import (
+    deterministic_torch,
+    export_int8,
+    parse_proxy_arguments,
+    proxy_parser,
+    trained_size,
+    write_proxy,
+)
 
 if TYPE_CHECKING:
     from app.runtime.models import ServedModel
@@ -188,51 +191,25 @@ def report(name: str, figures: dict[str, float]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "directory", type=Path, nargs="?", help="where to write the model folder, e.g. models/"
-    )
-    parser.add_argument("--width", type=float, default=0.5)
-    parser.add_argument("--image-size", type=int, default=256, help="a multiple of 32")
+    parser = proxy_parser(__doc__.split("\n\n")[0], image_size=256)
     parser.add_argument("--steps", type=int, default=560)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--held-out-scenes", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quantize", action="store_true", help="also evaluate every backend and precision")
-    parser.add_argument(
-        "--quantizer",
-        choices=QUANTIZERS,
-        default="onnxruntime",
-        help="with --quantize: who writes model.int8.onnx (`mvit export --quantizer`)",
-    )
-    parser.add_argument(
-        "--evaluate",
-        type=Path,
-        metavar="FOLDER",
-        help="instead of training: quantize this proxy folder, written earlier by this script, and evaluate "
-        "it on every backend and precision",
-    )
-    args = parser.parse_args()
-    if (args.directory is None) == (args.evaluate is None):
-        parser.error("give a directory to train into, or --evaluate FOLDER")
+    args = parse_proxy_arguments(parser)
     if args.evaluate is not None:
-        size = json.loads((args.evaluate / "config.json").read_text())["image_size"]
-        compare_precisions(args.evaluate, args.held_out_scenes, size, args.quantizer)
+        compare_precisions(args.evaluate, args.held_out_scenes, trained_size(args.evaluate), args.quantizer)
         return
 
     import torch
 
-    from app.intake.preprocess import Preprocessing
     from app.nn.build import create_network
     from app.nn.configs import ARCHITECTURE_BY_TASK, SSDConfig
-    from app.repository.writer import hf_config, write_model_folder
+    from app.repository.writer import hf_config
     from app.tasks.detection import Detector
 
     print(f"$ {command_line()}")
     print(f"cpu: {cpu_model()}")
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True)
+    deterministic_torch(args.threads)
     size = args.image_size
     architecture = ARCHITECTURE_BY_TASK["object-detection"]
     ssd = SSDConfig()
@@ -312,20 +289,15 @@ def main() -> None:
 
     figures = evaluate(detect_torch, HELD_OUT_SEED, args.held_out_scenes, size)
     report("held-out scenes, torch fp32", figures)
-    name = f"proxy-mobilevitv2-{args.width}-shapes-ssdlite-{size}"
-    preprocessing = Preprocessing(resize_height_width=(size, size), resample=2, bgr=False)
-    manifest = {
-        "id": name,
-        "task": architecture.task,
-        "random_weights": False,
-        "trained_on": f"procedural scenes of {len(CLASSES)} shape classes (scripts/train_proxy_detector.py)",
-        "held_out": {key: round(value, 4) for key, value in figures.items()},
-        "generated_by": "python -m scripts.train_proxy_detector",
-        "training_pipeline": "scripts/train_proxy_detector.py",
-        "preprocessing_profile": "hf",
-    }
-    folder = write_model_folder(
-        args.directory / name, config, preprocessing.to_hf_config(), manifest, model.state_dict()
+    folder = write_proxy(
+        args.directory,
+        f"proxy-mobilevitv2-{args.width}-shapes-ssdlite-{size}",
+        architecture.task,
+        config,
+        model.state_dict(),
+        "train_proxy_detector",
+        f"procedural scenes of {len(CLASSES)} shape classes (scripts/train_proxy_detector.py)",
+        {"held_out": {key: round(value, 4) for key, value in figures.items()}},
     )
     print(f"{folder}: written, {time.perf_counter() - started:.0f} s in all")
     if args.quantize:
@@ -346,11 +318,7 @@ def compare_precisions(folder: Path, held_out: int, size: int, quantizer: str = 
     calibration.mkdir(exist_ok=True)
     for i in range(100):
         draw_scene(TRAIN_SEED + i, size)[0].save(calibration / f"{i}.png")
-    export = [sys.executable, "-m", "app.cli", "export", str(folder)]
-    subprocess.run(
-        [*export, "--quantize", "int8", "--calibration", str(calibration), "--quantizer", quantizer],
-        check=True,
-    )
+    export_int8(folder, calibration, quantizer)
     candidates: dict[str, dict[str, str]] = {
         "ONNX Runtime fp32": {"backend": "onnx"},
         "ONNX Runtime int8": {"backend": "onnx", "onnx_precision": "int8"},

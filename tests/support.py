@@ -275,6 +275,19 @@ def mvit(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m scripts.NAME ARGS` from the repository root; fails the test if it fails."""
+    result = subprocess.run(
+        [sys.executable, "-m", f"scripts.{name}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
 class FakeHub:
     """Stands in for huggingface_hub.hf_hub_download, serving files of a local folder."""
 

@@ -12,7 +12,6 @@ Two quantizers write the same kind of file (QDQ ONNX), tuned for different runti
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -46,14 +45,13 @@ def calibration_images(folder: Path, count: int) -> list[Path]:
     return images[:count]
 
 
-def calibration_tensors(paths: list[Path], spec: Preprocessing) -> Iterator[np.ndarray]:
-    """Each calibration image as a batch of one, through the model's own preprocessing."""
-    for path in paths:
-        try:
-            image = decode_image(path.read_bytes(), max_pixels=200_000_000)
-        except ServiceError as exc:
-            raise CheckpointError(f"calibration image {path}: {exc.message}") from None
-        yield preprocess(image, spec)[None]
+def calibration_tensor(path: Path, spec: Preprocessing) -> np.ndarray:
+    """One calibration image as a batch of one, through the model's own preprocessing."""
+    try:
+        image = decode_image(path.read_bytes(), max_pixels=200_000_000)
+    except ServiceError as exc:
+        raise CheckpointError(f"calibration image {path}: {exc.message}") from None
+    return preprocess(image, spec)[None]
 
 
 def quantize_int8(
@@ -88,7 +86,7 @@ def _quantize_with_nncf(model_dir: ModelDir, source: Path, calibration: Path, co
     spec = Preprocessing.from_hf_config(model_dir.preprocessor_config)
     paths = calibration_images(calibration, count)
     # Preprocessed as NNCF reads them (it may pass over the set more than once), not all held in memory.
-    dataset = nncf.Dataset(paths, lambda path: {INPUT_NAME: next(calibration_tensors([path], spec))})
+    dataset = nncf.Dataset(paths, lambda path: {INPUT_NAME: calibration_tensor(path, spec)})
     quantized = nncf.quantize(
         onnx.load(source), dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(paths)
     )
@@ -121,7 +119,7 @@ def _quantize_with_onnxruntime(
 
     class Images(CalibrationDataReader):
         def __init__(self, paths: list[Path]) -> None:
-            self._tensors = calibration_tensors(paths, spec)
+            self._tensors = (calibration_tensor(path, spec) for path in paths)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             pixels = next(self._tensors, None)

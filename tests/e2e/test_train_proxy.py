@@ -4,38 +4,27 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from app.runtime.models import load_model
 from app.runtime.pipeline import predict
 from scripts.train_proxy import CLASSES, draw_example
-from tests.support import ROOT, encode, make_settings
+from tests.support import encode, make_settings, run_script
 
 
 def train(out: Path) -> Path:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scripts.train_proxy",
-            str(out),
-            "--train-images",
-            "128",
-            "--held-out-images",
-            "40",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "32",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_script(
+        "train_proxy",
+        str(out),
+        "--train-images",
+        "128",
+        "--held-out-images",
+        "40",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
     )
-    assert result.returncode == 0, result.stderr[-2000:]
     assert "held-out top-1" in result.stdout
     return out / "proxy-mobilevitv2-0.5-shapes-64"
 

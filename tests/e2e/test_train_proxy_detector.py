@@ -5,8 +5,6 @@ docs/performance.md; CI spends seconds here.)"""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,31 +13,22 @@ import pytest
 from app.runtime.models import load_model
 from app.runtime.pipeline import predict
 from scripts.train_proxy_detector import CLASSES, assign, average_precision, draw_scene
-from tests.support import ROOT, encode, make_settings
+from tests.support import encode, make_settings, run_script
 
 
 def train(out: Path) -> Path:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scripts.train_proxy_detector",
-            str(out),
-            "--image-size",
-            "64",
-            "--steps",
-            "3",
-            "--batch-size",
-            "4",
-            "--held-out-scenes",
-            "8",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_script(
+        "train_proxy_detector",
+        str(out),
+        "--image-size",
+        "64",
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--held-out-scenes",
+        "8",
     )
-    assert result.returncode == 0, result.stderr[-2000:]
     assert "mAP@0.5" in result.stdout
     return out / "proxy-mobilevitv2-0.5-shapes-ssdlite-64"
 
