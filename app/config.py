@@ -20,6 +20,7 @@ MODEL_OPTIONS = (
     "backend",
     "onnx_precision",
     "openvino_precision",
+    "torch_precision",
     "device",
     "max_batch_size",
     "max_queue_delay_ms",
@@ -64,6 +65,16 @@ class Settings(BaseSettings):
         "fp32",
         description="What OpenVINO computes in: fp32 (exact), or bf16 (CPUs with AVX512-BF16 or AMX). "
         "INT8 is --onnx-precision int8, which OpenVINO runs as INT8.",
+    )
+    torch_precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="What PyTorch computes in: fp32 (exact; no TF32 on GPUs), or bf16/fp16 autocast "
+        "(bf16: GPUs and CPUs with AVX512-BF16 or AMX; fp16: GPUs only).",
+    )
+    cuda_graphs: bool = Field(
+        True,
+        description="torch on GPUs: capture the network as one CUDA graph per batch size at load "
+        "(the GIL stays free for HTTP and decoding); off runs it eagerly.",
     )
     onnx_optimization: Literal["disable", "basic", "extended", "all"] = Field(
         "all", description="ONNX Runtime graph optimization level."

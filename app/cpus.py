@@ -1,4 +1,5 @@
-"""How many CPUs this process may really use (affinity and cgroup quota), not the host's core count."""
+"""The CPU this process runs on: how many CPUs it may really use (affinity and cgroup quota, not the
+host's core count), its model name and its features."""
 
 from __future__ import annotations
 
@@ -42,3 +43,19 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them ("flags" on x86, "Features" on Arm)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_bf16() -> bool:
+    """bfloat16 arithmetic: AVX512-BF16 or AMX on x86, the BF16 extension on Arm."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})

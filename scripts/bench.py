@@ -233,7 +233,7 @@ def main() -> None:
         servers[label] = start_server("--model", args.model, env=env)
         served = httpx.get(f"{servers[label][1]}/models", timeout=10).json()[0]
         print(
-            f"server {label}: {served['backend']} {served['precision']} ({served['artifact']}), "
+            f"server {label}: {served['backend']} {served['precision']} ({served['artifact']}) on {served['device']}, "
             f"max_batch_size {served['max_batch_size']}, instances {served['instances']}, "
             f"{'tuned' if served['tuning']['tuned'] else 'not tuned'}"
         )

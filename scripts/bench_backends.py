@@ -10,9 +10,11 @@ interleaved round by round so machine noise hits them alike; medians are reporte
     python -m scripts.bench_backends models/mobilevitv2-1.0-*-random --rounds 20
 
 `onnx-int8` and `openvino-int8` are measured for folders that have model.int8.onnx (`mvit export
---quantize int8`); `openvino-bf16` on CPUs with bfloat16 support. For example:
+--quantize int8`); `openvino-bf16` and `torch-bf16` on CPUs with bfloat16 support, `torch-fp16` on GPUs
+(`--device cuda`, which applies to torch). For example:
 
     python -m scripts.bench_backends MODEL --backends onnx onnx-int8 openvino openvino-bf16 openvino-int8
+    python -m scripts.bench_backends MODEL --backends torch torch-bf16 torch-fp16 --device cuda --batch-sizes 1 8 32
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def main() -> None:
         "--threads", type=int, help="intra-op threads (default: the CPUs this process may use)"
     )
     parser.add_argument("--spin", action="store_true", help="let idle threads spin (OMP and ONNX Runtime)")
+    parser.add_argument("--device", default="cpu", help="for torch: cpu, cuda or cuda:N")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE" if args.spin else "PASSIVE")  # before torch loads
     import numpy as np
@@ -65,6 +68,10 @@ def main() -> None:
     for module in ("torch", "onnxruntime", "openvino"):
         with contextlib.suppress(ImportError):
             versions.append(f"{module} {__import__(module).__version__}")
+    if args.device.startswith("cuda"):
+        import torch
+
+        versions.append(f"CUDA {torch.version.cuda} on {torch.cuda.get_device_name(args.device)}")
     print(", ".join(versions))
     print(f"{'folder':<42} {'backend':<14} {'batch':>5} {'p50 ms':>9} {'img/s':>8}")
 
@@ -84,8 +91,10 @@ def main() -> None:
             settings = Settings(
                 models=[source],
                 backend=backend,
+                device=args.device if backend == "torch" else "cpu",
                 onnx_precision=file_precision,
                 openvino_precision="bf16" if precision == "bf16" else "fp32",
+                torch_precision=precision if backend == "torch" and precision else "fp32",
                 inference_threads=threads,
                 onnx_allow_spinning=args.spin,
                 onnx_auto_export=False,

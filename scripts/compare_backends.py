@@ -1,6 +1,6 @@
 """How far the ONNX exports are from PyTorch on a folder of images, per runtime and precision (ONNX
-Runtime fp32 and INT8; OpenVINO fp32, bf16 and INT8), and top-1 accuracy when the folder is labelled,
-under each preprocessing profile (docs/preprocessing.md).
+Runtime fp32 and INT8; OpenVINO fp32, bf16 and INT8; PyTorch bf16), and top-1 accuracy when the folder
+is labelled, under each preprocessing profile (docs/preprocessing.md).
 
 For every image: decode + the model's preprocessing, then each available backend. Reports max
 |difference| of the raw outputs against the reference (torch, or onnx fp32 when torch is absent), also
@@ -86,7 +86,11 @@ def main() -> None:
     from app.runtime.models import load_model
 
     print(f"$ {command_line()}")
-    candidates = {"torch": {"backend": "torch"}, "onnx-fp32": {"backend": "onnx"}}
+    candidates = {
+        "torch": {"backend": "torch"},
+        "torch-bf16": {"backend": "torch", "torch_precision": "bf16"},
+    }
+    candidates["onnx-fp32"] = {"backend": "onnx"}
     candidates["onnx-int8"] = {"backend": "onnx", "onnx_precision": "int8"}
     candidates["openvino-fp32"] = {"backend": "openvino"}
     candidates["openvino-bf16"] = {"backend": "openvino", "openvino_precision": "bf16"}

@@ -8,7 +8,7 @@ plus each object's best anchor, cross-entropy with 3:1 hard-negative mining, smo
 offsets. It writes a model folder in the service's format (it serves like any detector), then prints, on
 held-out scenes, boxes per scene above threshold 0.5, precision and recall at IoU 0.5, and mAP@0.5. With
 `--quantize`, it also exports to ONNX, quantizes to INT8 on training scenes, and prints the same figures
-for ONNX Runtime fp32 and INT8 (and OpenVINO fp32, bf16 and INT8 where it is installed).
+for PyTorch bf16, ONNX Runtime fp32 and INT8 (and OpenVINO fp32, bf16 and INT8 where it is installed).
 
     python -m scripts.train_proxy_detector models/ --quantize
 """
@@ -320,6 +320,7 @@ def compare_precisions(folder: Path, held_out: int, size: int, quantizer: str = 
         draw_scene(TRAIN_SEED + i, size)[0].save(calibration / f"{i}.png")
     export_int8(folder, calibration, quantizer)
     candidates: dict[str, dict[str, str]] = {
+        "PyTorch bf16": {"backend": "torch", "torch_precision": "bf16"},
         "ONNX Runtime fp32": {"backend": "onnx"},
         "ONNX Runtime int8": {"backend": "onnx", "onnx_precision": "int8"},
     }

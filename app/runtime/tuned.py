@@ -46,7 +46,7 @@ class Tuning:
 
 def machine_key(settings: Settings) -> MachineKey:
     precision = {
-        "torch": "fp32",
+        "torch": settings.torch_precision,
         "onnx": settings.onnx_precision,
         "openvino": "int8" if settings.onnx_precision == "int8" else settings.openvino_precision,
     }[settings.backend]
