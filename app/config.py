@@ -84,7 +84,9 @@ class Settings(BaseSettings):
         description="Explicit ONNX Runtime execution providers, in order (comma-separated); default from device.",
     )
     onnx_allow_spinning: bool = Field(
-        False, description="Let idle ONNX Runtime threads spin (faster alone, slower beside decode threads)."
+        False,
+        description="Let the idle threads of concurrent ONNX Runtime instances spin (faster alone, slower beside "
+        "decode threads); the all-threads session for lone requests always may.",
     )
     onnx_cache: bool = Field(
         True, description="Save optimized graphs under <model>/onnx-cache/ for fast restarts."

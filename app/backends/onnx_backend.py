@@ -5,8 +5,9 @@ Session setup, in order:
   than the folder now holds, it is (re-)exported when torch is installed and refused otherwise;
 - execution providers: CPU unless asked for (`--device cuda`, or an explicit provider list), refused
   with the list of installed ones when unavailable;
-- threads: intra-op threads from the CPUs this process may use, one inter-op thread, no spin-waiting by
-  default (spinning threads steal the cores the decode pool needs);
+- threads: intra-op threads from the CPUs this process may use, one inter-op thread; the threads of
+  concurrent instances do not spin-wait by default (spinning threads steal the cores the decode pool
+  needs), those of the all-threads session do, since it runs only while nothing else wants the cores;
 - instances: on CPU, a second session whose threads are split between `instances` concurrent runs (one
   thread each on 2 CPUs). Small convolutional nets scale poorly across intra-op threads, so concurrent
   single-thread batches beat one batch on all threads (docs/performance.md). The all-threads session serves
@@ -72,15 +73,17 @@ def execution_providers(device: str, requested: list[str]) -> list[Any]:
     return providers
 
 
-def session_options(settings: Settings, level: str, threads: int | None = None) -> ort.SessionOptions:
+def session_options(
+    settings: Settings, level: str, threads: int | None = None, spinning: bool | None = None
+) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or settings.inference_threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = OPTIMIZATION_LEVELS[level]
-    spinning = "1" if settings.onnx_allow_spinning else "0"
-    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
-    options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
+    spin = "1" if (settings.onnx_allow_spinning if spinning is None else spinning) else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
     return options
 
 
@@ -108,7 +111,11 @@ def _write_cache(source: Path, cache: Path, settings: Settings, providers: list[
 
 
 def create_session(
-    source: Path, settings: Settings, providers: list[Any], threads: int | None = None
+    source: Path,
+    settings: Settings,
+    providers: list[Any],
+    threads: int | None = None,
+    spinning: bool | None = None,
 ) -> ort.InferenceSession:
     level = settings.onnx_optimization
     cacheable = (
@@ -121,7 +128,8 @@ def create_session(
         cache = _cache_path(source)
         if cache.is_file() or _write_cache(source, cache, settings, providers):
             path = cache
-    return ort.InferenceSession(str(path), session_options(settings, level, threads), providers=providers)
+    options = session_options(settings, level, threads, spinning)
+    return ort.InferenceSession(str(path), options, providers=providers)
 
 
 def instance_count(settings: Settings, providers: list[Any]) -> int:
@@ -173,10 +181,14 @@ class OnnxBackend:
 def load_onnx_backend(model_dir: ModelDir, settings: Settings) -> OnnxBackend:
     source = available_export(model_dir, settings)
     providers = execution_providers(settings.device, settings.onnx_providers)
-    backend = OnnxBackend(create_session(source, settings, providers), source.name)
+    instances = instance_count(settings, providers)
+    # With instances, the all-threads session runs only for a request that has the model to itself, so
+    # its threads may spin between operators instead of sleeping (docs/performance.md, "Threads").
+    lone_spins = instances > 1 or settings.onnx_allow_spinning
+    backend = OnnxBackend(create_session(source, settings, providers, spinning=lone_spins), source.name)
     if is_stale(backend.metadata.get(SOURCE_SHA256), model_dir):
         refresh_stale(source, model_dir, settings)
-        backend = OnnxBackend(create_session(source, settings, providers), source.name)
+        backend = OnnxBackend(create_session(source, settings, providers, spinning=lone_spins), source.name)
     size = Preprocessing.from_hf_config(model_dir.preprocessor_config).fixed_input_size
     if backend.input_size != size:
         raise CheckpointError(
@@ -190,7 +202,6 @@ def load_onnx_backend(model_dir: ModelDir, settings: Settings) -> OnnxBackend:
             source,
             model_dir.path,
         )
-    instances = instance_count(settings, providers)
     if instances > 1:
         threads = max(1, settings.inference_threads // instances)
         backend.instance_session = create_session(source, settings, providers, threads)

@@ -185,6 +185,25 @@ def test_missing_export_without_torch_says_what_to_do(
         )
 
 
+@pytest.mark.parametrize(
+    ("instances", "allow_spinning", "lone", "concurrent"),
+    [(2, False, "1", "0"), (1, False, "0", "0"), (2, True, "1", "1")],
+)
+def test_only_the_all_threads_session_spins_by_default(
+    exported: dict[str, Path], instances: int, allow_spinning: bool, lone: str, concurrent: str
+) -> None:
+    folder = exported["image-classification"]
+    settings = make_settings(folder, backend="onnx", instances=instances, onnx_allow_spinning=allow_spinning)
+    backend = load_onnx_backend(read_model_dir(folder), settings)
+
+    def spins(session: object) -> str:
+        options = session.get_session_options()  # type: ignore[attr-defined]
+        return str(options.get_session_config_entry("session.intra_op.allow_spinning"))
+
+    assert backend.instances == instances
+    assert (spins(backend.session), spins(backend.instance_session)) == (lone, concurrent)
+
+
 def test_unavailable_execution_provider_is_refused_clearly(exported: dict[str, Path]) -> None:
     folder = exported["image-classification"]
     with pytest.raises(
