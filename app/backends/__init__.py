@@ -58,6 +58,17 @@ def runtime_version(name: str) -> str:
         return f"{package} {getattr(module, '__version__', 'unknown')}"
 
 
+def device_label(settings: Settings) -> str:
+    """Where the configured backend runs, as tuning records are keyed: "cpu", or the accelerator with its
+    name where the runtime tells it (an H200 and an A10 behind the same `cuda:0` need their own records)."""
+    if settings.device == "cpu":
+        return "cpu"
+    if settings.backend == "torch" and settings.device.startswith("cuda"):
+        name = importlib.import_module("app.backends.torch_backend").cuda_device_name(settings.device)
+        return f"{settings.device} {name}" if name else settings.device
+    return settings.device
+
+
 def require_backend(name: str) -> None:
     """Raise CheckpointError, naming the extra to install, when a package the backend needs is missing."""
     spec = BACKENDS[name]

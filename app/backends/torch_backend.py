@@ -126,6 +126,14 @@ def set_threads(threads: int) -> None:
         torch.set_num_interop_threads(1)
 
 
+def cuda_device_name(device: str) -> str | None:
+    """The name of the GPU `device` ("cuda", "cuda:N") designates; None where CUDA is not available."""
+    if not torch.cuda.is_available():
+        return None
+    index = torch.device(device).index
+    return torch.cuda.get_device_name(index if index is not None else torch.cuda.current_device())
+
+
 def check_precision(precision: str, device: torch.device) -> None:
     """Refuse a reduced precision this device would run slower than fp32."""
     flag = f"--torch-precision {precision}"

@@ -28,9 +28,13 @@ class MachineKey:
     backend: str
     precision: str
     runtime: str  # e.g. "onnxruntime 1.23.2"
+    # Where the model runs: "cpu", or an accelerator and its name ("cuda:0 NVIDIA H200"). Records written
+    # before it was recorded were all measured on the CPU.
+    device: str = "cpu"
 
     def describe(self) -> str:
-        return f"{self.cpu}, {self.threads} threads, {self.backend} {self.precision}, {self.runtime}"
+        on = "" if self.device == "cpu" else f" on {self.device}"
+        return f"{self.cpu}, {self.threads} threads, {self.backend} {self.precision}{on}, {self.runtime}"
 
 
 @dataclass(frozen=True)

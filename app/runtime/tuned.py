@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from app.backends import runtime_version
+from app.backends import device_label, runtime_version
 from app.config import Settings
 from app.cpus import cpu_model
 from app.repository import ModelDir, file_sha256
@@ -56,6 +56,7 @@ def machine_key(settings: Settings) -> MachineKey:
         settings.backend,
         precision,
         runtime_version(settings.backend),
+        device_label(settings),
     )
 
 

@@ -4,8 +4,9 @@ setting."""
 
 from __future__ import annotations
 
+import json
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,30 @@ def test_a_record_measured_on_another_file_is_not_applied(folder: Path) -> None:
     # Records written before the file was recorded still apply.
     write_record(folder, TuningRecord(machine_key(settings), {"max_batch_size": 2}))
     assert apply_tuning(model_dir, settings)[0].max_batch_size == 2
+
+
+def test_records_name_the_device_they_were_measured_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from app.backends import device_label
+
+    folder = tmp_path / "model"
+    assert device_label(make_settings(folder)) == "cpu"
+    assert device_label(make_settings(folder, backend="openvino", device="gpu.1")) == "gpu.1"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"Some GPU #{index}")
+    gpu = make_settings(folder, backend="torch", device="cuda:1")
+    assert device_label(gpu) == "cuda:1 Some GPU #1"
+    assert (
+        machine_key(gpu).describe().endswith("torch fp32 on cuda:1 Some GPU #1, " + machine_key(gpu).runtime)
+    )
+    # A record from the GPU is not this machine's CPU record, and a record written before devices were
+    # recorded was measured on the CPU.
+    write_record(tmp_path, TuningRecord(machine_key(gpu), {"max_batch_size": 32}))
+    cpu_key = replace(machine_key(gpu), device="cpu")
+    assert find_record(tmp_path, cpu_key) is None
+    data = {"records": [{"key": {k: v for k, v in asdict(KEY).items() if k != "device"}, "chosen": {}}]}
+    (tmp_path / TUNING_FILE).write_text(json.dumps(data))
+    assert read_records(tmp_path)[0].key == KEY and KEY.device == "cpu"
