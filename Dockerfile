@@ -3,10 +3,12 @@
 #   edge           python slim + ONNX Runtime, no torch: serves model.onnx exports (small x86 / ARM boxes)
 #   edge-openvino  python slim + OpenVINO, no torch: the same exports, bf16/INT8 and Intel iGPU/NPU devices
 #   full           + PyTorch (CPU wheels): the PyTorch backend and the tools (`mvit fetch`, `convert`, `export`)
+#   gpu            + PyTorch (CUDA wheels): the PyTorch backend on an NVIDIA GPU, with CUDA graphs
 #
 #   docker build --target edge -t mobilevitv2-serve:edge .
 #   docker build --target edge-openvino -t mobilevitv2-serve:edge-openvino .
 #   docker build --target full -t mobilevitv2-serve:full .
+#   docker build --target gpu -t mobilevitv2-serve:gpu .    # run with --gpus 1 (NVIDIA Container Toolkit)
 #   docker buildx build --platform linux/amd64,linux/arm64 --target edge -t REGISTRY/mobilevitv2-serve:edge --push .
 #
 # Models come from the /models volume (fetched and exported with the full image or install), or are baked
@@ -77,4 +79,17 @@ USER mvit
 FROM torch-runtime AS full
 COPY --from=models --chown=10001:10001 /models /models
 ENV MVIT_BACKEND=torch
+USER mvit
+
+# PyTorch's CUDA wheels bring the CUDA runtime and cuDNN; the host brings the NVIDIA driver. Batches up to
+# 32: a GPU runs 32 images in about the time of 4 (docs/performance.md#pytorch-reduced-precision-and-gpus).
+FROM service AS gpu
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+RUN pip install --index-url "$TORCH_INDEX_URL" "torch>=2.1"
+COPY --from=wheel /wheels /wheels
+RUN pip install "$(ls /wheels/*.whl)[torch]" && rm -rf /wheels
+COPY --from=models --chown=10001:10001 /models /models
+ENV MVIT_BACKEND=torch \
+    MVIT_DEVICE=cuda \
+    MVIT_MAX_BATCH_SIZE=32
 USER mvit

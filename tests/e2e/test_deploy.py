@@ -19,7 +19,7 @@ PROMETHEUS = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_tex
 DASHBOARD = json.loads((ROOT / "deploy/grafana/dashboards/mvit.json").read_text())
 
 
-@pytest.mark.parametrize("target", ["edge", "edge-openvino", "full"])
+@pytest.mark.parametrize("target", ["edge", "edge-openvino", "full", "gpu"])
 def test_every_image_runs_the_service_as_a_non_root_user_with_a_health_check(target: str) -> None:
     stage = STAGES[target]
     assert stage.user and stage.user not in ("root", "0")
@@ -42,6 +42,19 @@ def test_edge_has_onnx_runtime_and_no_torch_full_has_torch_from_the_cpu_index() 
     assert not any("torch" in run or "[onnx]" in run for run in openvino.runs)
 
 
+def test_the_gpu_image_has_torch_from_a_cuda_index_and_serves_on_cuda() -> None:
+    gpu = STAGES["gpu"]
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"ARG TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cu\d+\n", text)
+    assert any('--index-url "$TORCH_INDEX_URL"' in run and "torch" in run for run in gpu.runs)
+    assert any("[torch]" in run for run in gpu.runs)
+    settings = Settings(
+        **{k.removeprefix("MVIT_").lower(): v for k, v in gpu.env.items() if k.startswith("MVIT_")}
+    )
+    assert (settings.backend, settings.device, settings.cuda_graphs) == ("torch", "cuda", True)
+    assert settings.max_batch_size == 32
+
+
 def test_no_architecture_specific_wheels_or_images() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert not re.search(r"x86_64|amd64\.whl|aarch64|manylinux|--platform=linux", text)
@@ -55,13 +68,17 @@ def test_models_can_be_baked_with_fetch_and_export() -> None:
     assert any("--from=models" in copy for copy in STAGES["edge"].copies)
 
 
-def test_compose_serves_the_edge_image_with_full_as_a_profile() -> None:
+def test_compose_serves_the_edge_image_with_full_and_gpu_as_profiles() -> None:
     services = COMPOSE["services"]
     assert services["mvit"]["build"]["target"] == "edge" and "profiles" not in services["mvit"]
     assert services["mvit-full"]["build"]["target"] == "full" and services["mvit-full"]["profiles"] == [
         "full"
     ]
-    for name in ("mvit", "mvit-full"):
+    gpu = services["mvit-gpu"]
+    assert gpu["build"]["target"] == "gpu" and gpu["profiles"] == ["gpu"]
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+    for name in ("mvit", "mvit-full", "mvit-gpu"):
         assert "./models:/models" in services[name]["volumes"]
         assert any(port.endswith(":8000") for port in services[name]["ports"])
         assert all(key.startswith("MVIT_") for key in services[name]["environment"])
@@ -69,7 +86,7 @@ def test_compose_serves_the_edge_image_with_full_as_a_profile() -> None:
 
 
 def test_compose_waits_longer_than_the_drain_before_killing() -> None:
-    for name in ("mvit", "mvit-full"):
+    for name in ("mvit", "mvit-full", "mvit-gpu"):
         service = COMPOSE["services"][name]
         grace = int(service["stop_grace_period"].removesuffix("s"))
         drain = float(service["environment"]["MVIT_DRAIN_TIMEOUT_S"].split(":-")[1].rstrip("}"))
