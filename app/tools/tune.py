@@ -109,9 +109,12 @@ def measure(
     progress: Callable[[str], None] = print,
 ) -> list[Measurement]:
     """Every configuration, `rounds` times, with the backends loaded once per (instances, spinning)."""
+    # The largest batch as max_batch_size: on GPUs, torch captures CUDA graphs up to it.
+    loading = {"max_batch_size": max(batch_sizes)}
     backends = {
         (instances, spinning): load_backend(
-            model_dir, settings.model_copy(update={"instances": instances, "onnx_allow_spinning": spinning})
+            model_dir,
+            settings.model_copy(update={**loading, "instances": instances, "onnx_allow_spinning": spinning}),
         )
         for instances in instance_counts
         for spinning in spin_policies
