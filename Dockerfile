@@ -82,7 +82,7 @@ ENV MVIT_BACKEND=torch
 USER mvit
 
 # PyTorch's CUDA wheels bring the CUDA runtime and cuDNN; the host brings the NVIDIA driver. Batches up to
-# 32: a GPU runs 32 images in about the time of 4 (docs/performance.md#pytorch-reduced-precision-and-gpus).
+# 32: a GPU runs a big batch in little more time than a small one (docs/performance.md#pytorch-reduced-precision-and-gpus).
 FROM service AS gpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 RUN pip install --index-url "$TORCH_INDEX_URL" "torch>=2.1"

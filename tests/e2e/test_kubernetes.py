@@ -31,8 +31,8 @@ from tests.e2e.test_deploy import exported_metric_names
 from tests.support import ROOT
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
-OVERLAYS = ("edge", "cluster", "cluster-hpa")
-SOURCES = ("edge", "cluster", "kserve")  # the pods: cluster-hpa's is cluster's
+OVERLAYS = ("edge", "cluster", "cluster-hpa", "gpu")
+SOURCES = ("edge", "cluster", "kserve", "gpu")  # the pods: cluster-hpa's is cluster's
 # The oldest Kubernetes these manifests are written for, and the newest kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.30", "1.37")
 CUSTOM_KINDS = {"ScaledObject": "keda.sh/v1alpha1", "ServiceMonitor": "monitoring.coreos.com/v1"}
@@ -242,8 +242,9 @@ def test_the_objects_select_the_pods_and_the_port(overlay: str) -> None:
 def test_each_overlay_has_exactly_the_autoscaler_it_says() -> None:
     """KEDA makes its own HorizontalPodAutoscaler: a second one on the same Deployment would fight it."""
     autoscalers = {"ScaledObject", "HorizontalPodAutoscaler"}
-    assert not autoscalers & set(kinds("edge")) and "PodDisruptionBudget" not in kinds("edge")
-    assert only("edge", "Deployment")["spec"]["replicas"] == 1
+    for fixed in ("edge", "gpu"):  # one box; or as many replicas as GPUs, set by hand
+        assert not autoscalers & set(kinds(fixed)) and "PodDisruptionBudget" not in kinds(fixed)
+        assert only(fixed, "Deployment")["spec"]["replicas"] == 1
     for overlay, kind in (("cluster", "ScaledObject"), ("cluster-hpa", "HorizontalPodAutoscaler")):
         assert [k for k in kinds(overlay) if k in autoscalers] == [kind]
         deployment = only(overlay, "Deployment")
@@ -411,7 +412,7 @@ def test_tokens_come_from_a_secret_file_that_is_not_in_git(source: str) -> None:
 def test_images_are_dockerfile_targets_running_their_commands(source: str) -> None:
     container = server(source)
     name, _, target = container["image"].partition(":")
-    assert name == IMAGE and target == "edge"
+    assert name == IMAGE and target == ("gpu" if source == "gpu" else "edge")
     stage = STAGES[target]
     assert (
         [*container.get("command", stage.entrypoint), *container["args"]]
@@ -420,10 +421,23 @@ def test_images_are_dockerfile_targets_running_their_commands(source: str) -> No
     )
     assert settings_of(source, container).backend == stage.env["MVIT_BACKEND"]
     inits = pod_spec(source).get("initContainers", [])
-    assert [init["args"][0] for init in inits] == ([] if source != "cluster" else ["fetch", "export"])
+    expected = {"cluster": ["fetch", "export"], "gpu": ["fetch"]}.get(source, [])  # torch needs no export
+    assert [init["args"][0] for init in inits] == expected
     for init in inits:  # fetch and export need torch: the full image
         assert init["image"] == f"{IMAGE}:full" and STAGES["full"].entrypoint == ["mvit"]
         assert any("[export]" in run for run in STAGES["full"].runs)
+
+
+def test_the_gpu_pod_asks_for_one_gpu_and_serves_on_it() -> None:
+    container = server("gpu")
+    settings = settings_of("gpu", container)
+    assert (settings.backend, settings.device, settings.cuda_graphs) == ("torch", "cuda", True)
+    assert settings.max_batch_size == 32 == int(STAGES["gpu"].env["MVIT_MAX_BATCH_SIZE"])
+    limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+    assert limits["nvidia.com/gpu"] == 1 and "nvidia.com/gpu" not in requests  # extended resources: limits
+    assert {k: v for k, v in limits.items() if k != "nvidia.com/gpu"} == requests  # Guaranteed QoS
+    tolerations = pod_spec("gpu")["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
 
 
 def test_network_policies_admit_the_ingress_controller_and_prometheus_only() -> None:
