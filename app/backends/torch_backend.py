@@ -158,7 +158,12 @@ def check_precision(precision: str, device: torch.device) -> None:
 def load_torch_backend(model_dir: ModelDir, device: str = "cpu", precision: str = "fp32") -> TorchBackend:
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise CheckpointError(f"device {device!r} requested but CUDA is not available to PyTorch")
+            why = (
+                f"this PyTorch ({torch.__version__}) is a CPU-only build: install a CUDA build, or use the gpu image"
+                if torch.version.cuda is None
+                else "no GPU is visible (the driver, CUDA_VISIBLE_DEVICES, or the container's --gpus)"
+            )
+            raise CheckpointError(f"device {device!r} requested but CUDA is not available to PyTorch: {why}")
         # PyTorch lets cuDNN round fp32 convolutions to TF32 by default: not the fp32 the references compute.
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False

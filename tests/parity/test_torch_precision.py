@@ -55,6 +55,19 @@ def test_precisions_slower_than_fp32_are_refused(model_dir: Path, monkeypatch: p
         load_torch_backend(folder, "cpu", "bf16")
 
 
+def test_cuda_without_a_gpu_says_why(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = read_model_dir(model_dir)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(
+        CheckpointError, match="is a CPU-only build: install a CUDA build, or use the gpu image"
+    ):
+        load_torch_backend(folder, "cuda")
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    with pytest.raises(CheckpointError, match="no GPU is visible"):
+        load_torch_backend(folder, "cuda:1")
+
+
 def test_the_service_says_which_precision_it_serves(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch_backend_module, "cpu_has_bf16", lambda: True)  # whatever CPU runs the test
     with serving(model_dir, torch_precision="bf16") as client:
