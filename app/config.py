@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     onnx_allow_spinning: bool = Field(
         False,
         description="Let the idle threads of concurrent ONNX Runtime instances spin (faster alone, slower beside "
-        "decode threads); the all-threads session for lone requests always may.",
+        "decode threads); with several instances, the all-threads session for lone requests always may.",
     )
     onnx_cache: bool = Field(
         True, description="Save optimized graphs under <model>/onnx-cache/ for fast restarts."
