@@ -183,9 +183,13 @@ def test_a_replica_killed_in_a_burst_fails_requests_clearly_and_comes_back(ray_u
     with ThreadPoolExecutor(3) as pool:
         answers = list(pool.map(call, range(30)))
     for answer in answers:
-        assert answer.status_code in (200, 429, 500, 503), answer.status_code
+        assert answer.status_code in (200, 408, 429, 500, 503), (answer.status_code, answer.text)
         if answer.status_code == 200:
             assert len(answer.json()) == 5  # complete
+        elif answer.status_code == 408:
+            # Ray re-sent a request the dying replica had already read the body of: the body does not
+            # come again, and the other replica says so once its body timeout passes.
+            assert "MVIT_BODY_TIMEOUT_S" in answer.json()["error"], answer.text
         else:
             assert answer.text.strip()  # says what went wrong
     assert sum(answer.status_code == 200 for answer in answers) >= 20
