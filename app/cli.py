@@ -300,13 +300,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from app.errors import CheckpointError
     from app.intake.preprocess import Preprocessing
     from app.repository import resolve
-    from app.repository.tuning import find_record
+    from app.repository.tuning import find_record, write_record
     from app.runtime.tuned import best_throughput
-    from app.tools.tune import tune
+    from app.runtime.tuner import instance_counts_for, tune
 
     settings = _tool_settings(args)
-    threads = settings.inference_threads
-    instance_counts = args.instance_counts or sorted({n for n in (1, 2, 4, threads) if n <= threads})
+    instance_counts = args.instance_counts or instance_counts_for(settings.inference_threads)
     try:
         model_dir = resolve(args.model, settings.model_repository)
         input_size = Preprocessing.from_hf_config(model_dir.preprocessor_config).fixed_input_size
@@ -325,6 +324,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             progress=lambda line: print(line, file=sys.stderr),
             try_spinning=args.try_spinning,
         )
+        recorded = write_record(model_dir.path, record)
     except (OSError, CheckpointError) as exc:
         print(f"mvit tune: {exc}", file=sys.stderr)
         return 1
@@ -354,7 +354,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 f"{best_throughput(fp32):.1f} on this machine"
                 + ("; SLOWER: serve fp32 here" if best_throughput(record) < best_throughput(fp32) else "")
             )
-    print(f"recorded in {model_dir.path / 'tuning.json'}; `mvit serve` applies it on this machine")
+    print(f"recorded in {recorded}; `mvit serve` applies it on this machine")
     return 0
 
 
@@ -552,6 +552,8 @@ def add_predict_command(sub: Any) -> None:
 
 
 def add_tune_command(sub: Any) -> None:
+    from app.repository.tuning import BATCH_SIZES
+
     tune = sub.add_parser(
         "tune",
         allow_abbrev=False,
@@ -578,7 +580,7 @@ def add_tune_command(sub: Any) -> None:
             raise argparse.ArgumentTypeError("give positive integers, comma-separated")
         return values
 
-    tune.add_argument("--batch-sizes", type=sizes, default=[1, 2, 4, 8], help="default 1,2,4,8")
+    tune.add_argument("--batch-sizes", type=sizes, default=list(BATCH_SIZES), help="default 1,2,4,8")
     tune.add_argument(
         "--instances",
         dest="instance_counts",

@@ -164,6 +164,13 @@ class Settings(BaseSettings):
         description="Batches one model may run at once (Triton's instance count), splitting the inference "
         "threads between them; 0 = auto: one per inference thread for ONNX Runtime on CPU, else 1.",
     )
+    tune_at_start_s: float = Field(
+        0.0,
+        ge=0,
+        description="A model without a `mvit tune` record for this machine is measured for about this many "
+        "seconds while it loads (before the service is ready), and the record is written into its folder "
+        "where it can be; 0 = off.",
+    )
     decode_threads: int = Field(
         default_factory=available_cpus,
         ge=1,

@@ -17,6 +17,7 @@ from app.errors import CheckpointError
 TUNING_FILE = "tuning.json"
 # The settings a record may choose; whatever the operator sets explicitly wins over it.
 TUNED_SETTINGS = ("max_batch_size", "instances", "onnx_allow_spinning")
+BATCH_SIZES = (1, 2, 4, 8)  # tried unless `mvit tune --batch-sizes` says otherwise
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from app.repository import ModelDir, resolve
 from app.repository.models_yaml import served_models
 from app.runtime.batcher import Batcher
 from app.runtime.tuned import Tuning, apply_tuning
+from app.runtime.tuner import tune_at_start
 from app.tasks import TASKS, Task
 from app.tasks.detection import Detector
 
@@ -121,6 +122,8 @@ def load_model(
     preprocessing = chosen.preprocessing
     labels = model_dir.labels
     settings, tuning = apply_tuning(model_dir, settings)
+    if tuning.record is None and settings.tune_at_start_s > 0:
+        settings, tuning = tune_at_start(model_dir, settings, preprocessing.fixed_input_size)
     backend = backend_loader(model_dir, settings)
     height, width = preprocessing.fixed_input_size
     warm_up = np.zeros((1, 3, height, width), dtype=np.float32)  # the first call of a session allocates
@@ -178,7 +181,11 @@ class ModelManager:
 
     def estimated_time(self) -> float:
         remaining = max(1, self.expected - len(self.models))
-        per_model = max(self._load_times) if self._load_times else DEFAULT_LOAD_ESTIMATE_S
+        per_model = (
+            max(self._load_times)
+            if self._load_times
+            else DEFAULT_LOAD_ESTIMATE_S + self.settings.tune_at_start_s  # if the first one has no record
+        )
         elapsed_on_current = time.monotonic() - self._load_started - sum(self._load_times)
         return round(max(1.0, remaining * per_model - elapsed_on_current), 1)
 

@@ -27,7 +27,7 @@ class Tuning:
         if self.record is None:
             measure = (
                 f"measure the best batch size and instances here: `mvit tune {model_dir.path} "
-                f"--backend {self.key.backend}`"
+                f"--backend {self.key.backend}`, or let the server do it as it starts (MVIT_TUNE_AT_START_S)"
             )
             return {
                 "tuned": False,
@@ -38,6 +38,7 @@ class Tuning:
             "tuned": True,
             "machine": self.key.describe(),
             "tuned_at": self.record.tuned_at,
+            "tuned_by": self.record.command,
             "chosen": self.record.chosen,
             "applied": self.applied,
             **({"warning": self.warning} if self.warning else {}),
@@ -81,8 +82,13 @@ def apply_tuning(model_dir: ModelDir, settings: Settings) -> tuple[Settings, Tun
         return settings, Tuning(
             key, None, {}, outdated=f"this machine's tuning record was measured on another {name}"
         )
+    return apply_record(model_dir, settings, record)
+
+
+def apply_record(model_dir: ModelDir, settings: Settings, record: TuningRecord) -> tuple[Settings, Tuning]:
+    """`record`'s choices, where the operator left the setting alone."""
     applied = {name: value for name, value in record.chosen.items() if name not in settings.model_fields_set}
-    tuning = Tuning(key, record, applied, slower_than_fp32(model_dir, key, record))
+    tuning = Tuning(record.key, record, applied, slower_than_fp32(model_dir, record.key, record))
     return settings.model_copy(update=applied), tuning
 
 

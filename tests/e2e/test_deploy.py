@@ -10,6 +10,7 @@ import yaml
 
 from app.config import Settings
 from app.metrics import Metrics
+from app.repository.tuning import TUNED_SETTINGS
 from scripts._dockerfile import read_stages
 from tests.support import ROOT
 
@@ -83,6 +84,14 @@ def test_compose_serves_the_edge_image_with_full_and_gpu_as_profiles() -> None:
         assert any(port.endswith(":8000") for port in services[name]["ports"])
         assert all(key.startswith("MVIT_") for key in services[name]["environment"])
     assert {"prometheus", "grafana"} <= services.keys()
+
+
+def test_compose_tunes_cpu_services_at_first_start_and_lets_the_record_apply() -> None:
+    for name in ("mvit", "mvit-full"):
+        environment = COMPOSE["services"][name]["environment"]
+        assert float(environment["MVIT_TUNE_AT_START_S"].split(":-")[1].rstrip("}")) > 0
+        # A setting given here would win over the tuning record of the box.
+        assert not {f"MVIT_{setting.upper()}" for setting in TUNED_SETTINGS} & set(environment)
 
 
 def test_compose_waits_longer_than_the_drain_before_killing() -> None:

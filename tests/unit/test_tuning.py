@@ -1,4 +1,4 @@
-"""`mvit tune` records (app/repository/tuning.py), the choice (app/tools/tune.py), and how the server
+"""`mvit tune` records (app/repository/tuning.py), the choice (app/runtime/tuner.py), and how the server
 applies a record (app/runtime/tuned.py): only on the machine it was measured on, never over an explicit
 setting."""
 
@@ -22,7 +22,7 @@ from app.repository.tuning import (
     write_record,
 )
 from app.runtime.tuned import apply_tuning, machine_key, served_file_sha256
-from app.tools.tune import Configuration, Measurement, choose
+from app.runtime.tuner import Configuration, Measurement, choose
 from tests.support import make_settings
 
 KEY = MachineKey("Some CPU", 2, "onnx", "fp32", "onnxruntime 1.0")
@@ -90,7 +90,8 @@ def test_a_record_from_another_machine_is_not_applied(folder: Path) -> None:
     assert (
         described["tuned"] is False
         and described["hint"]
-        == f"measure the best batch size and instances here: `mvit tune {folder} --backend onnx`"
+        == f"measure the best batch size and instances here: `mvit tune {folder} --backend onnx`, "
+        "or let the server do it as it starts (MVIT_TUNE_AT_START_S)"
     )
 
 
@@ -128,7 +129,8 @@ def test_a_record_measured_on_another_file_is_not_applied(folder: Path) -> None:
     assert tuned is settings and tuning.record is None
     assert tuning.describe(model_dir)["hint"] == (
         f"this machine's tuning record was measured on another {model_dir.weights.name}; "
-        f"measure the best batch size and instances here: `mvit tune {folder} --backend torch`"
+        f"measure the best batch size and instances here: `mvit tune {folder} --backend torch`, "
+        "or let the server do it as it starts (MVIT_TUNE_AT_START_S)"
     )
 
     # Records written before the file was recorded still apply.

@@ -1,4 +1,5 @@
-"""`mvit tune`: measure a model's raw backend on this machine and record the best serving configuration.
+"""Measure a model's raw backend on this machine and choose the best serving configuration: `mvit tune`,
+and `tune_at_start_s` (the server measures a model that has no record for this machine while it loads).
 
 Like Triton's Model Analyzer, built in. Every configuration (instances, then batch sizes; with
 `--try-spinning`, ONNX Runtime's spin policy too)
@@ -15,6 +16,8 @@ version (app/repository/tuning.py); `mvit serve` applies it where no setting say
 
 from __future__ import annotations
 
+import collections
+import logging
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -28,8 +31,19 @@ import numpy as np
 from app.backends import Backend, load_backend
 from app.config import Settings
 from app.repository import ModelDir
-from app.repository.tuning import TuningRecord, write_record
-from app.runtime.tuned import machine_key, served_file_sha256
+from app.repository.tuning import BATCH_SIZES, TuningRecord, write_record
+from app.runtime.tuned import Tuning, apply_record, machine_key, served_file_sha256
+
+log = logging.getLogger(__name__)
+
+# Tuning at start: a slow spell of a few seconds can fall on one configuration; the median of three
+# rotated rounds outvotes it.
+START_ROUNDS = 3
+
+
+def instance_counts_for(threads: int) -> list[int]:
+    """The instance counts tried by default: 1, 2, 4 and every thread its own instance."""
+    return sorted({n for n in (1, 2, 4, threads) if n <= threads})
 
 
 @dataclass(frozen=True)
@@ -69,16 +83,18 @@ class Measurement:
         }
 
 
-def timed_calls(backend: Backend, batch: np.ndarray, callers: int, seconds: float) -> tuple[float, float]:
-    """`callers` threads each running `batch` back to back for `seconds` (at least 3 calls each), the way
-    the batcher runs it: alone on every thread, or several at once on instances. Returns images per
-    second and the median seconds per call."""
+def timed_calls(
+    backend: Backend, batch: np.ndarray, callers: int, seconds: float, min_calls: int = 3
+) -> tuple[float, float]:
+    """`callers` threads each running `batch` back to back for `seconds` (at least `min_calls` calls
+    each), the way the batcher runs it: alone on every thread, or several at once on instances. Returns
+    images per second and the median seconds per call."""
     infer: Callable[[np.ndarray], object] = backend.infer_on_instance if callers > 1 else backend.infer
     deadline = time.perf_counter() + seconds
 
     def caller(_: int) -> list[float]:
         times: list[float] = []
-        while time.perf_counter() < deadline or len(times) < 3:
+        while time.perf_counter() < deadline or len(times) < min_calls:
             started = time.perf_counter()
             infer(batch)
             times.append(time.perf_counter() - started)
@@ -107,8 +123,11 @@ def measure(
     seconds: float,
     rounds: int,
     progress: Callable[[str], None] = print,
+    min_calls: int = 3,
+    deadline: float | None = None,
 ) -> list[Measurement]:
-    """Every configuration, `rounds` times, with the backends loaded once per (instances, spinning)."""
+    """Every configuration, `rounds` times, with the backends loaded once per (instances, spinning).
+    Past `deadline` (`time.perf_counter()`), what was measured so far, at least one configuration."""
     # The largest batch as max_batch_size: on GPUs, torch captures CUDA graphs up to it.
     loading = {"max_batch_size": max(batch_sizes)}
     backends = {
@@ -122,21 +141,37 @@ def measure(
     rng = np.random.default_rng(0)
     inputs = {b: rng.random((b, 3, *input_size), dtype=np.float32) for b in {1, *batch_sizes}}
     results: dict[Configuration, Measurement] = {}
+    # A lone request's latency depends on the backend, not on the batch size: every configuration of a
+    # backend gets all of its rounds' figures, also where the deadline cut a round short.
+    lone_ms: dict[tuple[int, bool], list[float]] = collections.defaultdict(list)
+
+    def out_of_time() -> bool:
+        return deadline is not None and bool(results) and time.perf_counter() >= deadline
+
+    def measured() -> list[Measurement]:
+        for entry in results.values():
+            entry.lone_latencies_ms = lone_ms[entry.configuration.instances, entry.configuration.spinning]
+        return list(results.values())
+
     for round_index in range(rounds):
         for (_, spinning), backend in rotated(list(backends.items()), round_index):
+            if out_of_time():
+                return measured()
             backend.infer(inputs[1])  # first runs allocate
-            lone = 1000 * timed_calls(backend, inputs[1], 1, seconds / 2)[1]
+            lone = 1000 * timed_calls(backend, inputs[1], 1, seconds / 2, min_calls)[1]
+            lone_ms[backend.instances, spinning].append(lone)
             for batch in rotated(batch_sizes, round_index):
+                if out_of_time():
+                    return measured()
                 configuration = Configuration(backend.instances, spinning, batch)
-                throughput = timed_calls(backend, inputs[batch], backend.instances, seconds)[0]
+                throughput = timed_calls(backend, inputs[batch], backend.instances, seconds, min_calls)[0]
                 entry = results.setdefault(configuration, Measurement(configuration, [], []))
                 entry.throughputs.append(throughput)
-                entry.lone_latencies_ms.append(lone)
                 progress(
                     f"round {round_index + 1}/{rounds}: instances {backend.instances}, spinning "
                     f"{'on' if spinning else 'off'}, batch {batch}: {throughput:.1f} img/s, lone request {lone:.1f} ms"
                 )
-    return list(results.values())
+    return measured()
 
 
 def choose(measurements: list[Measurement], latency_slack: float) -> Measurement:
@@ -158,8 +193,10 @@ def tune(
     command: str,
     progress: Callable[[str], None] = print,
     try_spinning: bool = False,
+    min_calls: int = 3,
+    deadline: float | None = None,
 ) -> tuple[TuningRecord, Measurement]:
-    """Measure, choose, and write the record into the model folder's tuning.json."""
+    """Measure (see `measure`) and choose; the record is the caller's to write (`write_record`)."""
     onnx = settings.backend == "onnx"
     # torch's threads are per process: one instance. Only ONNX Runtime has a spin policy to choose, and
     # only on request: spinning wins raw runs but takes the cores the service's decode threads need.
@@ -175,6 +212,8 @@ def tune(
         seconds,
         rounds,
         progress,
+        min_calls,
+        deadline,
     )
     best = choose(measurements, latency_slack)
     chosen = best.configuration.settings()
@@ -190,5 +229,59 @@ def tune(
         command=command,
         artifact_sha256=served_file_sha256(model_dir, settings),
     )
-    write_record(model_dir.path, record)
     return record, best
+
+
+def seconds_per_configuration(budget_s: float, configurations: int, backends: int) -> float:
+    """So that one round over the grid measures for about `budget_s`: each configuration runs this long,
+    and each backend's lone-request run half as long."""
+    return budget_s / (configurations + backends / 2)
+
+
+def tune_at_start(
+    model_dir: ModelDir, settings: Settings, input_size: tuple[int, int], latency_slack: float = 0.25
+) -> tuple[Settings, Tuning]:
+    """`mvit tune`'s default grid, three rounds within about `settings.tune_at_start_s` (backends loading
+    included; past it, what was measured so far decides). The record goes into the model folder where it
+    can (the next start on this machine reads it and measures nothing), and applies to this process in
+    any case."""
+    budget = settings.tune_at_start_s
+    instance_counts = [1] if settings.backend == "torch" else instance_counts_for(settings.inference_threads)
+    seconds = seconds_per_configuration(
+        budget / START_ROUNDS, len(BATCH_SIZES) * len(instance_counts), len(instance_counts)
+    )
+    log.info(
+        "%s: no tuning record for this machine; measuring for about %g s (MVIT_TUNE_AT_START_S)",
+        model_dir.model_id,
+        budget,
+    )
+    started = time.perf_counter()
+    record, best = tune(
+        model_dir,
+        settings,
+        input_size,
+        list(BATCH_SIZES),
+        instance_counts,
+        seconds,
+        rounds=START_ROUNDS,
+        latency_slack=latency_slack,
+        command=f"tuned at start (MVIT_TUNE_AT_START_S={budget:g})",
+        progress=lambda line: log.debug("%s: %s", model_dir.model_id, line),
+        min_calls=1,  # a batch of 8 big images can take seconds on a small CPU
+        deadline=started + budget,
+    )
+    try:
+        where = f"recorded in {write_record(model_dir.path, record)}"
+    except OSError as exc:
+        where = f"not recorded ({exc.strerror or exc}): this process only, the next start measures again"
+    log.info(
+        "%s: tuned in %.1f s (%d configurations): %s (%.1f img/s, lone request %.1f ms); %s",
+        model_dir.model_id,
+        time.perf_counter() - started,
+        len(record.measured),
+        record.chosen,
+        best.throughput,
+        best.lone_latency_ms,
+        where,
+    )
+    return apply_record(model_dir, settings, record)
