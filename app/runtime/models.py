@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from app.repository import ModelDir, resolve
 from app.repository.models_yaml import served_models
 from app.runtime.batcher import Batcher
 from app.runtime.tuned import Tuning, apply_tuning
-from app.runtime.tuner import tune_at_start
+from app.runtime.tuner import TuningStopped, tune_at_start
 from app.tasks import TASKS, Task
 from app.tasks.detection import Detector
 
@@ -100,8 +101,10 @@ def load_model(
     settings: Settings,
     backend_loader: Callable[[ModelDir, Settings], Backend] = load_backend,
     metrics: Metrics | None = None,
+    stop: threading.Event | None = None,
 ) -> ServedModel:
-    """Resolve, load and warm up one model (blocking), with a batcher configured by `settings`."""
+    """Resolve, load and warm up one model (blocking), with a batcher configured by `settings`; `stop`
+    ends a tuning at start early (TuningStopped)."""
     model_dir = resolve(source, settings.model_repository)
     if model_dir.task not in TASKS:
         raise CheckpointError(f"{model_dir.path}: task {model_dir.task!r} is not served by this version")
@@ -123,7 +126,7 @@ def load_model(
     labels = model_dir.labels
     settings, tuning = apply_tuning(model_dir, settings)
     if tuning.record is None and settings.tune_at_start_s > 0:
-        settings, tuning = tune_at_start(model_dir, settings, preprocessing.fixed_input_size)
+        settings, tuning = tune_at_start(model_dir, settings, preprocessing.fixed_input_size, stop)
     backend = backend_loader(model_dir, settings)
     height, width = preprocessing.fixed_input_size
     warm_up = np.zeros((1, 3, height, width), dtype=np.float32)  # the first call of a session allocates
@@ -174,6 +177,9 @@ class ModelManager:
         self.error: str | None = None
         self._load_started = time.monotonic()
         self._load_times: list[float] = []
+        # Set on close: a load still measuring in its thread (tuning at start) stops instead of holding
+        # the process up to its budget.
+        self._stopping = threading.Event()
 
     @property
     def ready(self) -> bool:
@@ -231,7 +237,7 @@ class ModelManager:
                 started = time.monotonic()
                 settings = entry.settings(self.settings)
                 model = await asyncio.to_thread(
-                    load_model, entry.name, settings, self._backend_loader, self.metrics
+                    load_model, entry.name, settings, self._backend_loader, self.metrics, self._stopping
                 )
                 if model.id in self.models:
                     raise CheckpointError(f"two configured models have the id {model.id!r}")
@@ -270,6 +276,8 @@ class ModelManager:
                 )
         except CheckpointError as exc:
             self.error = str(exc)
+        except TuningStopped:
+            self.error = "shut down while a model was being tuned"
         except Exception as exc:
             log.exception("model loading failed")
             self.error = f"{type(exc).__name__}: {exc}"
@@ -281,5 +289,6 @@ class ModelManager:
             self.metrics.models_ready.set(1)
 
     async def close(self) -> None:
+        self._stopping.set()
         for model in self.models.values():
             await model.batcher.stop()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import logging
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 # Tuning at start: a slow spell of a few seconds can fall on one configuration; the median of three
 # rotated rounds outvotes it.
 START_ROUNDS = 3
+
+
+class TuningStopped(Exception):
+    """The server began to shut down while it measured; nothing was recorded."""
 
 
 def instance_counts_for(threads: int) -> list[int]:
@@ -125,9 +130,11 @@ def measure(
     progress: Callable[[str], None] = print,
     min_calls: int = 3,
     deadline: float | None = None,
+    stop: threading.Event | None = None,
 ) -> list[Measurement]:
     """Every configuration, `rounds` times, with the backends loaded once per (instances, spinning).
-    Past `deadline` (`time.perf_counter()`), what was measured so far, at least one configuration."""
+    Past `deadline` (`time.perf_counter()`), what was measured so far, at least one configuration. Once
+    `stop` is set, TuningStopped."""
     # The largest batch as max_batch_size: on GPUs, torch captures CUDA graphs up to it.
     loading = {"max_batch_size": max(batch_sizes)}
     backends = {
@@ -146,6 +153,8 @@ def measure(
     lone_ms: dict[tuple[int, bool], list[float]] = collections.defaultdict(list)
 
     def out_of_time() -> bool:
+        if stop is not None and stop.is_set():
+            raise TuningStopped
         return deadline is not None and bool(results) and time.perf_counter() >= deadline
 
     def measured() -> list[Measurement]:
@@ -195,6 +204,7 @@ def tune(
     try_spinning: bool = False,
     min_calls: int = 3,
     deadline: float | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[TuningRecord, Measurement]:
     """Measure (see `measure`) and choose; the record is the caller's to write (`write_record`)."""
     onnx = settings.backend == "onnx"
@@ -214,6 +224,7 @@ def tune(
         progress,
         min_calls,
         deadline,
+        stop,
     )
     best = choose(measurements, latency_slack)
     chosen = best.configuration.settings()
@@ -239,12 +250,17 @@ def seconds_per_configuration(budget_s: float, configurations: int, backends: in
 
 
 def tune_at_start(
-    model_dir: ModelDir, settings: Settings, input_size: tuple[int, int], latency_slack: float = 0.25
+    model_dir: ModelDir,
+    settings: Settings,
+    input_size: tuple[int, int],
+    stop: threading.Event | None = None,
+    latency_slack: float = 0.25,
 ) -> tuple[Settings, Tuning]:
     """`mvit tune`'s default grid, three rounds within about `settings.tune_at_start_s` (backends loading
     included; past it, what was measured so far decides). The record goes into the model folder where it
     can (the next start on this machine reads it and measures nothing), and applies to this process in
-    any case."""
+    any case. Setting `stop` (the server shutting down) ends it within one configuration's run, with
+    TuningStopped."""
     budget = settings.tune_at_start_s
     instance_counts = [1] if settings.backend == "torch" else instance_counts_for(settings.inference_threads)
     seconds = seconds_per_configuration(
@@ -269,6 +285,7 @@ def tune_at_start(
         progress=lambda line: log.debug("%s: %s", model_dir.model_id, line),
         min_calls=1,  # a batch of 8 big images can take seconds on a small CPU
         deadline=started + budget,
+        stop=stop,
     )
     try:
         where = f"recorded in {write_record(model_dir.path, record)}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -130,3 +131,14 @@ def test_torch_is_tuned_for_its_batch_size_only(folder: Path) -> None:
     assert record["key"]["backend"] == "torch" and set(record["chosen"]) == {"max_batch_size"}
     assert {row["instances"] for row in record["measured"]} == {1}  # torch's threads are per process
     assert described["max_batch_size"] == record["chosen"]["max_batch_size"]
+
+
+def test_a_shutdown_while_tuning_stops_it_and_records_nothing(folder: Path) -> None:
+    stop = threading.Event()
+    stop.set()  # as the server's shutdown sets it, here before the first configuration
+    model_dir = read_model_dir(folder)
+    with pytest.raises(tuner.TuningStopped):
+        tuner.tune_at_start(
+            model_dir, make_settings(folder, backend="onnx", tune_at_start_s=600), (256, 256), stop
+        )
+    assert not (folder / TUNING_FILE).exists()

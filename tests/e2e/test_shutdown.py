@@ -4,6 +4,7 @@ in the middle of a burst (every request the server accepted gets its complete 20
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import threading
 import time
@@ -135,3 +136,26 @@ def test_sigterm_mid_burst_finishes_every_accepted_request_and_exits_0(model_dir
     after_signal = [o for _, at, o in outcomes if at > signalled_at[0]]
     assert after_signal.count("200") >= 1, "requests in flight at SIGTERM were answered"
     assert after_signal.count("503") >= 1, "requests arriving during the drain were turned away with 503"
+
+
+def test_sigterm_while_a_model_is_tuned_at_start_exits_without_waiting_for_the_budget(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    process, url = start_server(
+        "--model", str(folder), "--backend", "onnx", "--tune-at-start-s", "600", "--log-format", "json"
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
+    reader.start()
+    wait_for(lambda: any("measuring for about 600 s" in line for line in lines), "tuning to begin", 60)
+    time.sleep(1)  # into the measurements
+    assert httpx.get(f"{url}/ready", timeout=5).status_code == 503  # not ready while it measures
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0
+    assert time.monotonic() - signalled < 60, "waited for the tuning budget"  # 600 s
+    reader.join(10)
+    assert not (folder / "tuning.json").exists()  # a measurement cut short is not recorded
+    assert not any('"levelname": "ERROR"' in line or "Traceback" in line for line in lines), lines
