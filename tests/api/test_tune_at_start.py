@@ -19,7 +19,7 @@ from app.runtime import models, tuner
 from app.runtime.tuned import machine_key
 from tests.support import encode, make_settings, photo_like, serving
 
-BUDGET_S = 2.0  # the tiny test model runs a batch in milliseconds
+BUDGET_S = 1.0  # the tiny test model runs a batch in milliseconds
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_a_model_without_a_record_is_measured_at_start_and_the_record_kept(
         record.chosen["max_batch_size"],
         record.chosen["instances"],
     )
-    assert any("no tuning record for this machine; measuring for about 2 s" in m for m in caplog.messages)
+    assert any("no tuning record for this machine; measuring for about 1 s" in m for m in caplog.messages)
     assert any(f"recorded in {folder / TUNING_FILE}" in m for m in caplog.messages)
 
     # The next start on this machine reads the record and measures nothing.
