@@ -254,6 +254,7 @@ def tune_at_start(
     settings: Settings,
     input_size: tuple[int, int],
     stop: threading.Event | None = None,
+    why: str = "no tuning record for this machine",
     latency_slack: float = 0.25,
 ) -> tuple[Settings, Tuning]:
     """`mvit tune`'s default grid, three rounds within about `settings.tune_at_start_s` (backends loading
@@ -266,11 +267,7 @@ def tune_at_start(
     seconds = seconds_per_configuration(
         budget / START_ROUNDS, len(BATCH_SIZES) * len(instance_counts), len(instance_counts)
     )
-    log.info(
-        "%s: no tuning record for this machine; measuring for about %g s (MVIT_TUNE_AT_START_S)",
-        model_dir.model_id,
-        budget,
-    )
+    log.info("%s: %s; measuring for about %g s (MVIT_TUNE_AT_START_S)", model_dir.model_id, why, budget)
     started = time.perf_counter()
     record, best = tune(
         model_dir,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from app.repository import read_model_dir
-from app.repository.tuning import TUNING_FILE, read_records
+from app.repository.tuning import TUNING_FILE, TuningRecord, read_records, write_record
 from app.runtime import models, tuner
 from app.runtime.tuned import machine_key
 from tests.support import encode, make_settings, photo_like, serving
@@ -60,6 +60,27 @@ def test_a_model_without_a_record_is_measured_at_start_and_the_record_kept(
     monkeypatch.setattr(models, "tune_at_start", measured_again)
     with serving(folder, **settings) as client:
         assert client.get("/models").json()[0]["tuning"]["tuned_at"] == record.tuned_at
+
+
+def test_a_record_measured_on_another_file_is_measured_again(
+    folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(folder, backend="onnx", tune_at_start_s=BUDGET_S)
+    with serving(folder, backend="onnx"):  # exports model.onnx
+        pass
+    write_record(folder, TuningRecord(machine_key(settings), {"max_batch_size": 8}, artifact_sha256="0" * 64))
+    with (
+        caplog.at_level(logging.INFO, logger="app.runtime.tuner"),
+        serving(folder, backend="onnx", tune_at_start_s=BUDGET_S) as client,
+    ):
+        tuning = client.get("/models").json()[0]["tuning"]
+    assert tuning["tuned"] is True and tuning["tuned_by"].startswith("tuned at start")
+    assert any(
+        "this machine's tuning record was measured on another model.onnx; measuring for about" in m
+        for m in caplog.messages
+    )
+    [record] = read_records(folder)  # replaced
+    assert record.artifact_sha256 != "0" * 64
 
 
 def test_a_read_only_model_folder_is_tuned_for_this_process_only(
