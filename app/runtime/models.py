@@ -126,8 +126,8 @@ def load_model(
     labels = model_dir.labels
     settings, tuning = apply_tuning(model_dir, settings)
     if tuning.record is None and settings.tune_at_start_s > 0:
-        why = tuning.outdated or "no tuning record for this machine"
-        settings, tuning = tune_at_start(model_dir, settings, preprocessing.fixed_input_size, stop, why)
+        size = preprocessing.fixed_input_size
+        settings, tuning = tune_at_start(model_dir, settings, size, stop, tuning.outdated)
     backend = backend_loader(model_dir, settings)
     height, width = preprocessing.fixed_input_size
     warm_up = np.zeros((1, 3, height, width), dtype=np.float32)  # the first call of a session allocates

@@ -254,19 +254,20 @@ def tune_at_start(
     settings: Settings,
     input_size: tuple[int, int],
     stop: threading.Event | None = None,
-    why: str = "no tuning record for this machine",
+    outdated: str | None = None,
     latency_slack: float = 0.25,
 ) -> tuple[Settings, Tuning]:
     """`mvit tune`'s default grid, three rounds within about `settings.tune_at_start_s` (backends loading
     included; past it, what was measured so far decides). The record goes into the model folder where it
     can (the next start on this machine reads it and measures nothing), and applies to this process in
     any case. Setting `stop` (the server shutting down) ends it within one configuration's run, with
-    TuningStopped."""
+    TuningStopped. `outdated`: why this machine's record does not apply, for the log."""
     budget = settings.tune_at_start_s
     instance_counts = [1] if settings.backend == "torch" else instance_counts_for(settings.inference_threads)
     seconds = seconds_per_configuration(
         budget / START_ROUNDS, len(BATCH_SIZES) * len(instance_counts), len(instance_counts)
     )
+    why = outdated or "no tuning record for this machine"
     log.info("%s: %s; measuring for about %g s (MVIT_TUNE_AT_START_S)", model_dir.model_id, why, budget)
     started = time.perf_counter()
     record, best = tune(
