@@ -48,6 +48,9 @@ class TuningRecord:
     # The file measured (model.onnx, model.int8.onnx or the weights): a record applies to that file only.
     # Empty in records written before it was recorded.
     artifact_sha256: str = ""
+    # The choice's rule (app/runtime/tuned.py, `best_row`), kept so that a server whose operator fixes
+    # some settings can choose the rest from `measured` the same way. Older records used the default.
+    latency_slack: float = 0.25
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TuningRecord:
@@ -59,6 +62,7 @@ class TuningRecord:
             str(data.get("tuned_at", "")),
             str(data.get("command", "")),
             str(data.get("artifact_sha256", "")),
+            float(data.get("latency_slack", 0.25)),
         )
 
 

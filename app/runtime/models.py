@@ -269,9 +269,7 @@ class ModelManager:
                     width,
                     model.profile,
                     model.profile_reason,
-                    f"tuned for this machine ({model.tuning.applied or 'nothing left to apply'})"
-                    if model.tuning.record
-                    else f"not tuned: {model.tuning.describe(model_dir)['hint']}",
+                    model.tuning.summary(model_dir),
                     seconds,
                     " (RANDOM demo weights)" if model_dir.random_weights else "",
                 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ class Tuning:
     applied: dict[str, Any]  # the record's choices the operator did not override
     warning: str | None = None  # a reduced precision measured slower than fp32 here
     outdated: str | None = None  # why this machine's record does not apply: it measured another file
+    fixed: dict[str, Any] = field(default_factory=dict)  # the record's settings the operator set instead
 
     def describe(self, model_dir: ModelDir) -> dict[str, Any]:
         if self.record is None:
@@ -40,9 +41,17 @@ class Tuning:
             "tuned_at": self.record.tuned_at,
             "tuned_by": self.record.command,
             "chosen": self.record.chosen,
+            **({"set_by_operator": self.fixed} if self.fixed else {}),
             "applied": self.applied,
             **({"warning": self.warning} if self.warning else {}),
         }
+
+    def summary(self, model_dir: ModelDir) -> str:
+        """For the start-up line."""
+        if self.record is None:
+            return f"not tuned: {self.describe(model_dir)['hint']}"
+        given = f"; set by the operator: {self.fixed}" if self.fixed else ""
+        return f"tuned for this machine ({self.applied or 'nothing left to apply'}{given})"
 
 
 def machine_key(settings: Settings) -> MachineKey:
@@ -85,10 +94,37 @@ def apply_tuning(model_dir: ModelDir, settings: Settings) -> tuple[Settings, Tun
     return apply_record(model_dir, settings, record)
 
 
+def best_row(rows: list[dict[str, Any]], latency_slack: float) -> dict[str, Any]:
+    """The highest throughput among the rows whose lone latency is within `latency_slack` of the best lone
+    latency; ties go to the smaller batch."""
+    best_latency = min(row["lone_latency_ms"] for row in rows)
+    eligible = [row for row in rows if row["lone_latency_ms"] <= best_latency * (1 + latency_slack)]
+    return max(eligible, key=lambda row: (row["images_per_s"], -row["max_batch_size"]))
+
+
+def choice_given(record: TuningRecord, fixed: dict[str, Any]) -> dict[str, Any]:
+    """The record's choice when the operator fixed some of its settings: the best of the measured
+    configurations that match them (the unconstrained best, tuned for other values, may be far from it:
+    the best instance count at batch 8 is not the best at batch 1). Where none was measured, the
+    record's own choice."""
+    rows = [
+        row
+        for row in record.measured
+        if {"images_per_s", "lone_latency_ms", "max_batch_size"} <= row.keys()
+        and all(row.get(name) == value for name, value in fixed.items())
+    ]
+    if not fixed or not rows:
+        return record.chosen
+    best = best_row(rows, record.latency_slack)
+    return {name: best.get(name, value) for name, value in record.chosen.items()}
+
+
 def apply_record(model_dir: ModelDir, settings: Settings, record: TuningRecord) -> tuple[Settings, Tuning]:
     """`record`'s choices, where the operator left the setting alone."""
-    applied = {name: value for name, value in record.chosen.items() if name not in settings.model_fields_set}
-    tuning = Tuning(record.key, record, applied, slower_than_fp32(model_dir, record.key, record))
+    fixed = {name: getattr(settings, name) for name in record.chosen if name in settings.model_fields_set}
+    choice = choice_given(record, fixed)
+    applied = {name: value for name, value in choice.items() if name not in fixed}
+    tuning = Tuning(record.key, record, applied, slower_than_fp32(model_dir, record.key, record), fixed=fixed)
     return settings.model_copy(update=applied), tuning
 
 

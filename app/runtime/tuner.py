@@ -33,7 +33,7 @@ from app.backends import Backend, load_backend
 from app.config import Settings
 from app.repository import ModelDir
 from app.repository.tuning import BATCH_SIZES, TuningRecord, write_record
-from app.runtime.tuned import Tuning, apply_record, machine_key, served_file_sha256
+from app.runtime.tuned import Tuning, apply_record, best_row, machine_key, served_file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -184,10 +184,10 @@ def measure(
 
 
 def choose(measurements: list[Measurement], latency_slack: float) -> Measurement:
-    """The best throughput whose lone latency is within `latency_slack` of the best lone latency."""
-    best_latency = min(m.lone_latency_ms for m in measurements)
-    eligible = [m for m in measurements if m.lone_latency_ms <= best_latency * (1 + latency_slack)]
-    return max(eligible, key=lambda m: (m.throughput, -m.configuration.batch))
+    """The best throughput whose lone latency is within `latency_slack` of the best lone latency (the
+    rule a server applies to the record's rows, `best_row`)."""
+    rows = [m.row() for m in measurements]
+    return measurements[rows.index(best_row(rows, latency_slack))]
 
 
 def tune(
@@ -239,6 +239,7 @@ def tune(
         tuned_at=datetime.now(UTC).isoformat(timespec="seconds"),
         command=command,
         artifact_sha256=served_file_sha256(model_dir, settings),
+        latency_slack=latency_slack,
     )
     return record, best
 
@@ -261,8 +262,16 @@ def tune_at_start(
     included; past it, what was measured so far decides). The record goes into the model folder where it
     can (the next start on this machine reads it and measures nothing), and applies to this process in
     any case. Setting `stop` (the server shutting down) ends it within one configuration's run, with
-    TuningStopped. `outdated`: why this machine's record does not apply, for the log."""
+    TuningStopped. `outdated`: why this machine's record does not apply, for the log.
+
+    A batch size or instance count the operator set still gets the whole grid measured, so that the record
+    holds for any later setting; the set value picks among its rows (`apply_record`). With both set there
+    is nothing to choose, and nothing is measured."""
     budget = settings.tune_at_start_s
+    varied = ["max_batch_size"] if settings.backend == "torch" else ["max_batch_size", "instances"]
+    if all(name in settings.model_fields_set for name in varied):
+        log.info("%s: not tuned at start: %s set explicitly", model_dir.model_id, " and ".join(varied))
+        return settings, Tuning(machine_key(settings), None, {}, outdated=outdated)
     instance_counts = [1] if settings.backend == "torch" else instance_counts_for(settings.inference_threads)
     seconds = seconds_per_configuration(
         budget / START_ROUNDS, len(BATCH_SIZES) * len(instance_counts), len(instance_counts)

@@ -16,7 +16,7 @@ import pytest
 from app.repository import read_model_dir
 from app.repository.tuning import TUNING_FILE, TuningRecord, read_records, write_record
 from app.runtime import models, tuner
-from app.runtime.tuned import machine_key
+from app.runtime.tuned import choice_given, machine_key
 from tests.support import encode, make_settings, photo_like, serving
 
 BUDGET_S = 1.0  # the tiny test model runs a batch in milliseconds
@@ -103,12 +103,31 @@ def test_a_read_only_model_folder_is_tuned_for_this_process_only(
     )
 
 
-def test_explicit_settings_win_over_what_was_measured_at_start(folder: Path) -> None:
-    with serving(folder, backend="onnx", tune_at_start_s=BUDGET_S, max_batch_size=3, instances=1) as client:
+def test_a_set_batch_size_picks_the_instances_measured_best_for_it(folder: Path) -> None:
+    with serving(folder, backend="onnx", tune_at_start_s=BUDGET_S, max_batch_size=4) as client:
+        described = client.get("/models").json()[0]
+    [record] = read_records(folder)
+    assert {r["max_batch_size"] for r in record.measured} <= {1, 2, 4, 8}  # the grid, for any later setting
+    tuning = described["tuning"]
+    assert tuning["set_by_operator"] == {"max_batch_size": 4}
+    assert tuning["applied"] == {
+        k: v for k, v in choice_given(record, {"max_batch_size": 4}).items() if k != "max_batch_size"
+    }
+    assert described["max_batch_size"] == 4
+
+
+def test_with_batch_size_and_instances_set_nothing_is_measured(
+    folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = {"backend": "onnx", "tune_at_start_s": 30.0, "max_batch_size": 3, "instances": 1}
+    with caplog.at_level(logging.INFO, logger="app.runtime.tuner"), serving(folder, **settings) as client:
         described = client.get("/models").json()[0]
     assert (described["max_batch_size"], described["instances"]) == (3, 1)
-    assert "max_batch_size" not in described["tuning"]["applied"]
-    assert "instances" not in described["tuning"]["applied"]
+    assert described["tuning"]["tuned"] is False
+    assert not (folder / TUNING_FILE).exists()
+    assert any(
+        "not tuned at start: max_batch_size and instances set explicitly" in m for m in caplog.messages
+    )
 
 
 def test_without_the_setting_nothing_is_measured(folder: Path) -> None:

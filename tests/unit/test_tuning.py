@@ -81,6 +81,44 @@ def test_a_record_for_this_machine_is_applied_where_nothing_says_otherwise(folde
     assert tuning.applied == {"instances": 1}
 
 
+def row(batch: int, instances: int, throughput: float, latency: float) -> dict[str, object]:
+    return measured(instances, batch, throughput, latency).row()
+
+
+def test_a_setting_the_operator_fixed_picks_the_rest_from_the_measured_rows(folder: Path) -> None:
+    """The record's choice is for batch 1; with the batch size set to 8, the instances measured best at
+    batch 8 apply, not those of the batch-1 choice."""
+    settings = make_settings(folder, backend="onnx")
+    rows = [row(1, 2, 100, 10), row(8, 1, 90, 10), row(8, 2, 70, 10), row(1, 1, 60, 9)]
+    chosen = {"max_batch_size": 1, "instances": 2, "onnx_allow_spinning": False}
+    write_record(folder, TuningRecord(machine_key(settings), chosen, rows))
+    model_dir = read_model_dir(folder)
+
+    tuned, tuning = apply_tuning(model_dir, make_settings(folder, backend="onnx", max_batch_size=8))
+    assert (tuned.max_batch_size, tuned.instances) == (8, 1)
+    described = tuning.describe(model_dir)
+    assert described["set_by_operator"] == {"max_batch_size": 8}
+    assert described["applied"] == {"instances": 1, "onnx_allow_spinning": False}
+    assert described["chosen"] == chosen  # the record is unchanged
+    assert tuning.summary(model_dir) == (
+        "tuned for this machine ({'instances': 1, 'onnx_allow_spinning': False}; "
+        "set by the operator: {'max_batch_size': 8})"
+    )
+
+    tuned, _ = apply_tuning(model_dir, make_settings(folder, backend="onnx", instances=1))
+    assert (tuned.max_batch_size, tuned.instances) == (8, 1)
+
+    # A value no row measured: the record's own choice for the rest.
+    tuned, _ = apply_tuning(model_dir, make_settings(folder, backend="onnx", max_batch_size=16))
+    assert (tuned.max_batch_size, tuned.instances) == (16, 2)
+
+    # The latency rule holds within the matching rows too: batch 8 on one instance is too slow alone.
+    slow_alone = [row(8, 1, 90, 20), row(8, 2, 70, 10)]
+    write_record(folder, TuningRecord(machine_key(settings), chosen, slow_alone, latency_slack=0.25))
+    tuned, _ = apply_tuning(model_dir, make_settings(folder, backend="onnx", max_batch_size=8))
+    assert tuned.instances == 2
+
+
 def test_a_record_from_another_machine_is_not_applied(folder: Path) -> None:
     settings = make_settings(folder, backend="onnx")
     write_record(folder, TuningRecord(KEY, {"max_batch_size": 2}))
