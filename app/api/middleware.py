@@ -93,10 +93,12 @@ class RequestContextMiddleware:
     ) -> None:
         """One line per request. Never the body, the query string or any header but the user agent:
         no image bytes and no token can reach the log."""
-        if status >= 500:
+        if endpoint in _PROBE_PATHS and (status < 400 or status == 503):
+            # Probes and scrapes every few seconds would drown the requests. A probe's 503 is its normal
+            # answer while models load (a load that fails logs its own error).
+            level = logging.DEBUG
+        elif status >= 500:
             level = logging.WARNING
-        elif endpoint in _PROBE_PATHS and status < 400:
-            level = logging.DEBUG  # probes and scrapes every few seconds would drown the requests
         else:
             level = logging.INFO
         if not access_log.isEnabledFor(level):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from app.api import create_app
 from app.config import Settings
+from app.logs import ACCESS_LOGGER
 from app.metrics import Metrics
 from app.repository import ModelDir
 from app.runtime.models import ModelManager, load_backend
@@ -291,11 +293,13 @@ class _GatedManager(ModelManager):
         super().__init__(settings, Metrics(), backend_loader=slow_loader)
 
 
-def test_503_with_estimated_time_only_while_loading(model_dir: Path, jpeg_bytes: bytes) -> None:
+def test_503_with_estimated_time_only_while_loading(
+    model_dir: Path, jpeg_bytes: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     gate = threading.Event()
     settings = make_settings(model_dir)
     app = create_app(settings, _GatedManager(settings, gate))
-    with TestClient(app) as loading:
+    with TestClient(app) as loading, caplog.at_level(logging.DEBUG, logger=ACCESS_LOGGER):
         for response in (
             loading.post("/classify", content=jpeg_bytes),
             loading.post(f"/models/{MODEL_ID}", content=jpeg_bytes),
@@ -306,6 +310,13 @@ def test_503_with_estimated_time_only_while_loading(model_dir: Path, jpeg_bytes:
             assert int(response.headers["retry-after"]) >= 1
         ready = loading.get("/ready")
         assert ready.status_code == 503 and ready.json()["status"] == "loading"
+        # A probe polled while loading logs at debug; the requests' 503s stay warnings.
+        levels = {r.getMessage(): r.levelno for r in caplog.records if r.name == ACCESS_LOGGER}
+        assert levels == {
+            "POST /classify 503": logging.WARNING,
+            f"POST /models/{MODEL_ID} 503": logging.WARNING,
+            "GET /ready 503": logging.DEBUG,
+        }
         assert loading.get("/health").status_code == 200
         gate.set()
         wait_ready(loading)
