@@ -32,7 +32,10 @@ from tests.support import ROOT
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 OVERLAYS = ("edge", "cluster", "cluster-hpa", "gpu")
-SOURCES = ("edge", "cluster", "kserve", "gpu")  # the pods: cluster-hpa's is cluster's
+# The KServe predictor (custom resource), and its GPU variant: kustomizations outside overlays/.
+KSERVE_SOURCES = ("kserve", "kserve-gpu")
+SOURCES = ("edge", "cluster", "gpu", *KSERVE_SOURCES)  # the pods: cluster-hpa's is cluster's
+GPU_SOURCES = ("gpu", "kserve-gpu")
 # The oldest Kubernetes these manifests are written for, and the newest kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.30", "1.37")
 CUSTOM_KINDS = {"ScaledObject": "keda.sh/v1alpha1", "ServiceMonitor": "monitoring.coreos.com/v1"}
@@ -40,7 +43,6 @@ IMAGE = "mobilevitv2-serve"
 SERVER = "mvit"  # the serving container of the Deployment
 TOKENS_SECRET = "mvit-api-tokens"  # created out of band (docs/deployment.md), never rendered
 STAGES = read_stages(ROOT / "Dockerfile")
-KSERVE = yaml.safe_load((KUBERNETES / "kserve" / "inferenceservice.yaml").read_text())
 # The predictor fields that are KServe's own (ComponentExtensionSpec); the rest is a PodSpec.
 KSERVE_EXTENSION_FIELDS = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "scaleMetricType"}
 
@@ -68,8 +70,9 @@ def rendered(overlay: str) -> list[dict[str, Any]]:
         if os.environ.get("MVIT_REQUIRE_KUBECTL") == "1":
             pytest.fail(f"{problem} (MVIT_REQUIRE_KUBECTL=1; scripts/setup-dev.sh installs it)")
         pytest.skip(f"{problem}; scripts/setup-dev.sh installs it")
+    folder = KUBERNETES / overlay if overlay in KSERVE_SOURCES else KUBERNETES / "overlays" / overlay
     out = subprocess.run(
-        [path, "kustomize", str(KUBERNETES / "overlays" / overlay)],
+        [path, "kustomize", str(folder)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -88,14 +91,15 @@ def kinds(overlay: str) -> list[str]:
 
 
 def pod_spec(source: str) -> dict[str, Any]:
-    """The pod of an overlay's Deployment, or of the KServe predictor ("kserve")."""
-    if source == "kserve":
-        return {k: v for k, v in KSERVE["spec"]["predictor"].items() if k not in KSERVE_EXTENSION_FIELDS}
+    """The pod of an overlay's Deployment, or of a KServe predictor."""
+    if source in KSERVE_SOURCES:
+        predictor = only(source, "InferenceService")["spec"]["predictor"]
+        return {k: v for k, v in predictor.items() if k not in KSERVE_EXTENSION_FIELDS}
     return only(source, "Deployment")["spec"]["template"]["spec"]
 
 
 def server(source: str) -> dict[str, Any]:
-    name = "kserve-container" if source == "kserve" else SERVER
+    name = "kserve-container" if source in KSERVE_SOURCES else SERVER
     (container,) = [c for c in pod_spec(source)["containers"] if c["name"] == name]
     return container
 
@@ -174,23 +178,27 @@ def test_every_overlay_renders_objects_the_kubernetes_api_accepts(overlay: str, 
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-def test_the_kserve_predictor_is_a_valid_pod(version: str) -> None:
-    kserve = KSERVE["spec"]["predictor"]
-    assert KSERVE["apiVersion"] == "serving.kserve.io/v1beta1" and KSERVE["kind"] == "InferenceService"
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor"}, "spec": pod_spec("kserve")}
+@pytest.mark.parametrize("source", KSERVE_SOURCES)
+def test_the_kserve_predictor_is_a_valid_pod(source: str, version: str) -> None:
+    service = only(source, "InferenceService")
+    assert service["apiVersion"] == "serving.kserve.io/v1beta1"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor"}, "spec": pod_spec(source)}
     kubernetes_validate.validate(pod, version, strict=True)
-    assert 1 <= kserve["minReplicas"] <= kserve["maxReplicas"]
-    assert kserve["scaleMetric"] in ("cpu", "memory", "concurrency", "rps")
+    predictor = service["spec"]["predictor"]
+    assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"]
+    assert predictor["scaleMetric"] in ("cpu", "memory", "concurrency", "rps")
+    assert kinds(source) == ["PodDisruptionBudget", "InferenceService"]
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_the_kserve_predictor_has_a_disruption_budget(version: str) -> None:
-    budget = yaml.safe_load((KUBERNETES / "kserve" / "poddisruptionbudget.yaml").read_text())
+    budget = only("kserve", "PodDisruptionBudget")
     kubernetes_validate.validate(budget, version, strict=True)
+    service = only("kserve", "InferenceService")
     assert budget["spec"]["selector"]["matchLabels"] == {
-        "serving.kserve.io/inferenceservice": KSERVE["metadata"]["name"]
+        "serving.kserve.io/inferenceservice": service["metadata"]["name"]
     }
-    assert budget["spec"]["maxUnavailable"] < KSERVE["spec"]["predictor"]["minReplicas"]
+    assert budget["spec"]["maxUnavailable"] < service["spec"]["predictor"]["minReplicas"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -374,7 +382,7 @@ def test_the_read_only_root_leaves_the_service_where_it_writes(source: str) -> N
     settings = settings_of(source, server_container)
     mounts = {m["mountPath"]: m for m in server_container["volumeMounts"]}
     assert "emptyDir" in volumes[mounts["/tmp"]["name"]] and not mounts["/tmp"].get("readOnly")
-    if source == "kserve":  # KServe mounts the model repository at /mnt/models, read-only
+    if source in KSERVE_SOURCES:  # KServe mounts the model repository at /mnt/models, read-only
         uri = environment(source, server_container)["STORAGE_URI"] or ""
         assert re.match(r"(pvc|s3|gs|https?|hf)://", uri) and str(settings.model_repository) == "/mnt/models"
     else:
@@ -398,8 +406,7 @@ def test_tokens_come_from_a_secret_file_that_is_not_in_git(source: str) -> None:
     (volume,) = [v for v in pod_spec(source)["volumes"] if v["name"] == mount["name"]]
     assert volume["secret"]["secretName"] == TOKENS_SECRET and mount["readOnly"] is True
     assert [item["path"] for item in volume["secret"]["items"]] == [tokens_file.name]
-    if source != "kserve":
-        assert "Secret" not in kinds(source)
+    assert "Secret" not in kinds(source)
     if source == "cluster":  # /metrics needs a token too: Prometheus sends one from the same Secret
         assert "/metrics" not in open_paths(settings_of(source, container))
         (endpoint,) = only("cluster", "ServiceMonitor")["spec"]["endpoints"]
@@ -412,7 +419,7 @@ def test_tokens_come_from_a_secret_file_that_is_not_in_git(source: str) -> None:
 def test_images_are_dockerfile_targets_running_their_commands(source: str) -> None:
     container = server(source)
     name, _, target = container["image"].partition(":")
-    assert name == IMAGE and target == ("gpu" if source == "gpu" else "edge")
+    assert name == IMAGE and target == ("gpu" if source in GPU_SOURCES else "edge")
     stage = STAGES[target]
     assert (
         [*container.get("command", stage.entrypoint), *container["args"]]
@@ -428,16 +435,24 @@ def test_images_are_dockerfile_targets_running_their_commands(source: str) -> No
         assert any("[export]" in run for run in STAGES["full"].runs)
 
 
-def test_the_gpu_pod_asks_for_one_gpu_and_serves_on_it() -> None:
-    container = server("gpu")
-    settings = settings_of("gpu", container)
+@pytest.mark.parametrize("source", GPU_SOURCES)
+def test_the_gpu_pod_asks_for_one_gpu_and_serves_on_it(source: str) -> None:
+    container = server(source)
+    settings = settings_of(source, container)
     assert (settings.backend, settings.device, settings.cuda_graphs) == ("torch", "cuda", True)
     assert settings.max_batch_size == 32 == int(STAGES["gpu"].env["MVIT_MAX_BATCH_SIZE"])
     limits, requests = container["resources"]["limits"], container["resources"]["requests"]
     assert limits["nvidia.com/gpu"] == 1 and "nvidia.com/gpu" not in requests  # extended resources: limits
     assert {k: v for k, v in limits.items() if k != "nvidia.com/gpu"} == requests  # Guaranteed QoS
-    tolerations = pod_spec("gpu")["tolerations"]
+    tolerations = pod_spec(source)["tolerations"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
+    if source == "kserve-gpu":  # one replica per GPU, set by hand, as the Deployment's
+        predictor = only(source, "InferenceService")["spec"]["predictor"]
+        assert (
+            predictor["minReplicas"]
+            == predictor["maxReplicas"]
+            == only("gpu", "Deployment")["spec"]["replicas"]
+        )
 
 
 def test_network_policies_admit_the_ingress_controller_and_prometheus_only() -> None:
@@ -457,8 +472,10 @@ def test_network_policies_admit_the_ingress_controller_and_prometheus_only() -> 
     assert peers("edge") == [("kube-system", "traefik")]
 
 
-def test_the_kserve_predictor_follows_kserve_conventions() -> None:
-    predictor = KSERVE["spec"]["predictor"]
+@pytest.mark.parametrize("source", KSERVE_SOURCES)
+def test_the_kserve_predictor_follows_kserve_conventions(source: str) -> None:
+    service = only(source, "InferenceService")
+    predictor = service["spec"]["predictor"]
     (container,) = predictor["containers"]
     assert container["name"] == "kserve-container"
     assert (
@@ -466,9 +483,9 @@ def test_the_kserve_predictor_follows_kserve_conventions() -> None:
     )  # a field of the framework specs; custom containers use PROTOCOL
     (port,) = container["ports"]
     assert port["name"] == "http1"  # Knative's name for HTTP/1.1 (h2c is gRPC); KServe keeps it
-    annotations = KSERVE["metadata"]["annotations"]
+    annotations = service["metadata"]["annotations"]
     assert annotations["serving.kserve.io/deploymentMode"] in ("RawDeployment", "Standard")
-    protocol = environment("kserve", container)["PROTOCOL"]
+    protocol = environment(source, container)["PROTOCOL"]
     assert protocol in ("v1", "v2")
     if protocol == "v2":
         routes = app_routes()
