@@ -130,6 +130,14 @@ def test_with_batch_size_and_instances_set_nothing_is_measured(
     )
 
 
+def test_torch_with_its_batch_size_set_is_not_measured(folder: Path) -> None:
+    """torch has one instance: its batch size is all there is to choose."""
+    settings = make_settings(folder, backend="torch", tune_at_start_s=30.0, max_batch_size=4)
+    tuned, tuning = tuner.tune_at_start(read_model_dir(folder), settings, (256, 256))
+    assert tuned is settings and tuning.record is None
+    assert not (folder / TUNING_FILE).exists()
+
+
 def test_without_the_setting_nothing_is_measured(folder: Path) -> None:
     with serving(folder, backend="onnx") as client:
         assert client.get("/models").json()[0]["tuning"]["tuned"] is False
