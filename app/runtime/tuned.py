@@ -104,9 +104,8 @@ def best_row(rows: list[dict[str, Any]], latency_slack: float) -> dict[str, Any]
 
 def choice_given(record: TuningRecord, fixed: dict[str, Any]) -> dict[str, Any]:
     """The record's choice when the operator fixed some of its settings: the best of the measured
-    configurations that match them (the unconstrained best, tuned for other values, may be far from it:
-    the best instance count at batch 8 is not the best at batch 1). Where none was measured, the
-    record's own choice."""
+    configurations that match them, since the best batch size on one instance need not be the best on
+    two. Where none was measured, the record's own choice."""
     rows = [
         row
         for row in record.measured
@@ -120,7 +119,7 @@ def choice_given(record: TuningRecord, fixed: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_record(model_dir: ModelDir, settings: Settings, record: TuningRecord) -> tuple[Settings, Tuning]:
-    """`record`'s choices, where the operator left the setting alone."""
+    """`record`'s choices, where the operator left the setting alone, given the ones the operator set."""
     fixed = {name: getattr(settings, name) for name in record.chosen if name in settings.model_fields_set}
     choice = choice_given(record, fixed)
     applied = {name: value for name, value in choice.items() if name not in fixed}
