@@ -22,7 +22,7 @@ class Tuning:
     applied: dict[str, Any]  # the record's choices the operator did not override
     warning: str | None = None  # a reduced precision measured slower than fp32 here
     outdated: str | None = None  # why this machine's record does not apply: it measured another file
-    fixed: dict[str, Any] = field(default_factory=dict)  # the record's settings the operator set instead
+    set_by_operator: dict[str, Any] = field(default_factory=dict)  # the record's settings the operator set
 
     def describe(self, model_dir: ModelDir) -> dict[str, Any]:
         if self.record is None:
@@ -41,7 +41,7 @@ class Tuning:
             "tuned_at": self.record.tuned_at,
             "tuned_by": self.record.command,
             "chosen": self.record.chosen,
-            **({"set_by_operator": self.fixed} if self.fixed else {}),
+            **({"set_by_operator": self.set_by_operator} if self.set_by_operator else {}),
             "applied": self.applied,
             **({"warning": self.warning} if self.warning else {}),
         }
@@ -50,7 +50,7 @@ class Tuning:
         """For the start-up line."""
         if self.record is None:
             return f"not tuned: {self.describe(model_dir)['hint']}"
-        given = f"; set by the operator: {self.fixed}" if self.fixed else ""
+        given = f"; set by the operator: {self.set_by_operator}" if self.set_by_operator else ""
         return f"tuned for this machine ({self.applied or 'nothing left to apply'}{given})"
 
 
@@ -123,7 +123,9 @@ def apply_record(model_dir: ModelDir, settings: Settings, record: TuningRecord) 
     fixed = {name: getattr(settings, name) for name in record.chosen if name in settings.model_fields_set}
     choice = choice_given(record, fixed)
     applied = {name: value for name, value in choice.items() if name not in fixed}
-    tuning = Tuning(record.key, record, applied, slower_than_fp32(model_dir, record.key, record), fixed=fixed)
+    tuning = Tuning(
+        record.key, record, applied, slower_than_fp32(model_dir, record.key, record), set_by_operator=fixed
+    )
     return settings.model_copy(update=applied), tuning
 
 
