@@ -3,9 +3,12 @@ host's core count), its model name and its features."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -34,15 +37,49 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
+@functools.cache
 def cpu_model() -> str:
-    """The CPU's model name, as lscpu and /proc/cpuinfo give it ("AMD EPYC", "Intel(R) Xeon(R) ...")."""
+    """The CPU's model name, as lscpu gives it ("AMD EPYC", "Intel(R) Xeon(R) ...", "Cortex-A76")."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+        cpuinfo = ""
+    return model_name(cpuinfo, _lscpu) or platform.processor() or platform.machine() or "unknown CPU"
+
+
+def model_name(cpuinfo: str, lscpu: Callable[[], str]) -> str:
+    """The model name from /proc/cpuinfo's text, or `lscpu`'s output where that has none; " + " between
+    the kinds of core a chip mixes. Tuning records are keyed by it, so two CPUs must not share a name.
+    Arm's /proc/cpuinfo names no model (or a generic one: "ARMv7 Processor"), only part numbers, which
+    lscpu looks up; without lscpu the numbers themselves stand in."""
+    if "CPU implementer" in cpuinfo:
+        parts = zip(_values(cpuinfo, "CPU implementer"), _values(cpuinfo, "CPU part"), strict=False)
+        names = _values(lscpu(), "Model name:") or [f"Arm implementer {i} part {p}" for i, p in parts]
+    else:
+        names = _values(cpuinfo, "model name") or _values(lscpu(), "Model name:")
+    return " + ".join(dict.fromkeys(names))
+
+
+def _values(text: str, field: str) -> list[str]:
+    """The values of every `field: value` line (lscpu indents some; "-" is its unknown)."""
+    lines = (line for line in text.splitlines() if line.strip().startswith(field) and ":" in line)
+    values = (line.split(":", 1)[1].strip() for line in lines)
+    return [value for value in values if value and value != "-"]
+
+
+def _lscpu() -> str:
+    try:
+        done = subprocess.run(
+            ["lscpu"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            env={**os.environ, "LC_ALL": "C"},
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout if done.returncode == 0 else ""
 
 
 def cpu_flags() -> frozenset[str]:
