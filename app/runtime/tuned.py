@@ -19,7 +19,7 @@ class Tuning:
 
     key: MachineKey
     record: TuningRecord | None
-    applied: dict[str, Any]  # the record's choices the operator did not override
+    applied: dict[str, Any]  # what the record sets: its choice, given the settings the operator set
     warning: str | None = None  # a reduced precision measured slower than fp32 here
     outdated: str | None = None  # why this machine's record does not apply: it measured another file
     set_by_operator: dict[str, Any] = field(default_factory=dict)  # the record's settings the operator set
@@ -106,13 +106,15 @@ def choice_given(record: TuningRecord, fixed: dict[str, Any]) -> dict[str, Any]:
     """The record's choice when the operator fixed some of its settings: the best of the measured
     configurations that match them, since the best batch size on one instance need not be the best on
     two. Where none was measured, the record's own choice."""
+    if not fixed:
+        return record.chosen
     rows = [
         row
         for row in record.measured
         if {"images_per_s", "lone_latency_ms", "max_batch_size"} <= row.keys()
         and all(row.get(name) == value for name, value in fixed.items())
     ]
-    if not fixed or not rows:
+    if not rows:
         return record.chosen
     best = best_row(rows, record.latency_slack)
     return {name: best.get(name, value) for name, value in record.chosen.items()}

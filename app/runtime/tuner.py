@@ -265,14 +265,15 @@ def tune_at_start(
     TuningStopped. `outdated`: why this machine's record does not apply, for the log.
 
     A batch size or instance count the operator set still gets the whole grid measured, so that the record
-    holds for any later setting; the set value picks among its rows (`apply_record`). With both set there
-    is nothing to choose, and nothing is measured."""
+    holds for any later setting; the set value picks among its rows (`apply_record`). With nothing left to
+    choose (both set; torch, or one thread, has one instance count), nothing is measured."""
     budget = settings.tune_at_start_s
-    varied = ["max_batch_size"] if settings.backend == "torch" else ["max_batch_size", "instances"]
-    if all(name in settings.model_fields_set for name in varied):
-        log.info("%s: not tuned at start: %s set explicitly", model_dir.model_id, " and ".join(varied))
-        return settings, Tuning(machine_key(settings), None, {}, outdated=outdated)
     instance_counts = [1] if settings.backend == "torch" else instance_counts_for(settings.inference_threads)
+    grid = {"max_batch_size": BATCH_SIZES, "instances": instance_counts}
+    set_here = [name for name in grid if name in settings.model_fields_set]
+    if all(name in set_here or len(options) == 1 for name, options in grid.items()):
+        log.info("%s: not tuned at start: %s set explicitly", model_dir.model_id, " and ".join(set_here))
+        return settings, Tuning(machine_key(settings), None, {}, outdated=outdated)
     seconds = seconds_per_configuration(
         budget / START_ROUNDS, len(BATCH_SIZES) * len(instance_counts), len(instance_counts)
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 from fastapi.testclient import TestClient
 
+from app.repository.tuning import TUNING_FILE
 from app.runtime.drain import RETRY_AFTER_DRAINING_S
 from tests.support import (
     encode,
@@ -157,5 +158,5 @@ def test_sigterm_while_a_model_is_tuned_at_start_exits_without_waiting_for_the_b
     assert process.wait(timeout=120) == 0
     assert time.monotonic() - signalled < 60, "waited for the tuning budget"  # 600 s
     reader.join(10)
-    assert not (folder / "tuning.json").exists()  # a measurement cut short is not recorded
+    assert not (folder / TUNING_FILE).exists()  # a measurement cut short is not recorded
     assert not any('"levelname": "ERROR"' in line or "Traceback" in line for line in lines), lines
