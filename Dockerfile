@@ -69,7 +69,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MVIT_PORT=8000 \
     MVIT_MODEL_REPOSITORY=/models \
     HF_HOME=/models/.hf-home
-RUN useradd --system --uid 10001 --create-home mvit && mkdir -p /models && chown mvit /models
+RUN groupadd --system --gid 10001 mvit && useradd --system --uid 10001 --gid 10001 --create-home mvit \
+    && mkdir -p /models && chown mvit:mvit /models
 EXPOSE 8000
 VOLUME ["/models"]
 HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \

@@ -353,8 +353,8 @@ def test_settings_are_real_fields_and_threads_follow_the_cpu_limit(source: str) 
 @pytest.mark.parametrize("source", SOURCES)
 def test_the_pod_runs_as_the_images_user_locked_down(source: str) -> None:
     spec = pod_spec(source)
-    (uid,) = re.findall(r"useradd [^&]*--uid (\d+)", " ".join(STAGES["edge"].runs))
-    (owner,) = {m for copy in STAGES["edge"].copies for m in re.findall(r"--chown=(\d+:\d+)", copy)}
+    ((uid, gid),) = re.findall(r"useradd [^&]*--uid (\d+) --gid (\d+)", " ".join(STAGES["edge"].runs))
+    owner = f"{uid}:{gid}"
     security = spec["securityContext"]
     assert security["runAsNonRoot"] is True and security["seccompProfile"] == {"type": "RuntimeDefault"}
     assert f"{security['runAsUser']}:{security['runAsGroup']}" == owner == f"{uid}:{uid}"
@@ -432,7 +432,7 @@ def test_images_are_dockerfile_targets_running_their_commands(source: str) -> No
     assert [init["args"][0] for init in inits] == expected
     for init in inits:  # fetch and export need torch: the full image
         assert init["image"] == f"{IMAGE}:full" and STAGES["full"].entrypoint == ["mvit"]
-        assert any("[export]" in run for run in STAGES["full"].runs)
+        assert any("[export]" in run for run in STAGES["full-packages"].runs)
 
 
 @pytest.mark.parametrize("source", GPU_SOURCES)
