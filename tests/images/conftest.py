@@ -1,6 +1,6 @@
 """The image lane: the Dockerfile's targets built and run as a user would (docs/deployment.md#building-and-testing-the-images).
 
-It builds four images (about 20 min on 2 cores, more under arm64 emulation), so it runs only where asked:
+It builds four images (23 to 27 min on 2 cores, arm64 emulated), so it runs only where asked:
 MVIT_IMAGES=1 runs it, and a machine without podman skips it with the reason. MVIT_REQUIRE_IMAGES=1 (CI)
 runs it and makes a missing engine, base image or emulator a failure. `bash scripts/setup-images.sh`
 sets a Debian machine up for it. Build and start times, sizes and layers are printed at the end of the run.
@@ -36,7 +36,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 @pytest.fixture(scope="session")
 def engine() -> Iterator[Engine]:
     if not requested():
-        pytest.skip("the image lane builds and runs four images (about 20 min): MVIT_IMAGES=1 runs it")
+        pytest.skip("the image lane builds and runs four images (about 25 min): MVIT_IMAGES=1 runs it")
     found = Engine.find()
     if found is None:
         missing("no podman here: `bash scripts/setup-images.sh` installs and configures it")

@@ -119,6 +119,7 @@ def test_the_lane_fails_on_a_broken_image(
         container, _ = serve_checked(engine, tag, model_repository, f"mvit-lane-broken-{fault}", "amd64")
         container.remove()
     REPORT.append(f"broken image ({fault}): rejected: {str(failure.value).splitlines()[0][:100]}")
+    engine.run("rmi", "--force", tag, check=False)
 
 
 def test_full_holds_a_cpu_torch(engine: Engine, build: Callable[[str, str], Build]) -> None:
