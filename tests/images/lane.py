@@ -116,12 +116,8 @@ class Engine:
         path = shutil.which("podman")
         return cls(path) if path else None
 
-    def run(
-        self, *args: str, check: bool = True, timeout: float = 1800, input: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [self.binary, *args], capture_output=True, text=True, timeout=timeout, input=input
-        )
+    def run(self, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([self.binary, *args], capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise EngineError(
                 f"{self.binary} {' '.join(args)} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
@@ -136,7 +132,7 @@ class Engine:
         local = LOCAL_BASE.format(arch=arch)
         return local if self.has_image(local) else None
 
-    def build_args(self, arch: str, *, context: Path = ROOT) -> list[str]:
+    def build_args(self, arch: str) -> list[str]:
         args = [
             "build",
             "--format",
@@ -146,7 +142,7 @@ class Engine:
             "--arch",
             arch,
             "--file",
-            str(context / "Dockerfile"),
+            str(ROOT / "Dockerfile"),
         ]
         base = self.base_image(arch)
         if base:
@@ -156,8 +152,8 @@ class Engine:
         args += torch_wheel_args()
         return args
 
-    def build(self, target: str, arch: str, tag: str | None = None) -> Build:
-        tag = tag or f"{IMAGE}:{target}-{arch}"
+    def build(self, target: str, arch: str) -> Build:
+        tag = f"{IMAGE}:{target}-{arch}"
         start = time.monotonic()
         self.run(*self.build_args(arch), "--target", target, "--tag", tag, str(ROOT), timeout=3600)
         seconds = time.monotonic() - start
