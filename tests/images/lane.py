@@ -132,25 +132,25 @@ class Engine:
         local = LOCAL_BASE.format(arch=arch)
         return local if self.has_image(local) else None
 
-    def build_args(self, arch: str) -> list[str]:
-        args = [
-            "build",
-            "--format",
-            "docker",
-            "--network",
-            "host",
-            "--arch",
-            arch,
-            "--file",
-            str(ROOT / "Dockerfile"),
-        ]
+    def machine_args(self, arch: str, base_arg: str) -> list[str]:
+        """What any build needs on this machine: the local base image as `base_arg` (where
+        scripts/setup-images.sh made one) and the host's CA bundle, mounted for the build only (these
+        machines' HTTPS goes through a re-signing proxy; it is never baked in)."""
+        args = ["build", "--format", "docker", "--network", "host", "--arch", arch]
         base = self.base_image(arch)
         if base:
-            args += ["--pull=never", "--build-arg", f"PYTHON_IMAGE={base}"]
-        if CA_BUNDLE.is_file():  # these machines' HTTPS goes through a re-signing proxy; never baked in
+            args += ["--pull=never", "--build-arg", f"{base_arg}={base}"]
+        if CA_BUNDLE.is_file():
             args += ["-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"]
-        args += torch_wheel_args()
         return args
+
+    def build_args(self, arch: str) -> list[str]:
+        return [
+            *self.machine_args(arch, "PYTHON_IMAGE"),
+            "--file",
+            str(ROOT / "Dockerfile"),
+            *torch_wheel_args(),
+        ]
 
     def build(self, target: str, arch: str) -> Build:
         tag = f"{IMAGE}:{target}-{arch}"

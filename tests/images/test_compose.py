@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.images.lane import CA_BUNDLE, REPORT, Build, Engine, missing
+from tests.images.lane import REPORT, Build, Engine, missing
 from tests.support import ROOT, TASKS, encode, photo_like
 
 COMPOSE_PROMETHEUS = "prom/prometheus:v2.55.1"  # the name docker-compose.yml gives; built locally here
@@ -54,13 +54,12 @@ def compose_project(
     if compose is None:
         missing("no podman-compose here: `bash scripts/setup-images.sh` installs it")
     engine.run("tag", build("edge", "amd64").tag, "localhost/mobilevitv2-serve:edge")
-    args = ["build", "--format", "docker", "--network", "host"]
-    base = engine.base_image("amd64")
-    if base:
-        args += ["--pull=never", "--build-arg", f"BASE={base}"]
-    if CA_BUNDLE.is_file():
-        args += ["-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"]
-    engine.run(*args, "--tag", f"docker.io/{COMPOSE_PROMETHEUS}", str(ROOT / "tests/images/prometheus"))
+    engine.run(
+        *engine.machine_args("amd64", "BASE"),
+        "--tag",
+        f"docker.io/{COMPOSE_PROMETHEUS}",
+        str(ROOT / "tests/images/prometheus"),
+    )
     # The project as a user has it: the compose file and the Prometheus configuration, unedited, and a
     # ./models the service may write its tuning record into.
     project = tmp_path_factory.mktemp("compose")
