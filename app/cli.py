@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
 import logging
 import os
@@ -162,16 +163,27 @@ def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+DEMO_TASKS = ["classification", "segmentation", "detection"]
+
+
 def cmd_demo_models(args: argparse.Namespace) -> int:
+    from app.repository.models_yaml import REPOSITORY_FILE, add_to_repository_file
     from app.tasks import TASK_BY_CLI_NAME
     from app.tools.demo_models import write_demo_model
 
+    directory = Path(args.directory)
+    written: list[str] = []
     try:
-        for task in args.task or ["classification"]:
+        for task in args.task or DEMO_TASKS:
             for width in args.width or [0.5]:
                 for size in args.image_size or [None]:
-                    name = TASK_BY_CLI_NAME[task].name
-                    print(write_demo_model(Path(args.directory), name, width, size, args.seed))
+                    path = write_demo_model(directory, TASK_BY_CLI_NAME[task].name, width, size, args.seed)
+                    print(path)
+                    written.append(path.name)
+        if not args.no_register:
+            added = add_to_repository_file(directory / REPOSITORY_FILE, written)
+            if added:
+                print(f"{directory / REPOSITORY_FILE}: now serves {', '.join(added)}", file=sys.stderr)
     except (ValueError, OSError) as exc:  # an image size that is no multiple of 32, an unwritable folder
         print(f"mvit demo-models: {exc}", file=sys.stderr)
         return 1
@@ -418,7 +430,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add_command in COMMANDS:
         add_command(sub)
+    for command_parser in sub.choices.values():
+        command_parser.set_defaults(command_parser=command_parser)
     return parser
+
+
+def unrecognized(extras: list[str], command_parser: argparse.ArgumentParser) -> str:
+    """argparse's message for arguments a command does not take, with the nearest flag for each typo."""
+    flags = [flag for action in command_parser._actions for flag in action.option_strings]
+    hints = []
+    for extra in extras:
+        name = extra.split("=", 1)[0]
+        near = difflib.get_close_matches(name, flags, n=1, cutoff=0.6) if name.startswith("-") else []
+        if near:
+            hints.append(f"{name}: did you mean {near[0]}?")
+    return f"unrecognized arguments: {' '.join(extras)}" + (f" ({'; '.join(hints)})" if hints else "")
 
 
 def add_serve_command(sub: Any) -> None:
@@ -465,9 +491,14 @@ def add_demo_models_command(sub: Any) -> None:
         "--task",
         choices=sorted(TASK_BY_CLI_NAME),
         action="append",
-        help="classification (default), segmentation or detection",
+        help="classification, segmentation or detection (repeatable; default: all three)",
     )
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--no-register",
+        action="store_true",
+        help="do not add the models to DIRECTORY/models.yaml (which `mvit serve` serves)",
+    )
     demo.set_defaults(func=cmd_demo_models)
 
 
@@ -617,7 +648,9 @@ COMMANDS = (
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args, extras = build_parser().parse_known_args(argv)
+    if extras:  # the command's usage, not the top-level one
+        args.command_parser.error(unrecognized(extras, args.command_parser))
     args.argv = argv
     return int(args.func(args))
 

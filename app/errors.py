@@ -45,6 +45,17 @@ class QueueFull(ServiceError):
         self.retry_after_s = retry_after_s
 
 
+class ModelUnavailable(ServiceError):
+    """The model cannot serve until the service restarts: its batching loop died (`failure` says why)."""
+
+    def __init__(self, model: str, failure: str) -> None:
+        super().__init__(
+            f"Model {model} cannot serve: its batcher stopped after an internal error ({clip(failure, 200)}). "
+            "The service needs a restart; its /health says so too."
+        )
+        self.failure = failure
+
+
 class ShuttingDown(ServiceError):
     """The service is draining and takes no new work."""
 

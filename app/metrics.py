@@ -40,8 +40,8 @@ class Metrics:
         self.rejected = Counter(
             "mvit_requests_rejected",
             "Requests refused or abandoned before an answer, by reason: queue_full (429), timeout (504), "
-            "body_timeout (408), shutting_down (503), client_disconnected (the caller went away; its "
-            "queued work is dropped).",
+            "body_timeout (408), shutting_down (503), unavailable (503: the model's batcher has died), "
+            "client_disconnected (the caller went away; its queued work is dropped).",
             ("model", "reason"),
             registry=r,
         )
@@ -50,6 +50,13 @@ class Metrics:
             "Requests per inference call.",
             ("model",),
             buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        self.batcher_failures = Counter(
+            "mvit_batcher_failures",
+            "Batching loops that died of an internal error. The model answers 503 from then on, and /health "
+            "and /ready fail until the service restarts.",
+            ("model",),
             registry=r,
         )
         self.model_load_seconds = Gauge(

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -76,16 +77,21 @@ def photo_jpeg(width: int, height: int, quality: int = 90) -> bytes:
 
 
 def start_listening(
-    command: list[str], ready_path: str, env: dict[str, str] | None = None, timeout: float = 120
+    command: list[str],
+    ready_path: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    cwd: Path | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Run `command` + `--port PORT` (a free loopback port) with `env` as its whole environment (default:
-    ours); return once GET `ready_path` answers 200."""
+    """Run `command` + `--port PORT` (a free loopback port) in `cwd` with `env` as its whole environment
+    (default: ours); return once GET `ready_path` answers 200."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     process = subprocess.Popen(
         [*command, "--port", str(port)],
         env=os.environ.copy() if env is None else env,
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

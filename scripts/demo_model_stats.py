@@ -5,7 +5,7 @@ confident boxes and candidates it finds per photo.
 
     mvit demo-models models/ --width 0.5 --task classification --task segmentation --task detection
     python -m scripts.demo_model_stats models/mobilevitv2-0.5-imagenet1k-256-random --photos 6
-    python -m scripts.demo_model_stats models/mobilevitv2-0.5-voc-deeplabv3-512-random --photos 6
+    python -m scripts.demo_model_stats models/mobilevitv2-0.5-voc-deeplabv3-512-random --photos 6 [--bench]
     python -m scripts.demo_model_stats models/mobilevitv2-0.5-coco-ssdlite-320-random --photos 6
 """
 
@@ -28,6 +28,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="a demo model's folder")
     parser.add_argument("--photos", type=int, default=6)
+    parser.add_argument(
+        "--bench", action="store_true", help="segmenters: classes per answer on the 9 bench photos (.[bench])"
+    )
     args = parser.parse_args()
 
     from app.config import Settings
@@ -40,6 +43,12 @@ def main() -> None:
     model = load_model(args.model, Settings(models=[args.model]))
     if model.task.name == "image-segmentation":
         segmenter_stats(model, args.photos)
+        if args.bench:
+            from app.runtime.pipeline import predict
+            from scripts._common import bench_photos
+
+            counts = [len(predict(model, jpeg(photo), {}, 10**8)) for photo in bench_photos()]
+            print(f"bench photos (640x480): classes per answer {counts}, mean {np.mean(counts):.1f}")
         return
     if model.task.name == "object-detection":
         detector_stats(model, args.photos)

@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect
 from app.api.disconnect import ClientDisconnected, unless_disconnected
 from app.api.errors import CLIENT_CLOSED_REQUEST, HttpError
 from app.config import Settings
-from app.errors import QueueFull, ShuttingDown
+from app.errors import ModelUnavailable, QueueFull, ShuttingDown
 from app.metrics import Metrics
 from app.runtime.drain import Lifecycle
 from app.runtime.models import ServedModel
@@ -53,6 +53,7 @@ class Admission:
         try:
             with self.lifecycle.accept():
                 async with deadline:
+                    model.batcher.refuse_if_unavailable()
                     model.batcher.refuse_if_full()  # before reading a body the model has no room for
                     async with body_deadline:
                         parsed = await read()
@@ -64,6 +65,9 @@ class Admission:
             raise
         except QueueFull:
             self.metrics.rejected.labels(model.id, "queue_full").inc()
+            raise
+        except ModelUnavailable:
+            self.metrics.rejected.labels(model.id, "unavailable").inc()
             raise
         except TimeoutError:
             if not parsed_any and (body_deadline.expired() or deadline.expired()):

@@ -14,6 +14,7 @@ from app.errors import (
     InvalidInput,
     ModelLoading,
     ModelNotFound,
+    ModelUnavailable,
     QueueFull,
     ServiceError,
     ShuttingDown,
@@ -64,6 +65,8 @@ def to_response(exc: ServiceError) -> JSONResponse:
         status = 503
         headers = {"Retry-After": str(max(1, round(exc.estimated_time_s)))}
         body["estimated_time"] = exc.estimated_time_s
+    elif isinstance(exc, ModelUnavailable):
+        status = 503
     elif isinstance(exc, ShuttingDown):
         status, headers = 503, {"Retry-After": str(exc.retry_after_s), "Connection": "close"}
     else:

@@ -104,6 +104,7 @@ class InferenceRoutes:
     def health(self, model: ServedModel) -> JSONResponse:
         if self.lifecycle.draining:
             raise ShuttingDown(RETRY_AFTER_DRAINING_S)
+        model.batcher.refuse_if_unavailable()
         return JSONResponse({"status": "ok", "model": model.id})
 
     def _add_task_route(
@@ -127,7 +128,7 @@ class InferenceRoutes:
         model = find()
 
         async def read() -> tuple[InferenceRequest, str | None]:
-            parsed = await parse_request(request, self.settings.max_body_bytes)
+            parsed = await parse_request(request, self.settings.max_body_bytes, self.pipeline.pool)
             fmt = answer_format(parsed.parameters.pop("render", None), request.headers.get("accept", ""))
             return parsed, fmt
 

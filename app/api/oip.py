@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 
 from app import __version__
 from app.api.admission import Admission, answer_headers
-from app.api.body import read_body
+from app.api.body import parse_off_loop, read_body
 from app.api.oip_body import (
     BINARY_EXTENSION,
     DATATYPES,
@@ -30,8 +30,14 @@ from app.api.oip_body import (
     stack,
     tensor_metadata,
 )
-from app.api.openapi import OIP_INFER_BODY, OIP_INFER_RESPONSES, OIP_READY_RESPONSES, SIDE_RESPONSES
-from app.api.ops import readiness
+from app.api.openapi import (
+    LIVENESS_RESPONSES,
+    OIP_INFER_BODY,
+    OIP_INFER_RESPONSES,
+    OIP_READY_RESPONSES,
+    SIDE_RESPONSES,
+)
+from app.api.ops import liveness, readiness
 from app.errors import InvalidInput, ModelNotFound, ShuttingDown, TooLarge, shown
 from app.runtime.drain import RETRY_AFTER_DRAINING_S, Lifecycle
 from app.runtime.models import ModelManager, ServedModel
@@ -63,9 +69,11 @@ class OipRoutes:
         async def server_metadata() -> dict[str, Any]:
             return {"name": SERVER_NAME, "version": __version__, "extensions": [BINARY_EXTENSION]}
 
-        @app.get("/v2/health/live", tags=tags, summary="Liveness: the process is up")
-        async def live() -> dict[str, bool]:
-            return {"live": True}
+        live_summary = "Liveness: the process is up and every batcher runs"
+
+        @app.get("/v2/health/live", tags=tags, summary=live_summary, responses=LIVENESS_RESPONSES)
+        async def live() -> JSONResponse:
+            return health_answer("live", *liveness(self.manager))
 
         @app.get(
             "/v2/health/ready",
@@ -75,8 +83,7 @@ class OipRoutes:
         )
         async def ready() -> JSONResponse:
             status, fields, headers = readiness(self.manager, self.lifecycle)
-            body = {"ready": status == 200} | ({"error": fields["error"]} if "error" in fields else {})
-            return JSONResponse(body, status, headers)
+            return health_answer("ready", status, fields, headers)
 
         # Model names may hold slashes (Hub ids), so the specific routes come before the bare metadata one.
         @app.get(
@@ -136,9 +143,10 @@ class OipRoutes:
         return model
 
     def model_ready(self, name: str, version: str) -> JSONResponse:
-        self.find(name, version)  # unknown: 404; still loading: 503
+        model = self.find(name, version)  # unknown: 404; still loading: 503
         if self.lifecycle.draining:
             raise ShuttingDown(RETRY_AFTER_DRAINING_S)
+        model.batcher.refuse_if_unavailable()
         return JSONResponse({"name": name, "ready": True})
 
     async def infer(self, request: Request, name: str, version: str) -> Response:
@@ -153,8 +161,12 @@ class OipRoutes:
                     "Compressed request bodies are not accepted: image files are compressed already."
                 )
             body = await read_body(request, self.max_body_bytes)
-            parsed = parse_infer_request(
-                body, request.headers.get(HEADER_LENGTH), model.batcher.max_queue_size
+            parsed = await parse_off_loop(
+                self.pipeline.pool,
+                body,
+                parse_infer_request,
+                request.headers.get(HEADER_LENGTH),
+                model.batcher.max_queue_size,
             )
             check_outputs(parsed, [output.name for output in outputs])
             model.task.validate(parsed.parameters, model)  # once, before any image is decoded
@@ -195,6 +207,15 @@ class OipRoutes:
         return Response(
             body, media_type=media_type, headers={**headers, **answer_headers(model, started, phases)}
         )
+
+
+def health_answer(
+    flag: str, status: int, fields: dict[str, Any], headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The protocol's health body (`{"live": true}`, `{"ready": false, "error": ...}`) for what `/health`
+    or `/ready` would answer."""
+    body = {flag: status == 200} | ({"error": fields["error"]} if "error" in fields else {})
+    return JSONResponse(body, status, headers)
 
 
 def metadata(model: ServedModel) -> dict[str, Any]:

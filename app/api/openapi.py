@@ -95,6 +95,9 @@ OIP_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
         },
     },
 }
+LIVENESS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {"description": "A model's batcher has died: restart the service (the error says which)"}
+}
 OIP_READY_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"description": "Loading, failed, or draining; Retry-After while draining"}
 }

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.api.openapi import LIVENESS_RESPONSES
 from app.metrics import Metrics
 from app.runtime.drain import RETRY_AFTER_DRAINING_S, Lifecycle
 from app.runtime.models import ModelManager
@@ -23,8 +24,25 @@ DEMO_PAGE_HEADERS = {
 }
 
 
+def liveness(manager: ModelManager) -> tuple[int, dict[str, Any]]:
+    """(status, body) of `/health`: 503 once a model's batcher has died, so that an orchestrator restarts
+    the process (`/v2/health/live` says the same)."""
+    failures = manager.failures()
+    if failures:
+        return 503, {"status": "failed", "error": dead_batchers_message(failures)}
+    return 200, {"status": "ok"}
+
+
+def dead_batchers_message(failures: dict[str, str]) -> str:
+    died = "; ".join(f"model {model}: {failure}" for model, failure in failures.items())
+    return f"A batcher died ({died}); the service needs a restart."
+
+
 def readiness(manager: ModelManager, lifecycle: Lifecycle) -> tuple[int, dict[str, Any], dict[str, str]]:
     """(status, body, headers) of `/ready`; the Open Inference Protocol's `/v2/health/ready` says the same."""
+    failures = manager.failures()
+    if failures:
+        return 503, {"status": "failed", "error": dead_batchers_message(failures)}, {}
     if lifecycle.draining:
         body = {"status": "draining", "error": "The service is shutting down"}
         return 503, body, {"Retry-After": str(RETRY_AFTER_DRAINING_S)}
@@ -45,9 +63,14 @@ def add_ops_routes(app: FastAPI, manager: ModelManager, lifecycle: Lifecycle, me
         """The web demo: pick an image and a task, see the annotated image and the JSON (no CDN, no build)."""
         return Response(demo_page, media_type="text/html; charset=utf-8", headers=DEMO_PAGE_HEADERS)
 
-    @app.get("/health", summary="Liveness: the process is up")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get(
+        "/health",
+        summary="Liveness: the process is up and every batcher runs",
+        responses=LIVENESS_RESPONSES,
+    )
+    async def health() -> JSONResponse:
+        status, body = liveness(manager)
+        return JSONResponse(body, status)
 
     @app.get(
         "/ready",

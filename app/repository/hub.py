@@ -28,10 +28,7 @@ HUB_REVISIONS = {
 TRAINING_PIPELINES = {"apple/mobilevitv2-": "ml-cvnets"}
 
 # What a user without network access can run instead, written out in full.
-OFFLINE_ALTERNATIVE = (
-    "to try the service offline: `mvit demo-models models/ && "
-    "mvit serve --model models/mobilevitv2-0.5-imagenet1k-256-random`"
-)
+OFFLINE_ALTERNATIVE = "to try the service offline, with demo models of the three tasks: `mvit demo-models models/ && mvit serve`"
 
 
 def hub_folder(repository: Path, repo_id: str) -> Path:

@@ -13,6 +13,10 @@ The backend runs on the batcher's own threads, one per execution instance, so th
 blocks; with `instances` > 1, that many batches run at once, each on its share of the inference threads.
 Jobs whose caller has gone (timed out, disconnected: the awaiting future is cancelled) are dropped
 before they reach the backend.
+
+Every submitted job gets an answer. Until a batch takes it, a job is `_held`: when the loop dies (a bug,
+never a backend error, which fails only its batch) or the batcher stops, every held job gets the error
+(ModelUnavailable, ShuttingDown) at once, and so does every later `submit`.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.errors import QueueFull
+from app.errors import ModelUnavailable, QueueFull, ShuttingDown
+from app.runtime.drain import RETRY_AFTER_DRAINING_S
 from app.runtime.threads import name_os_thread
 
 log = logging.getLogger(__name__)
@@ -44,7 +49,7 @@ class BatchResult:
     batch_size: int
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: jobs are held in a set
 class _Job:
     inputs: np.ndarray
     future: asyncio.Future[BatchResult]
@@ -62,6 +67,7 @@ class Batcher:
         on_batch: Callable[[int], None] | None = None,
         instances: int = 1,
         infer_on_instance: InferFn | None = None,
+        on_death: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.name = name
         self._infer = infer
@@ -69,6 +75,7 @@ class Batcher:
         self.max_queue_delay_ms = max_queue_delay_ms
         self.max_queue_size = max_queue_size
         self._on_batch = on_batch
+        self._on_death = on_death
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self.instances = instances if infer_on_instance is not None else 1
         self._infer_on_instance = infer_on_instance or infer
@@ -76,6 +83,9 @@ class Batcher:
             max_workers=self.instances, thread_name_prefix=f"infer-{name}", initializer=name_os_thread
         )
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.failure: str | None = None  # why the loop died, once it has
+        self._held: set[_Job] = set()  # submitted, not yet in a batch: the queue, and jobs the loop holds
         self._batches: set[asyncio.Task[None]] = set()
         self._busy = 0  # instances running a batch
         self._instance_freed = asyncio.Event()
@@ -112,28 +122,59 @@ class Batcher:
         """The batching loop is alive (started, not stopped, not crashed)."""
         return self._task is not None and not self._task.done()
 
+    def refuse_if_unavailable(self) -> None:
+        """Raise ModelUnavailable once the loop has died, ShuttingDown once the batcher is stopping."""
+        if self.failure is not None:
+            raise ModelUnavailable(self.name, self.failure)
+        if self._stopping:
+            raise ShuttingDown(RETRY_AFTER_DRAINING_S)
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
 
     async def stop(self) -> None:
+        """Stop taking jobs; batches already running finish and answer, every held job gets ShuttingDown."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
         await asyncio.gather(*self._batches, return_exceptions=True)
-        while not self._queue.empty():
-            job = self._queue.get_nowait()
-            if not job.future.done():
-                job.future.set_exception(RuntimeError(f"model {self.name} is shutting down"))
+        self._answer_held(ShuttingDown(RETRY_AFTER_DRAINING_S))
         self._executor.shutdown(wait=True)
 
     async def submit(self, inputs: np.ndarray) -> BatchResult:
+        self.refuse_if_unavailable()
         if self._task is None:
-            raise RuntimeError(f"the batcher of {self.name} is not running")
+            raise RuntimeError(f"the batcher of {self.name} was never started")
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(inputs, future, time.perf_counter()))
-        return await future
+        job = _Job(inputs, future, time.perf_counter())
+        self._held.add(job)
+        self._queue.put_nowait(job)
+        try:
+            return await future
+        finally:
+            self._held.discard(job)
+
+    def _answer_held(self, error: Exception) -> None:
+        for job in self._held:
+            if not job.future.done():
+                job.future.set_exception(error)
+        self._held.clear()
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    async def _run(self) -> None:
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in the loop itself; without this the model would hang every caller
+            self.failure = f"{type(exc).__name__}: {exc}"
+            log.error("the batcher of model %s died; it answers 503 until restarted", self.name, exc_info=exc)
+            self._answer_held(ModelUnavailable(self.name, self.failure))
+            if self._on_death is not None:
+                self._on_death(exc)
 
     async def _next_job(self, deadline: float) -> _Job | None:
         """A queued job whose caller still waits; None once the queue is empty and `deadline` has passed."""
@@ -172,7 +213,7 @@ class Batcher:
             self._instance_freed.clear()
             await self._instance_freed.wait()
 
-    async def _run(self) -> None:
+    async def _loop(self) -> None:
         leftover: _Job | None = None
         while True:
             first = leftover or await self._queue.get()
@@ -195,10 +236,24 @@ class Batcher:
             task.add_done_callback(self._batches.discard)
 
     async def _execute(self, batch: list[_Job], infer: InferFn, instances_taken: int) -> None:
+        """Run one batch and answer each of its jobs: its slice of the outputs, or the error."""
+        self._held.difference_update(batch)
         started = time.perf_counter()
         try:
-            stacked = batch[0].inputs[None] if len(batch) == 1 else np.stack([job.inputs for job in batch])
-            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, infer, stacked)
+            inputs = [job.inputs for job in batch]
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self._executor, stack_and_run, infer, inputs
+            )
+            elapsed = time.perf_counter() - started
+            results = [
+                BatchResult(
+                    outputs={name: value[i] for name, value in outputs.items()},
+                    queue_seconds=started - job.enqueued_at,
+                    inference_seconds=elapsed,
+                    batch_size=len(batch),
+                )
+                for i, job in enumerate(batch)
+            ]
         except Exception as exc:
             log.exception("inference failed for model %s (batch of %d)", self.name, len(batch))
             for job in batch:
@@ -208,17 +263,19 @@ class Batcher:
         finally:
             self._busy -= instances_taken
             self._instance_freed.set()
-        elapsed = time.perf_counter() - started
         self._seconds_per_item = 0.8 * self._seconds_per_item + 0.2 * elapsed / len(batch)
         if self._on_batch is not None:
             self._on_batch(len(batch))
-        for i, job in enumerate(batch):
+        for job, result in zip(batch, results, strict=True):
             if not job.future.done():
-                job.future.set_result(
-                    BatchResult(
-                        outputs={name: value[i] for name, value in outputs.items()},
-                        queue_seconds=started - job.enqueued_at,
-                        inference_seconds=elapsed,
-                        batch_size=len(batch),
-                    )
-                )
+                job.future.set_result(result)
+
+
+def stack_and_run(infer: InferFn, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """One batch on an inference thread: stacking megabytes of input is work the event loop must not do."""
+    stacked = inputs[0][None] if len(inputs) == 1 else np.stack(inputs)
+    outputs = infer(stacked)
+    wrong = {name: len(value) for name, value in outputs.items() if len(value) != len(inputs)}
+    if wrong:
+        raise RuntimeError(f"the backend answered a batch of {len(inputs)} with {wrong} items")
+    return outputs

@@ -141,6 +141,7 @@ def load_model(
         max_queue_delay_ms=settings.max_queue_delay_ms,
         max_queue_size=settings.max_queue_size,
         on_batch=metrics.batch_size.labels(model_dir.model_id).observe if metrics else None,
+        on_death=(lambda _: metrics.batcher_failures.labels(model_dir.model_id).inc()) if metrics else None,
         instances=backend.instances,
         infer_on_instance=backend.infer_on_instance,
     )
@@ -185,6 +186,10 @@ class ModelManager:
     @property
     def ready(self) -> bool:
         return not self.loading and self.error is None
+
+    def failures(self) -> dict[str, str]:
+        """Models whose batcher has died, with why: they answer 503 until the service restarts."""
+        return {m.id: m.batcher.failure for m in self.models.values() if m.batcher.failure is not None}
 
     def estimated_time(self) -> float:
         remaining = max(1, self.expected - len(self.models))
@@ -243,6 +248,7 @@ class ModelManager:
                 if model.id in self.models:
                     raise CheckpointError(f"two configured models have the id {model.id!r}")
                 self.metrics.pending.labels(model.id).set_function(lambda b=model.batcher: b.pending)
+                self.metrics.batcher_failures.labels(model.id)  # a 0 sample from the start, for increase()
                 model.batcher.start()
                 self.models[model.id] = model
                 task, backend, model_dir, width = model.task, model.backend, model.model_dir, model.width

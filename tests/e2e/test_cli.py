@@ -11,7 +11,9 @@ from tests.support import cvnets_fixture, encode, mvit, photo_like, serving
 
 
 def test_demo_models_writes_loadable_random_models(tmp_path: Path) -> None:
-    result = mvit("demo-models", str(tmp_path), "--width", "0.75", "--image-size", "384")
+    result = mvit(
+        "demo-models", str(tmp_path), "--task", "classification", "--width", "0.75", "--image-size", "384"
+    )
     assert result.returncode == 0, result.stderr
     path = Path(result.stdout.strip())
     assert path.name == "mobilevitv2-0.75-imagenet1k-384-random"

@@ -44,7 +44,7 @@ def test_the_readme_commands_work_in_a_clean_virtualenv(tmp_path: Path) -> None:
     served = shell(run.strip() + " --model-repository " + str(tmp_path / "models"), 60)
     assert served.returncode == 1 and time.monotonic() - started < 10, served.stderr
     assert "mvit serve: " in served.stderr and "Traceback" not in served.stderr
-    assert "mvit demo-models models/ && mvit serve --model" in served.stderr
+    assert "`mvit demo-models models/ && mvit serve`" in served.stderr
 
     setup, pytest_command = (part.strip() for part in test.split("&&"))
     done = shell(setup, 900)

@@ -4,13 +4,16 @@ tests/e2e/test_ray_serve.py's instance is gone by the time this module runs)."""
 
 from __future__ import annotations
 
+import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import ROOT, encode, mvit, photo_like, running_server
+from scripts.stop_time import alive, descendants
+from tests.support import ROOT, encode, mvit, photo_like, start_server, wait_until_ready
 
 pytest.importorskip("ray", reason="Ray Serve is the [ray] extra")
 
@@ -37,15 +40,28 @@ def test_the_serve_config_is_valid_and_builds_the_deployment() -> None:
         build_app({"max_queue_sise": 3})
 
 
-def test_mvit_serve_ray_one_command(model_dir: Path) -> None:
-    ray_flags = ("--ray", "--replicas", "2", "--log-level", "warning")
-    with running_server("--model", str(model_dir), *ray_flags, ready_timeout=120, stop_timeout=60) as url:
+def test_mvit_serve_ray_one_command_and_its_stop_leaves_no_ray_process(model_dir: Path) -> None:
+    process, url = start_server(
+        "--model", str(model_dir), "--ray", "--replicas", "2", "--log-level", "warning"
+    )
+    try:
+        wait_until_ready(process, url, timeout=120)
         with ThreadPoolExecutor(2) as pool:
             answers = list(
                 pool.map(lambda _: httpx.post(f"{url}/classify", content=PHOTO, timeout=60), range(12))
             )
         assert {answer.status_code for answer in answers} == {200}
         assert len({answer.headers["x-replica-id"] for answer in answers}) == 2
+        ray_processes = descendants(process.pid)
+        assert len(ray_processes) >= 4  # GCS, raylet, the controller, the proxy and the replicas at least
+    finally:
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(timeout=60)
+    assert status == 0
+    deadline = time.monotonic() + 5  # reaped by init once their parent is gone
+    while time.monotonic() < deadline and any(map(alive, ray_processes)):
+        time.sleep(0.1)
+    assert not [pid for pid in ray_processes if alive(pid)]
 
 
 def test_mvit_serve_ray_refuses_what_it_cannot_run(model_dir: Path) -> None:

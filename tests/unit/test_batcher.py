@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.errors import QueueFull
+from app.errors import ModelUnavailable, QueueFull, ShuttingDown
+from app.runtime import batcher as batcher_module
 from app.runtime.batcher import Batcher
 from app.runtime.threads import name_os_thread
 
@@ -106,6 +107,114 @@ def test_backend_errors_reach_every_caller_and_the_worker_survives() -> None:
         await worker.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_backend_answering_the_wrong_batch_size_fails_that_batch_not_the_loop() -> None:
+    def short(batch: np.ndarray) -> dict[str, np.ndarray]:
+        return {"out": batch[:1] * 2} if len(batch) > 1 else doubling(batch)
+
+    async def scenario() -> None:
+        worker = Batcher("m", short, max_batch_size=2, max_queue_delay_ms=1_000)
+        worker.start()
+        pair = [asyncio.ensure_future(worker.submit(np.ones(1))) for _ in range(2)]
+        for outcome in await asyncio.wait_for(asyncio.gather(*pair, return_exceptions=True), 5):
+            assert isinstance(outcome, RuntimeError) and "a batch of 2 with {'out': 1} items" in str(outcome)
+        assert worker.running and worker.failure is None
+        await worker.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_loop_answers_its_jobs_and_every_later_one_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    deaths: list[BaseException] = []
+
+    async def scenario() -> None:
+        worker = Batcher("m", doubling, on_death=deaths.append)
+
+        async def broken_collect(first: object) -> None:
+            raise RuntimeError("injected bug")
+
+        worker._collect = broken_collect  # type: ignore[method-assign]
+        worker.start()
+        with pytest.raises(ModelUnavailable, match="injected bug"):
+            await asyncio.wait_for(worker.submit(np.ones(1)), 5)
+        assert not worker.running and worker.failure == "RuntimeError: injected bug"
+        with pytest.raises(ModelUnavailable):
+            worker.refuse_if_unavailable()
+        with pytest.raises(ModelUnavailable):
+            await asyncio.wait_for(worker.submit(np.ones(1)), 0.5)
+        await worker.stop()
+
+    asyncio.run(scenario())
+    assert [str(exc) for exc in deaths] == ["injected bug"]
+    died = [record for record in caplog.records if "batcher of model m died" in record.getMessage()]
+    assert len(died) == 1 and died[0].exc_info is not None
+
+
+def test_stop_answers_the_running_batch_and_every_held_job() -> None:
+    """Held: the job the loop waits with for a free instance (it came as the leftover of another shape),
+    jobs still queued behind it; the running batch finishes with its result."""
+    release = threading.Event()
+
+    def gated(batch: np.ndarray) -> dict[str, np.ndarray]:
+        release.wait(5)
+        return doubling(batch)
+
+    async def scenario() -> None:
+        worker = Batcher("m", gated, max_batch_size=4, max_queue_delay_ms=60_000)
+        worker.start()
+        running = asyncio.ensure_future(worker.submit(np.ones(1)))
+        await asyncio.sleep(0.02)
+        leftover = asyncio.ensure_future(worker.submit(np.ones(2)))  # another shape ends the first batch
+        await asyncio.sleep(0.02)
+        queued = [asyncio.ensure_future(worker.submit(np.ones(2))) for _ in range(2)]
+        await asyncio.sleep(0.02)
+        stopping = asyncio.ensure_future(worker.stop())
+        await asyncio.sleep(0.02)
+        release.set()
+        await asyncio.wait_for(stopping, 5)
+        assert (await running).outputs["out"][0] == 2.0
+        for job in (leftover, *queued):
+            with pytest.raises(ShuttingDown):
+                await asyncio.wait_for(job, 1)
+        with pytest.raises(ShuttingDown):
+            await worker.submit(np.ones(1))
+
+    asyncio.run(scenario())
+
+
+def test_stop_answers_jobs_waiting_for_their_batch_to_fill() -> None:
+    async def scenario() -> None:
+        worker = Batcher("m", doubling, max_batch_size=4, max_queue_delay_ms=60_000)
+        worker.start()
+        collecting = [asyncio.ensure_future(worker.submit(np.ones(1))) for _ in range(2)]
+        await asyncio.sleep(0.05)  # the loop holds both, waiting up to a minute for two more
+        await asyncio.wait_for(worker.stop(), 5)
+        for job in collecting:
+            with pytest.raises(ShuttingDown):
+                await asyncio.wait_for(job, 1)
+
+    asyncio.run(scenario())
+
+
+def test_batches_are_stacked_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    stacked_on: list[str] = []
+    real_stack = np.stack
+
+    def recording_stack(arrays: list[np.ndarray]) -> np.ndarray:
+        stacked_on.append(threading.current_thread().name)
+        return real_stack(arrays)
+
+    monkeypatch.setattr(batcher_module.np, "stack", recording_stack)
+
+    async def scenario() -> None:
+        worker = Batcher("m", doubling, max_batch_size=2, max_queue_delay_ms=1_000)
+        worker.start()
+        await asyncio.gather(*(worker.submit(np.ones(1)) for _ in range(2)))
+        await worker.stop()
+
+    asyncio.run(scenario())
+    assert len(stacked_on) == 1 and stacked_on[0].startswith("infer-m")
 
 
 def test_queue_delay_waits_for_a_batch_to_fill_and_zero_does_not() -> None:
