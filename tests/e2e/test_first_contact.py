@@ -18,6 +18,7 @@ import pytest
 from app.cli import main
 from tests.support import ROOT, free_port, wait_until_ready
 
+OFFLINE_COMMANDS = "mvit demo-models models/ && mvit serve"
 BLOCKING_LAUNCHER = """
 import importlib.abc, sys
 BLOCKED = set(sys.argv.pop(1).split(","))
@@ -66,7 +67,7 @@ def test_offline_serve_of_the_default_model_fails_at_once_in_a_few_lines(
     assert len(lines) <= 3 and "Traceback" not in output, output
     assert "Uvicorn running" not in output  # nothing was bound
     assert lines[-1].startswith("mvit serve: ")
-    assert "`mvit demo-models models/ && mvit serve`" in output
+    assert f"`{OFFLINE_COMMANDS}`" in output
     assert not (tmp_path / "models" / "hub").exists()  # no half download left behind
 
 
@@ -96,6 +97,8 @@ def test_the_offline_alternative_serves_the_three_tasks_and_the_readme_prints_wh
 ) -> None:
     """`mvit demo-models models/ && mvit serve`, as the hint and the README write it, in an empty folder;
     then the README's commands, with its photo, print what the README shows."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"```bash\n{OFFLINE_COMMANDS}\n```" in readme  # the hint's commands, as the README gives them
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     demo = subprocess.run(
         [sys.executable, "-m", "app.cli", "demo-models", "models/"],

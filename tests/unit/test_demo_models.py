@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from app.runtime.models import load_model
-from app.runtime.pipeline import prepare
+from app.runtime.pipeline import predict, prepare
 from app.tasks.detection import DEFAULT_THRESHOLD
 from app.tools.calibrate import procedural_photos, procedural_scenes
 from app.tools.demo_models import write_demo_model
@@ -72,6 +72,13 @@ def test_segmentation_foreground_overlaps_the_shapes(
 ) -> None:
     overlaps = [foreground_overlap(m, t) for m, t in zip(*scene_maps, strict=True)]
     assert np.mean(overlaps) >= 0.15, overlaps
+
+
+def test_segmentation_answers_name_a_handful_of_classes_per_photo(seg_model_dir: Path) -> None:
+    """As a trained VOC model's do (2-4), not a label soup (fitted to all 20 classes: 10-16 per photo)."""
+    model = load_model(str(seg_model_dir), make_settings(seg_model_dir))
+    counts = [len(predict(model, encode(photo), {}, 10**8)) for photo in procedural_photos(4, seed=1000)]
+    assert 2 <= np.mean(counts) <= 5 and max(counts) <= 6, counts
 
 
 @pytest.fixture(scope="module")
