@@ -66,6 +66,7 @@ def test_mvit_serve_ray_one_command_and_its_stop_leaves_no_ray_process(model_dir
 
 def test_mvit_serve_ray_refuses_what_it_cannot_run(model_dir: Path) -> None:
     without_ray = mvit("serve", "--model", str(model_dir), "--replicas", "2")
-    assert without_ray.returncode == 1 and "--replicas needs --ray" in without_ray.stderr
+    assert without_ray.returncode == 2 and "usage: mvit serve" in without_ray.stderr
+    assert "mvit serve: error: --replicas needs --ray" in without_ray.stderr
     bad = mvit("serve", "--model", str(model_dir), "--ray", "--replicas", "3-1")
-    assert bad.returncode == 1 and "min_replicas 3 > max_replicas 1" in bad.stderr
+    assert bad.returncode == 2 and "min_replicas 3 > max_replicas 1" in bad.stderr

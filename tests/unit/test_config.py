@@ -33,7 +33,7 @@ def test_every_setting_but_the_secret_ones_is_a_serve_flag_with_its_description(
 
 
 def test_flags_become_settings() -> None:
-    from app.cli import _settings
+    from app.cli._common import settings_from
 
     args = build_parser().parse_args(
         [
@@ -49,7 +49,7 @@ def test_flags_become_settings() -> None:
             "onnx",
         ]
     )
-    settings = _settings(args)
+    settings = settings_from(args)
     assert settings.models == ["a", "b"] and settings.access_log is False
     assert settings.max_batch_size == 4 and settings.backend == "onnx"
     with pytest.raises(SystemExit):

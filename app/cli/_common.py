@@ -1,0 +1,110 @@
+"""What the commands share: settings from flags, one flag per setting, the models `serve` and `predict`
+load, and the error policy."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Callable, Iterable
+from enum import Enum
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
+
+Run = Callable[[argparse.Namespace], int]
+
+
+class CommandError(Exception):
+    """A failure a command expects (a missing package, a file it cannot read): one line, exit status 1."""
+
+
+def one_line_errors(command: str, *expected: type[Exception]) -> Callable[[Run], Run]:
+    """Every command's error policy: what it expects to fail (`expected`, CommandError, a file it cannot
+    read or write, a model folder that is not one, an input the service would refuse) is printed as one
+    line, `mvit COMMAND: what`, with exit status 1. Anything else is a bug, and keeps its traceback."""
+    from app.errors import CheckpointError, ServiceError
+
+    def wrap(run: Run) -> Run:
+        @functools.wraps(run)
+        def guarded(args: argparse.Namespace) -> int:
+            try:
+                return run(args)
+            except ServiceError as exc:
+                message = exc.message
+            except (CommandError, OSError, CheckpointError, *expected) as exc:
+                message = str(exc)
+            print(f"mvit {command}: {message}", file=sys.stderr)
+            return 1
+
+        return guarded
+
+    return wrap
+
+
+def settings_from(args: argparse.Namespace) -> Any:
+    """`Settings` from the environment and the setting flags given; SystemExit in one line when invalid."""
+    from pydantic import ValidationError
+
+    from app.config import Settings
+    from app.errors import validation_problems
+
+    overrides = {
+        key: value for key, value in vars(args).items() if key in Settings.model_fields and value is not None
+    }
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = validation_problems(exc.errors())
+        raise SystemExit(f"mvit: invalid configuration: {problems}") from None
+
+
+def tool_settings(args: argparse.Namespace) -> Any:
+    """Settings for a tool command whose positional model arguments are not the served models."""
+    return settings_from(argparse.Namespace(**{**vars(args), "models": None}))
+
+
+def prepare_models(settings: Any) -> list[Any]:
+    """Every configured model: its backend installed, fetched when it is a Hub id not fetched yet (pinned,
+    verified, as `mvit fetch`), and its folder readable. Returns the models.yaml entries."""
+    from app.backends import require_backend, verify_with_torch
+    from app.repository import resolve
+    from app.repository.models_yaml import served_models
+    from app.repository.resolve import ensure_available
+
+    entries = served_models(settings)
+    for entry in entries:
+        require_backend(entry.settings(settings).backend)
+        ensure_available(entry.name, settings.model_repository, settings.hub_revision, verify_with_torch)
+        resolve(entry.name, settings.model_repository)
+    return entries
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """One flag per setting, its help and choices taken from the setting's field (app/config.py)."""
+    from pydantic_core import PydanticUndefined
+
+    from app.config import ENVIRONMENT_ONLY, REPEATED_FLAGS, Settings
+
+    for name in names:
+        if name in ENVIRONMENT_ONLY:
+            continue
+        field = Settings.model_fields[name]
+        annotation = field.annotation
+        if get_origin(annotation) in (Union, UnionType):  # X | None
+            annotation = next(a for a in get_args(annotation) if a is not type(None))
+        help_text = (field.description or "").rstrip(".")
+        if field.default is not PydanticUndefined and field.default not in (None, [], ""):
+            default = field.default.value if isinstance(field.default, Enum) else field.default
+            help_text += f" (default {default})"
+        help_text += f"; env MVIT_{name.upper()}"
+        flag = REPEATED_FLAGS.get(name, "--" + name.replace("_", "-"))
+        options: dict[str, Any] = {"dest": name, "help": help_text.replace("%", "%%")}
+        if annotation is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif get_origin(annotation) is list:
+            options.update(action="append", metavar=name.removesuffix("s").upper())
+        elif get_origin(annotation) is Literal:
+            options.update(choices=list(get_args(annotation)), type=str.lower)  # `--log-level INFO` too
+        else:
+            options["type"] = annotation
+        parser.add_argument(flag, **options)

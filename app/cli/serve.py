@@ -1,0 +1,136 @@
+"""`mvit serve`: the HTTP service, in this process or as a Ray Serve application (`--ray`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from app.cli._common import CommandError, add_setting_flags, one_line_errors, prepare_models, settings_from
+
+log = logging.getLogger("mvit")
+
+# After the drain, how long uvicorn waits for connections still open (a request past the drain timeout,
+# a slow upload) before it cuts them.
+AFTER_DRAIN_S = 2.0
+
+
+def register(sub: Any) -> None:
+    from app.config import Settings
+
+    serve = sub.add_parser("serve", allow_abbrev=False, help="run the HTTP service")
+    add_setting_flags(serve, Settings.model_fields)
+    ray = serve.add_argument_group("Ray Serve (pip install 'mobilevitv2-serve[ray]'; docs/deployment.md)")
+    ray.add_argument(
+        "--ray", action="store_true", help="serve as a Ray Serve application, one copy per replica"
+    )
+    ray.add_argument(
+        "--replicas",
+        metavar="N|MIN-MAX",
+        help="with --ray: N replicas, or autoscale between MIN and MAX (default 1)",
+    )
+    ray.add_argument("--ray-cpus", type=float, help="with --ray: CPUs each replica reserves (default 1)")
+    ray.add_argument(
+        "--ray-address",
+        help="with --ray: a running cluster (ray://HOST:10001 or auto); default: start one here",
+    )
+    serve.set_defaults(func=run)
+
+
+@one_line_errors("serve")
+def run(args: argparse.Namespace) -> int:
+    # Spinning OpenMP threads steal the cores that decode threads need; sleep when idle instead.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from app.api.auth import TokenFileError, configured_tokens
+    from app.logs import configure_logging
+
+    settings = settings_from(args)
+    ray_options = ray_options_from(args)
+    configure_logging(settings.log_level, settings.log_format)
+    try:  # what can be checked before the port is bound fails here, in one line
+        configured_tokens(settings)
+    except TokenFileError as exc:
+        raise CommandError(str(exc)) from None
+    prepare_models(settings)
+    if ray_options is not None:
+        from app.ray_serve import serve_until_stopped
+
+        return serve_until_stopped(settings, ray_options, args.ray_address)
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(serve_here(settings))
+
+
+async def serve_here(settings: Any) -> int:
+    import uvicorn
+
+    from app.api import create_app
+    from app.api.server import DrainingServer
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,  # app.logs configured the handlers
+        access_log=False,  # the app writes its own access lines (request id, model, phases)
+        timeout_graceful_shutdown=AFTER_DRAIN_S,
+    )
+    server = DrainingServer(config, app.state.lifecycle, settings.drain_timeout_s)
+    serving = asyncio.create_task(server.serve())
+    while not hasattr(app.state, "loader") and not serving.done():
+        await asyncio.sleep(0.02)
+    if hasattr(app.state, "loader"):
+        await asyncio.wait({app.state.loader, serving}, return_when=asyncio.FIRST_COMPLETED)
+    manager = app.state.manager
+    if manager.error:
+        log.error("mvit: stopping, a model could not be loaded: %s", manager.error)
+        server.should_exit = True
+    await serving
+    return 1 if manager.error else 0
+
+
+def ray_options_from(args: argparse.Namespace) -> Any:
+    """`--ray`'s RayOptions, None without it. Ray flags without --ray and bad values are usage errors; Ray
+    not installed is a CommandError."""
+    usage_error = args.command_parser.error
+    if not args.ray:
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ("replicas", "ray_cpus", "ray_address")
+            if getattr(args, name)
+        ]
+        if given:
+            usage_error(f"{' and '.join(given)} {'needs' if len(given) == 1 else 'need'} --ray")
+        return None
+    try:
+        from app.ray_serve import RayOptions
+    except ImportError:
+        raise CommandError("Ray is not installed: pip install 'mobilevitv2-serve[ray]'") from None
+    from pydantic import ValidationError
+
+    from app.errors import validation_problems
+
+    low, _, high = (args.replicas or "1").partition("-")
+    fields: dict[str, Any] = (
+        {"autoscale": True, "min_replicas": low, "max_replicas": high} if high else {"num_replicas": low}
+    )
+    if args.ray_cpus is not None:
+        fields["num_cpus"] = args.ray_cpus
+    try:
+        return RayOptions(**fields)
+    except ValidationError as exc:
+        usage_error(f"invalid --replicas or --ray-cpus: {validation_problems(exc.errors())}")
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (uvicorn[standard] brings it): a cheaper loop for every request's hops
+    between the event loop and the decode and inference threads. Plain asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

@@ -1,0 +1,131 @@
+"""`mvit tune`: measure a model's best batch size, instances and spin policy on this machine; record them
+in the model folder, where `mvit serve` applies them."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from dataclasses import replace
+from typing import Any
+
+from app.cli._common import add_setting_flags, one_line_errors, tool_settings
+
+
+def register(sub: Any) -> None:
+    from app.repository.tuning import BATCH_SIZES
+
+    tune = sub.add_parser(
+        "tune",
+        allow_abbrev=False,
+        help="measure a model's best batch size, instances and spin policy on this machine; record them",
+    )
+    tune.add_argument("model", metavar="FOLDER", help="model folder (or a model the repository holds)")
+    add_setting_flags(
+        tune,
+        (
+            "model_repository",
+            "backend",
+            "device",
+            "onnx_precision",
+            "openvino_precision",
+            "torch_precision",
+            "onnx_optimization",
+            "inference_threads",
+        ),
+    )
+
+    def sizes(text: str) -> list[int]:
+        values = [int(part) for part in text.split(",") if part.strip()]
+        if not values or min(values) < 1:
+            raise argparse.ArgumentTypeError("give positive integers, comma-separated")
+        return values
+
+    tune.add_argument("--batch-sizes", type=sizes, default=list(BATCH_SIZES), help="default 1,2,4,8")
+    tune.add_argument(
+        "--instances",
+        dest="instance_counts",
+        type=sizes,
+        help="instance counts to try (ONNX Runtime); default 1, 2, 4 and the threads",
+    )
+    tune.add_argument("--seconds", type=float, default=3.0, help="per configuration and round (default 3)")
+    tune.add_argument("--rounds", type=int, default=3, help="rounds over the grid, rotated (default 3)")
+    tune.add_argument(
+        "--latency-slack",
+        type=float,
+        default=0.25,
+        help="how much slower than the best a lone request may be in the chosen configuration (default 0.25)",
+    )
+    tune.add_argument(
+        "--try-spinning",
+        action="store_true",
+        help="also try spinning ONNX Runtime threads: faster raw, but they hold the cores the decode threads "
+        "need, so measure the service (scripts/bench.py) before keeping it",
+    )
+    tune.set_defaults(func=run)
+
+
+@one_line_errors("tune")
+def run(args: argparse.Namespace) -> int:
+    from app.errors import CheckpointError
+    from app.intake.preprocess import Preprocessing
+    from app.repository import resolve
+    from app.repository.tuning import write_record
+    from app.runtime.tuner import instance_counts_for, tune
+
+    settings = tool_settings(args)
+    instance_counts = args.instance_counts or instance_counts_for(settings.inference_threads)
+    model_dir = resolve(args.model, settings.model_repository)
+    input_size = Preprocessing.from_hf_config(model_dir.preprocessor_config).fixed_input_size
+    if input_size is None:
+        raise CheckpointError(f"{model_dir.path}: preprocessing must produce a fixed input size (crop)")
+    record, best = tune(
+        model_dir,
+        settings,
+        input_size,
+        args.batch_sizes,
+        instance_counts,
+        args.seconds,
+        args.rounds,
+        args.latency_slack,
+        command=shlex.join(["mvit", *args.argv]),
+        progress=lambda line: print(line, file=sys.stderr),
+        try_spinning=args.try_spinning,
+    )
+    recorded = write_record(model_dir.path, record)
+    report(record, best, model_dir)
+    print(f"recorded in {recorded}; `mvit serve` applies it on this machine")
+    return 0
+
+
+def report(record: Any, best: Any, model_dir: Any) -> None:
+    """What was measured, what was chosen, and how a reduced precision compares with fp32 here."""
+    from app.repository.tuning import find_record
+    from app.runtime.tuned import best_throughput
+
+    print(f"machine: {record.key.describe()}")
+    for row in record.measured:
+        onnx_only = (
+            f", instances {row['instances']}, spinning {'on' if row['onnx_allow_spinning'] else 'off'}"
+            if record.key.backend == "onnx"
+            else f", instances {row['instances']}"
+            if record.key.backend == "openvino"
+            else ""
+        )
+        print(
+            f"  batch {row['max_batch_size']}{onnx_only}: {row['images_per_s']} img/s "
+            f"({row['images_per_s_range'][0]}-{row['images_per_s_range'][1]}), lone request {row['lone_latency_ms']} ms"
+        )
+    print(
+        f"chosen: {record.chosen} ({best.throughput:.1f} img/s, lone request {best.lone_latency_ms:.1f} ms)"
+    )
+    if record.key.precision != "fp32":
+        fp32 = find_record(model_dir.path, replace(record.key, precision="fp32"))
+        if fp32 is None:
+            print("tune fp32 too (the same command without the precision flag) to compare the two here")
+        else:
+            print(
+                f"{record.key.precision}: {best_throughput(record):.1f} img/s against fp32's "
+                f"{best_throughput(fp32):.1f} on this machine"
+                + ("; SLOWER: serve fp32 here" if best_throughput(record) < best_throughput(fp32) else "")
+            )
