@@ -273,8 +273,11 @@ def test_cli_export(exported: dict[str, Path], tmp_path: Path, capsys: pytest.Ca
     assert main(["export", str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("mvit export: ") and "neither a model folder" in err and "\n" not in err
-    assert main(["export", str(folder), "--quantize", "int8", "--calibration", str(tmp_path / "none")]) == 1
-    assert "not a folder of images" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage_error:  # a flag's value: the command's usage, exit 2
+        main(["export", str(folder), "--quantize", "int8", "--calibration", str(tmp_path / "none")])
+    assert usage_error.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: mvit export") and "not a folder of images" in err
 
 
 def test_opset_18_goes_through_torch_export(exported: dict[str, Path], tmp_path: Path) -> None:
