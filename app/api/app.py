@@ -43,8 +43,6 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
         # In the background, so that /health answers at once; a manager loaded beforehand (Ray Serve
         # replicas load in their constructor) is served as it is.
         loader = asyncio.create_task(manager.load_all()) if manager.loading else None
-        if loader is not None:
-            app.state.loader = loader
         try:
             yield
         finally:

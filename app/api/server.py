@@ -1,4 +1,7 @@
-"""Graceful shutdown: accepted requests finish, new ones are turned away, then the process exits 0.
+"""The server: `run_server(settings)` owns uvicorn, the models' start-up and the drain, and returns the
+process's exit status, as KServe's RESTServer does.
+
+Graceful shutdown: accepted requests finish, new ones are turned away, then the process exits 0.
 
 On SIGTERM (or SIGINT) the service drains before uvicorn stops listening, so that callers arriving in the
 meantime get a clear 503 + Retry-After (and `/ready` turns 503 at once, taking the instance out of a load
@@ -14,13 +17,59 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import uvicorn
 
+from app.api.app import create_app
+from app.config import Settings
 from app.runtime.drain import Lifecycle
 
 log = logging.getLogger(__name__)
+
+# After the drain, how long uvicorn waits for connections still open (a request past the drain timeout,
+# a slow upload) before it cuts them.
+AFTER_DRAIN_S = 2.0
+
+
+def run_server(settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT (exit status 0 after the drain), or until a model fails to load (1)."""
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(serve(settings))
+
+
+async def serve(settings: Settings) -> int:
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,  # app.logs configured the handlers
+        access_log=False,  # the app writes its own access lines (request id, model, phases)
+        timeout_graceful_shutdown=AFTER_DRAIN_S,
+    )
+    server = DrainingServer(config, app.state.lifecycle, settings.drain_timeout_s)
+    manager = app.state.manager
+    serving = asyncio.create_task(server.serve())
+    loaded = asyncio.create_task(manager.loaded.wait())
+    await asyncio.wait({loaded, serving}, return_when=asyncio.FIRST_COMPLETED)
+    loaded.cancel()
+    if manager.error:
+        log.error("mvit: stopping, a model could not be loaded: %s", manager.error)
+        server.should_exit = True
+    await serving
+    return 1 if manager.error else 0
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (uvicorn[standard] brings it): a cheaper loop for every request's hops
+    between the event loop and the decode and inference threads. Plain asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 class DrainingServer(uvicorn.Server):

@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import os
-from collections.abc import Callable
 from typing import Any
 
 from app.cli._common import CommandError, add_setting_flags, one_line_errors, prepare_models, settings_from
-
-log = logging.getLogger("mvit")
-
-# After the drain, how long uvicorn waits for connections still open (a request past the drain timeout,
-# a slow upload) before it cuts them.
-AFTER_DRAIN_S = 2.0
 
 
 def register(sub: Any) -> None:
@@ -59,38 +50,9 @@ def run(args: argparse.Namespace) -> int:
         from app.ray_serve import serve_until_stopped
 
         return serve_until_stopped(settings, ray_options, args.ray_address)
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        return runner.run(serve_here(settings))
+    from app.api.server import run_server
 
-
-async def serve_here(settings: Any) -> int:
-    import uvicorn
-
-    from app.api import create_app
-    from app.api.server import DrainingServer
-
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        log_config=None,  # app.logs configured the handlers
-        access_log=False,  # the app writes its own access lines (request id, model, phases)
-        timeout_graceful_shutdown=AFTER_DRAIN_S,
-    )
-    server = DrainingServer(config, app.state.lifecycle, settings.drain_timeout_s)
-    serving = asyncio.create_task(server.serve())
-    while not hasattr(app.state, "loader") and not serving.done():
-        await asyncio.sleep(0.02)
-    if hasattr(app.state, "loader"):
-        await asyncio.wait({app.state.loader, serving}, return_when=asyncio.FIRST_COMPLETED)
-    manager = app.state.manager
-    if manager.error:
-        log.error("mvit: stopping, a model could not be loaded: %s", manager.error)
-        server.should_exit = True
-    await serving
-    return 1 if manager.error else 0
+    return run_server(settings)
 
 
 def ray_options_from(args: argparse.Namespace) -> Any:
@@ -124,13 +86,3 @@ def ray_options_from(args: argparse.Namespace) -> Any:
         return RayOptions(**fields)
     except ValidationError as exc:
         usage_error(f"invalid --replicas or --ray-cpus: {validation_problems(exc.errors())}")
-
-
-def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when installed (uvicorn[standard] brings it): a cheaper loop for every request's hops
-    between the event loop and the decode and inference threads. Plain asyncio otherwise."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop

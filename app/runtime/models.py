@@ -176,6 +176,7 @@ class ModelManager:
         self.models: dict[str, ServedModel] = {}
         self.expected = 1  # how many models are configured; known once models.yaml has been read
         self.loading = True
+        self.loaded = asyncio.Event()  # set once loading has ended, ready or failed (`error`)
         self.error: str | None = None
         self._load_started = time.monotonic()
         self._load_times: list[float] = []
@@ -288,6 +289,7 @@ class ModelManager:
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
             self.loading = False
+            self.loaded.set()
         if self.error:
             log.error("model loading failed: %s", self.error)
         else:

@@ -3,9 +3,11 @@ big bodies are parsed where they hold up no other request."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -16,7 +18,8 @@ import pytest
 from app.api import body as body_module
 from app.api import oip as oip_module
 from app.api.body import PARSE_OFF_LOOP_BYTES
-from tests.support import MODEL_ID, encode, metric, photo_like, rejected, serving
+from app.api.server import serve
+from tests.support import MODEL_ID, encode, free_port, make_settings, metric, photo_like, rejected, serving
 
 
 def test_a_dead_batcher_fails_liveness_readiness_and_its_callers_at_once(
@@ -60,6 +63,18 @@ def test_a_dead_batcher_fails_liveness_readiness_and_its_callers_at_once(
         assert metric(client, f'mvit_batcher_failures_total{{model="{MODEL_ID}"}}') == 1
         assert metric(client, rejected("unavailable")) == 2
         assert client.get("/models").status_code == 200  # the rest of the service keeps answering
+
+
+def test_a_model_that_fails_while_loading_ends_the_server_with_status_1(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """The checks before the port is bound pass (the folder is one); loading its weights fails after."""
+    folder = shutil.copytree(model_dir, tmp_path / model_dir.name)
+    (folder / "model.safetensors").write_bytes(b"not safetensors")
+    settings = make_settings(folder, host="127.0.0.1", port=free_port(), backend="torch")
+    started = time.monotonic()
+    assert asyncio.run(serve(settings)) == 1
+    assert time.monotonic() - started < 30
 
 
 def big_photo() -> bytes:
