@@ -54,6 +54,30 @@ def probe(url: str, stop: threading.Event, latencies: list[float]) -> None:
             time.sleep(PROBE_PERIOD_S)
 
 
+def single_calls(body: bytes, encoded: str) -> str:
+    """How long one call of each parsing step holds the GIL on this body (best of 5): what the event loop
+    would wait for, were it run there or on another thread in one go."""
+    import pybase64
+
+    from app.api.body import load_json
+
+    steps = {
+        "json.loads": lambda: json.loads(body),
+        "base64.b64decode(validate=True)": lambda: base64.b64decode(encoded, validate=True),
+        "pybase64.b64decode(validate=True)": lambda: pybase64.b64decode(encoded, validate=True),
+        "load_json (long strings lifted)": lambda: load_json(body, "The body"),
+    }
+    timings = []
+    for name, step in steps.items():
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            step()
+            best = min(best, time.perf_counter() - started)
+        timings.append(f"{name} {best * 1000:.1f} ms")
+    return "; ".join(timings)
+
+
 def measure(
     url: str, body: bytes, content_type: str, concurrency: int, duration_s: float
 ) -> tuple[list[float], str, int]:
@@ -102,8 +126,9 @@ def main() -> None:
     print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs")
     image = big_png(args.body_mb * 3 / 4 if args.form == "json" else args.body_mb)
     if args.form == "json":
+        encoded = base64.b64encode(image).decode()
         body, content_type = (
-            json.dumps({"inputs": base64.b64encode(image).decode()}).encode(),
+            json.dumps({"inputs": encoded}).encode(),
             "application/json",
         )
     else:
@@ -114,6 +139,8 @@ def main() -> None:
     print(
         f"body: {len(body) / 1e6:.1f} MB of JSON ({len(image) / 1e6:.1f} MB PNG), {args.concurrency} clients"
     )
+    if args.form == "json":
+        print(f"one call each: {single_calls(body, encoded)}")
     checkouts = [Path(path).resolve() for path in (args.checkout or ["."])]
     model = str(Path(args.model).resolve())
     command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--model", model]

@@ -10,8 +10,9 @@ Query parameters are parameters too; those in the body win.
 
 Bodies of `PARSE_OFF_LOOP_BYTES` or more are parsed on a decode thread (`parse_off_loop`), and no step
 of it holds the GIL for long: every other request, `/health` included, waits for whoever holds it.
-`json.loads` of a 15 MB body holds it for about 55 ms and stdlib base64 for 50, so long base64 strings
-are cut out of the text before `json.loads` and put back after (`load_json`), and pybase64 decodes them.
+`json.loads` and the stdlib's base64 hold it for tens of milliseconds on a big image, so long base64
+strings are cut out of the text before `json.loads` and put back after (`load_json`), and pybase64
+decodes them (figures: docs/performance.md, "Big bodies").
 """
 
 from __future__ import annotations
@@ -119,11 +120,11 @@ def _decode_base64(text: str | memoryview) -> bytes | None:
 def load_json(text: bytes | str, what: str, malformed: str | None = None) -> Any:
     """json.loads within MAX_JSON_DEPTH and MAX_JSON_VALUES; one InvalidInput for anything else
     (`malformed`, when given, is the message for text that is not JSON at all)."""
-    lifted: dict[str, str] = {}
+    reduced, lifted = text, {}
     if isinstance(text, bytes) and len(text) >= LONG_STRING_CHARS:
         reduced, lifted = lift_long_strings(text)
     try:
-        value = _parse_json(reduced if lifted else text, what, malformed)
+        value = _parse_json(reduced, what, malformed)
     except InvalidInput:
         if not lifted:
             raise

@@ -29,20 +29,16 @@ def liveness(manager: ModelManager) -> tuple[int, dict[str, Any]]:
     the process (`/v2/health/live` says the same)."""
     failures = manager.failures()
     if failures:
-        return 503, {"status": "failed", "error": dead_batchers_message(failures)}
+        died = "; ".join(f"model {model}: {failure}" for model, failure in failures.items())
+        return 503, {"status": "failed", "error": f"A batcher died ({died}); the service needs a restart."}
     return 200, {"status": "ok"}
-
-
-def dead_batchers_message(failures: dict[str, str]) -> str:
-    died = "; ".join(f"model {model}: {failure}" for model, failure in failures.items())
-    return f"A batcher died ({died}); the service needs a restart."
 
 
 def readiness(manager: ModelManager, lifecycle: Lifecycle) -> tuple[int, dict[str, Any], dict[str, str]]:
     """(status, body, headers) of `/ready`; the Open Inference Protocol's `/v2/health/ready` says the same."""
-    failures = manager.failures()
-    if failures:
-        return 503, {"status": "failed", "error": dead_batchers_message(failures)}, {}
+    status, body = liveness(manager)
+    if status != 200:
+        return status, body, {}
     if lifecycle.draining:
         body = {"status": "draining", "error": "The service is shutting down"}
         return 503, body, {"Retry-After": str(RETRY_AFTER_DRAINING_S)}

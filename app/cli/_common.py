@@ -13,6 +13,17 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 Run = Callable[[argparse.Namespace], int]
 
+# The settings that say how a model is loaded and run, for the commands that load one (predict, tune).
+MODEL_LOADING_SETTINGS = (
+    "backend",
+    "device",
+    "onnx_precision",
+    "openvino_precision",
+    "torch_precision",
+    "onnx_optimization",
+    "inference_threads",
+)
+
 
 class CommandError(Exception):
     """A failure a command expects (a missing package, a file it cannot read): one line, exit status 1."""

@@ -9,8 +9,6 @@ from typing import Any
 
 from app.cli._common import one_line_errors
 
-DEMO_TASKS = ["classification", "segmentation", "detection"]
-
 
 def register(sub: Any) -> None:
     from app.tasks import TASK_BY_CLI_NAME
@@ -53,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     directory = Path(args.directory)
     written: list[str] = []
-    for task in args.task or DEMO_TASKS:
+    for task in args.task or TASK_BY_CLI_NAME:  # by default one model of each task
         for width in args.width or [0.5]:
             for size in args.image_size or [None]:
                 path = write_demo_model(directory, TASK_BY_CLI_NAME[task].name, width, size, args.seed)

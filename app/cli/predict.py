@@ -7,25 +7,25 @@ import json
 from pathlib import Path
 from typing import Any
 
-from app.cli._common import add_setting_flags, one_line_errors, prepare_models, settings_from
+from app.cli._common import (
+    MODEL_LOADING_SETTINGS,
+    add_setting_flags,
+    one_line_errors,
+    prepare_models,
+    settings_from,
+)
 
 # The settings `mvit predict` takes: which model, and how to load and feed it.
 PREDICT_SETTINGS = (
     "models",
     "model_repository",
     "hub_revision",
-    "backend",
-    "device",
-    "onnx_precision",
-    "openvino_precision",
-    "torch_precision",
-    "onnx_optimization",
+    *MODEL_LOADING_SETTINGS,
     "onnx_providers",
     "onnx_allow_spinning",
     "onnx_cache",
     "onnx_auto_export",
     "max_image_pixels",
-    "inference_threads",
     "jpeg_reduce_gap",
 )
 

@@ -9,7 +9,7 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from app.cli._common import add_setting_flags, one_line_errors, tool_settings
+from app.cli._common import MODEL_LOADING_SETTINGS, add_setting_flags, one_line_errors, tool_settings
 
 
 def register(sub: Any) -> None:
@@ -21,19 +21,7 @@ def register(sub: Any) -> None:
         help="measure a model's best batch size, instances and spin policy on this machine; record them",
     )
     tune.add_argument("model", metavar="FOLDER", help="model folder (or a model the repository holds)")
-    add_setting_flags(
-        tune,
-        (
-            "model_repository",
-            "backend",
-            "device",
-            "onnx_precision",
-            "openvino_precision",
-            "torch_precision",
-            "onnx_optimization",
-            "inference_threads",
-        ),
-    )
+    add_setting_flags(tune, ("model_repository", *MODEL_LOADING_SETTINGS))
 
     def sizes(text: str) -> list[int]:
         values = [int(part) for part in text.split(",") if part.strip()]
