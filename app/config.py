@@ -1,7 +1,13 @@
 """Service configuration, stated once: each field is an `MVIT_*` environment variable and a `mvit serve` flag.
 
-`app.cli` generates the flags and their help from these fields, models.yaml entries take the fields in
-MODEL_OPTIONS, and docs/configuration.md lists them all (a test checks it does).
+Two owners:
+- `ModelOptions`: how one model is loaded, run and batched. The server's values are every model's
+  defaults; a models.yaml entry overrides those in PER_MODEL_OPTIONS, and `mvit tune`'s record fills in
+  what the operator left alone. Backends and the batcher read only these.
+- `ServerSettings`: the process (address, limits, authentication, logging), plus the defaults above.
+
+`app.cli` generates the flags and their help from these fields, and docs/configuration.md lists them all
+(a test checks it does).
 """
 
 from __future__ import annotations
@@ -9,14 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.cpus import available_cpus
 
 DEFAULT_MODEL = "apple/mobilevitv2-1.0-imagenet1k-256"
-# The settings a models.yaml entry may set for its own model.
-MODEL_OPTIONS = (
+# The model options a models.yaml entry may set for its own model.
+PER_MODEL_OPTIONS = (
     "backend",
     "onnx_precision",
     "openvino_precision",
@@ -34,21 +40,11 @@ ENVIRONMENT_ONLY = frozenset({"api_tokens"})
 REPEATED_FLAGS = {"models": "--model", "cors_origins": "--cors-origin", "onnx_providers": "--onnx-provider"}
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MVIT_", extra="ignore")
+class ModelOptions(BaseModel):
+    """How one model is loaded, run and batched."""
 
-    host: str = Field("127.0.0.1", description="Bind address.")
-    port: int = Field(8000, ge=0, le=65535, description="Port.")
-    models: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        description="Model folders or Hugging Face Hub ids to serve (comma-separated in MVIT_MODELS); "
-        "default: the repository's models.yaml, else " + DEFAULT_MODEL + ".",
-    )
-    model_repository: Path = Field(Path("models"), description="Where Hub downloads and demo models live.")
-    hub_revision: str | None = Field(
-        None,
-        description="Hub revision (branch, tag or commit) to fetch; default: the pinned one for known ids, else main.",
-    )
+    model_config = ConfigDict(extra="forbid")
+
     backend: Literal["torch", "onnx", "openvino"] = Field(
         "torch",
         description="Inference backend: PyTorch, ONNX Runtime or OpenVINO (the last two run model.onnx).",
@@ -94,15 +90,16 @@ class Settings(BaseSettings):
     onnx_auto_export: bool = Field(
         True, description="Export model.onnx at start when it is missing or stale (needs torch)."
     )
-    preprocessing: Literal["auto", "trained", "hf"] = Field(
-        "auto",
-        description="Preprocessing profile: trained (as the weights were trained: RGB, bicubic, the "
-        "evaluation crop), hf (preprocessor_config.json exactly as transformers reads it), or auto: "
-        "trained for weights whose training pipeline is known (Apple's), else hf (docs/preprocessing.md).",
+    inference_threads: int = Field(
+        default_factory=available_cpus,
+        ge=1,
+        description="Intra-op threads (torch or ONNX Runtime); default: the CPUs this process may use.",
     )
-    max_body_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Larger bodies get 413.")
-    max_image_pixels: int = Field(
-        50_000_000, gt=0, description="Larger images get 413 (decompression bombs)."
+    instances: int = Field(
+        0,
+        ge=0,
+        description="Batches one model may run at once (Triton's instance count), splitting the inference "
+        "threads between them; 0 = auto: one per inference thread for ONNX Runtime on CPU, else 1.",
     )
     max_batch_size: int = Field(8, ge=1, description="Most requests one inference call takes at once.")
     max_queue_delay_ms: float = Field(
@@ -112,6 +109,61 @@ class Settings(BaseSettings):
     )
     max_queue_size: int = Field(
         64, ge=1, description="Requests one model may hold at once (body received to answer); more get 429."
+    )
+    preprocessing: Literal["auto", "trained", "hf"] = Field(
+        "auto",
+        description="Preprocessing profile: trained (as the weights were trained: RGB, bicubic, the "
+        "evaluation crop), hf (preprocessor_config.json exactly as transformers reads it), or auto: "
+        "trained for weights whose training pipeline is known (Apple's), else hf (docs/preprocessing.md).",
+    )
+    jpeg_reduce_gap: float = Field(
+        2.0,
+        description="Decode big JPEGs at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) while at least this "
+        "many times the model's resize resolution remains; 0 always decodes every pixel.",
+    )
+    tune_at_start_s: float = Field(
+        0.0,
+        ge=0,
+        description="A model without a `mvit tune` record for this machine is measured for about this many "
+        "seconds while it loads (before the service is ready), and the record is written into its folder "
+        "where it can be; 0 = off.",
+    )
+
+    @field_validator("jpeg_reduce_gap")
+    @classmethod
+    def _gap_is_off_or_at_least_one(cls, value: float) -> float:
+        if value != 0 and value < 1:
+            raise ValueError("must be 0 (off) or at least 1 (never decode below the resize size)")
+        return value
+
+    @field_validator("onnx_providers", mode="before")
+    @classmethod
+    def _split_provider_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+class ServerSettings(ModelOptions, BaseSettings):
+    """The process's settings, from MVIT_* variables and flags; its model options are every model's defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="MVIT_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8000, ge=0, le=65535, description="Port.")
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Model folders or Hugging Face Hub ids to serve (comma-separated in MVIT_MODELS); "
+        "default: the repository's models.yaml, else " + DEFAULT_MODEL + ".",
+    )
+    model_repository: Path = Field(Path("models"), description="Where Hub downloads and demo models live.")
+    hub_revision: str | None = Field(
+        None,
+        description="Hub revision (branch, tag or commit) to fetch; default: the pinned one for known ids, else main.",
+    )
+    max_body_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Larger bodies get 413.")
+    max_image_pixels: int = Field(
+        50_000_000, gt=0, description="Larger images get 413 (decompression bombs)."
     )
     request_timeout_s: float = Field(
         30.0, gt=0, description="Deadline per inference request, body upload included; then 504."
@@ -143,33 +195,10 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Browser origins allowed to call the service (comma-separated; * for any); default none.",
     )
-    jpeg_reduce_gap: float = Field(
-        2.0,
-        description="Decode big JPEGs at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) while at least this "
-        "many times the model's resize resolution remains; 0 always decodes every pixel.",
-    )
     render_max_side: int = Field(
         1600,
         ge=0,
         description="Longest side of annotated images (render=png|jpeg); 0 draws at the photo's own size.",
-    )
-    inference_threads: int = Field(
-        default_factory=available_cpus,
-        ge=1,
-        description="Intra-op threads (torch or ONNX Runtime); default: the CPUs this process may use.",
-    )
-    instances: int = Field(
-        0,
-        ge=0,
-        description="Batches one model may run at once (Triton's instance count), splitting the inference "
-        "threads between them; 0 = auto: one per inference thread for ONNX Runtime on CPU, else 1.",
-    )
-    tune_at_start_s: float = Field(
-        0.0,
-        ge=0,
-        description="A model without a `mvit tune` record for this machine is measured for about this many "
-        "seconds while it loads (before the service is ready), and the record is written into its folder "
-        "where it can be; 0 = off.",
     )
     decode_threads: int = Field(
         default_factory=available_cpus,
@@ -187,16 +216,17 @@ class Settings(BaseSettings):
     def _lower_case_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("jpeg_reduce_gap")
-    @classmethod
-    def _gap_is_off_or_at_least_one(cls, value: float) -> float:
-        if value != 0 and value < 1:
-            raise ValueError("must be 0 (off) or at least 1 (never decode below the resize size)")
-        return value
-
-    @field_validator("models", "onnx_providers", "api_tokens", "cors_origins", mode="before")
+    @field_validator("models", "api_tokens", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    def model_options(self) -> ModelOptions:
+        """Every model's defaults. What the operator set stays marked as set (`model_fields_set`): a tuning
+        record never overrides it."""
+        names = ModelOptions.model_fields.keys()
+        return ModelOptions.model_construct(
+            _fields_set=self.model_fields_set & names, **{name: getattr(self, name) for name in names}
+        )

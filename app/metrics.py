@@ -11,7 +11,10 @@ LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        self._add_request_metrics(self.registry)
+        self._add_model_metrics(self.registry)
+
+    def _add_request_metrics(self, r: CollectorRegistry) -> None:
         self.request_duration = Histogram(
             "mvit_request_duration_seconds",
             "Time from request received to response sent, by route, model and HTTP status.",
@@ -45,6 +48,8 @@ class Metrics:
             ("model", "reason"),
             registry=r,
         )
+
+    def _add_model_metrics(self, r: CollectorRegistry) -> None:
         self.batch_size = Histogram(
             "mvit_batch_size",
             "Requests per inference call.",

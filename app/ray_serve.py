@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import create_app
 from app.api.ops import liveness
-from app.config import Settings
+from app.config import ServerSettings
 from app.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ SIDE_REQUESTS = 8
 
 
 class RayOptions(BaseModel):
-    """How Ray runs the replicas (the service's own settings stay in `Settings`)."""
+    """How Ray runs the replicas (the service's own settings stay in `ServerSettings`)."""
 
     num_replicas: int = Field(1, ge=1, description="Replicas, without autoscaling.")
     autoscale: bool = Field(False, description="Scale between min_replicas and max_replicas instead.")
@@ -63,7 +63,7 @@ class RayOptions(BaseModel):
         return self
 
 
-def replica_settings(overrides: dict[str, Any], cpus: float) -> Settings:
+def replica_settings(overrides: dict[str, Any], cpus: float) -> ServerSettings:
     """A replica's settings: `overrides` on top of its environment, with inference and decode threads
     sized to the CPUs Ray reserved for it unless either sets them (every replica of a node sees all its
     cores)."""
@@ -73,7 +73,7 @@ def replica_settings(overrides: dict[str, Any], cpus: float) -> Settings:
         for name in ("inference_threads", "decode_threads")
         if name not in overrides and f"MVIT_{name.upper()}" not in os.environ
     }
-    return Settings(**sized, **overrides)
+    return ServerSettings(**sized, **overrides)
 
 
 class MetricsMirror:
@@ -156,7 +156,7 @@ class MvitReplica:
             raise RuntimeError(body["error"])
 
 
-def deployment_options(settings: Settings, ray: RayOptions) -> dict[str, Any]:
+def deployment_options(settings: ServerSettings, ray: RayOptions) -> dict[str, Any]:
     options: dict[str, Any] = {
         "name": DEPLOYMENT_NAME,
         "ray_actor_options": {"num_cpus": ray.num_cpus},
@@ -179,20 +179,22 @@ def deployment_options(settings: Settings, ray: RayOptions) -> dict[str, Any]:
 
 
 def application(overrides: dict[str, Any], ray: RayOptions) -> serve.Application:
-    """The Ray Serve application; `overrides` are `Settings` fields (the rest comes from each replica's
+    """The Ray Serve application; `overrides` are `ServerSettings` fields (the rest comes from each replica's
     MVIT_* environment)."""
-    settings = Settings(**overrides)  # fails here, in the driver, on a bad setting
+    settings = ServerSettings(**overrides)  # fails here, in the driver, on a bad setting
     return MvitReplica.options(**deployment_options(settings, ray)).bind(overrides)  # type: ignore[attr-defined]
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
     """`serve run app.ray_serve:build_app models=... num_replicas=2` or `import_path` in a Serve config:
-    `args` holds `Settings` fields and `RayOptions` fields."""
+    `args` holds `ServerSettings` fields and `RayOptions` fields."""
     ray_fields = {k: v for k, v in args.items() if k in RayOptions.model_fields}
     overrides = {k: v for k, v in args.items() if k not in RayOptions.model_fields}
-    unknown = sorted(set(overrides) - set(Settings.model_fields))
+    unknown = sorted(set(overrides) - set(ServerSettings.model_fields))
     if unknown:
-        raise ValueError(f"unknown argument(s) {', '.join(unknown)}: expected Settings or RayOptions fields")
+        raise ValueError(
+            f"unknown argument(s) {', '.join(unknown)}: expected ServerSettings or RayOptions fields"
+        )
     if isinstance(overrides.get("models"), str):
         overrides["models"] = overrides["models"].split(",")
     return application(overrides, RayOptions(**ray_fields))
@@ -210,7 +212,7 @@ def shutdown_ray() -> None:
     ray.shutdown()
 
 
-def serve_until_stopped(settings: Settings, options: RayOptions, address: str | None) -> int:
+def serve_until_stopped(settings: ServerSettings, options: RayOptions, address: str | None) -> int:
     """`mvit serve --ray`: the application on a new local Ray instance, or on the cluster at `address`,
     until SIGTERM or Ctrl-C (also while it deploys). Then Serve drains the replicas; a local instance
     stops, while on a cluster only this application is deleted."""

@@ -147,7 +147,7 @@ def raw_run(
     seconds: float,
 ) -> RawResults:
     """Call the backend in each configuration for `seconds` in all, in turn."""
-    from app.runtime.tuner import timed_calls
+    from app.runtime.measure_tuning import timed_calls
 
     return {
         label: timed_calls(model.backend, batches[size], parallel, seconds / len(configurations))

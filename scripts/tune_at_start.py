@@ -1,6 +1,6 @@
 """How close tuning at start (`MVIT_TUNE_AT_START_S`) comes to a full `mvit tune`, and how long it takes.
 
-Runs the server's start-up tuning (`app.runtime.tuner.tune_at_start`) on a fresh copy of a model folder,
+Runs the server's start-up tuning (`app.runtime.measure_tuning.tune_at_start`) on a fresh copy of a model folder,
 without its tuning.json, for each budget, `--repeats` times, interleaved; prints each choice, the time
 taken, and every configuration's figures. Compare the choices with `mvit tune FOLDER --rounds 3` run on
 the same machine.
@@ -21,7 +21,7 @@ from app.cpus import cpu_model
 from app.intake.preprocess import Preprocessing
 from app.repository import read_model_dir
 from app.repository.tuning import TUNING_FILE
-from app.runtime.tuner import tune_at_start
+from app.runtime.measure_tuning import tune_at_start
 from scripts._common import command_line
 
 

@@ -27,11 +27,11 @@ from PIL import Image
 
 from app.api import create_app
 from app.backends.parity import parity_problems
-from app.config import Settings
+from app.config import ModelOptions, ServerSettings
 from app.intake.preprocess import preprocess
 from app.metrics import Metrics
-from app.repository import ModelDir
-from app.runtime.models import ModelManager, load_backend, load_model
+from app.repository import ModelDir, read_model_dir
+from app.runtime.models import ModelManager, ServedModel, load_backend, load_model
 
 if TYPE_CHECKING:
     import torch
@@ -89,7 +89,7 @@ def copy_model(folder: Path, into: Path, *, onnx_only: bool = False) -> Path:
 
 def batch_for(folder: Path, count: int = 3) -> np.ndarray:
     """Preprocessed photos (not noise): the inputs the service really feeds the network."""
-    spec = load_model(str(folder), make_settings(folder)).preprocessing
+    spec = load_served(folder).preprocessing
     return np.stack([preprocess(photo_like(500, 380, seed=s), spec) for s in range(count)])
 
 
@@ -117,7 +117,7 @@ def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
         raise AssertionError(f"service not ready: loading={manager.loading}, error={manager.error}")
 
 
-def make_settings(model_dir: Path, **overrides: object) -> Settings:
+def make_settings(model_dir: Path, **overrides: object) -> ServerSettings:
     values: dict[str, object] = {
         "models": [str(model_dir)],
         "inference_threads": 2,
@@ -125,7 +125,12 @@ def make_settings(model_dir: Path, **overrides: object) -> Settings:
         "model_repository": model_dir.parent,
     }
     values.update(overrides)
-    return Settings(**values)
+    return ServerSettings(**values)
+
+
+def load_served(model_dir: Path, **options: object) -> ServedModel:
+    """One model folder loaded as the server loads it (tuning record included), with two inference threads."""
+    return load_model(read_model_dir(model_dir), ModelOptions(**{"inference_threads": 2, **options}))
 
 
 @contextmanager
@@ -169,7 +174,7 @@ def gated_app(model_dir: Path, **overrides: object) -> Iterator[tuple[FastAPI, G
     settings = make_settings(model_dir, max_batch_size=1, instances=1, **overrides)
     backends: list[GatedBackend] = []
 
-    def loader(folder: ModelDir, s: Settings) -> GatedBackend:
+    def loader(folder: ModelDir, s: ModelOptions) -> GatedBackend:
         backends.append(GatedBackend(load_backend(folder, s)))
         return backends[-1]
 

@@ -19,10 +19,10 @@ from starlette.requests import ClientDisconnect
 
 from app.api.disconnect import ClientDisconnected, unless_disconnected
 from app.api.errors import CLIENT_CLOSED_REQUEST, HttpError
-from app.config import Settings
+from app.config import ServerSettings
 from app.errors import ModelUnavailable, QueueFull, ShuttingDown
 from app.metrics import Metrics
-from app.runtime.drain import Lifecycle
+from app.runtime.lifecycle import Lifecycle
 from app.runtime.models import ServedModel
 
 Parsed = TypeVar("Parsed")
@@ -30,7 +30,7 @@ Answered = TypeVar("Answered")
 
 
 class Admission:
-    def __init__(self, settings: Settings, lifecycle: Lifecycle, metrics: Metrics) -> None:
+    def __init__(self, settings: ServerSettings, lifecycle: Lifecycle, metrics: Metrics) -> None:
         self.settings = settings
         self.lifecycle = lifecycle
         self.metrics = metrics

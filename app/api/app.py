@@ -19,15 +19,15 @@ from app.api.middleware import RequestContextMiddleware
 from app.api.oip import OipRoutes
 from app.api.openapi import EXPOSED_HEADERS, document_bearer_auth
 from app.api.ops import add_ops_routes
-from app.config import Settings
+from app.config import ServerSettings
 from app.metrics import Metrics
-from app.runtime.drain import Lifecycle
+from app.runtime.lifecycle import Lifecycle
 from app.runtime.models import ModelManager
 from app.runtime.pipeline import Pipeline
 from app.runtime.threads import name_os_thread
 
 
-def create_app(settings: Settings, manager: ModelManager | None = None) -> FastAPI:
+def create_app(settings: ServerSettings, manager: ModelManager | None = None) -> FastAPI:
     """The service. Raises TokenFileError when the configured API token file cannot be used."""
     tokens = configured_tokens(settings)
     metrics = manager.metrics if manager is not None else Metrics()

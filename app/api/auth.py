@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.config import Settings
+from app.config import ServerSettings
 
 # Routes that never need a token: liveness, the API description (public knowledge, and what lets /docs'
 # "Authorize" button work), and the demo page (static; it asks for a token and sends it with its calls).
@@ -27,7 +27,7 @@ class TokenFileError(ValueError):
     """The configured token file cannot be used; the service must not start without the auth it was given."""
 
 
-def configured_tokens(settings: Settings) -> list[str]:
+def configured_tokens(settings: ServerSettings) -> list[str]:
     tokens = [secret.get_secret_value() for secret in settings.api_tokens]
     if settings.api_tokens_file is not None:
         path = settings.api_tokens_file
@@ -105,7 +105,7 @@ class BearerAuthMiddleware:
         await response(scope, receive, send)
 
 
-def open_paths(settings: Settings) -> frozenset[str]:
+def open_paths(settings: ServerSettings) -> frozenset[str]:
     paths = set(ALWAYS_OPEN)
     if not settings.metrics_require_token:
         paths.add("/metrics")

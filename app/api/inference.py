@@ -15,9 +15,9 @@ from app import __version__
 from app.api.admission import Admission, answer_headers
 from app.api.body import InferenceRequest, parse_request
 from app.api.openapi import IMAGE_BODY, INFERENCE_RESPONSES, RENDER_PARAMETER, SIDE_RESPONSES
-from app.config import Settings
+from app.config import ServerSettings
 from app.errors import ShuttingDown
-from app.runtime.drain import RETRY_AFTER_DRAINING_S, Lifecycle
+from app.runtime.lifecycle import RETRY_AFTER_DRAINING_S, Lifecycle
 from app.runtime.models import ModelManager, ServedModel
 from app.runtime.pipeline import Pipeline, RenderedImage, Result
 from app.tasks import TASKS
@@ -27,7 +27,7 @@ from app.tasks.drawing import FORMAT_BY_MEDIA_TYPE, render_format
 class InferenceRoutes:
     def __init__(
         self,
-        settings: Settings,
+        settings: ServerSettings,
         manager: ModelManager,
         pipeline: Pipeline,
         lifecycle: Lifecycle,

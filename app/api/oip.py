@@ -39,12 +39,13 @@ from app.api.openapi import (
 )
 from app.api.ops import liveness, readiness
 from app.errors import InvalidInput, ModelNotFound, ShuttingDown, TooLarge, shown
-from app.runtime.drain import RETRY_AFTER_DRAINING_S, Lifecycle
+from app.runtime.lifecycle import RETRY_AFTER_DRAINING_S, Lifecycle
 from app.runtime.models import ModelManager, ServedModel
 from app.runtime.pipeline import Pipeline, Result
 
 SERVER_NAME = "mobilevitv2-serve"
 MODEL_VERSION = "1"  # a served model has one version: the folder it was loaded from
+TAGS = ["Open Inference Protocol (v2)"]
 
 
 class OipRoutes:
@@ -63,21 +64,23 @@ class OipRoutes:
         self.max_body_bytes = max_body_bytes
 
     def add_to(self, app: FastAPI) -> None:
-        tags = ["Open Inference Protocol (v2)"]
+        self._add_server_routes(app)
+        self._add_model_routes(app)
 
-        @app.get("/v2", tags=tags, summary="Server metadata")
+    def _add_server_routes(self, app: FastAPI) -> None:
+        @app.get("/v2", tags=TAGS, summary="Server metadata")
         async def server_metadata() -> dict[str, Any]:
             return {"name": SERVER_NAME, "version": __version__, "extensions": [BINARY_EXTENSION]}
 
         live_summary = "Liveness: the process is up and every batcher runs"
 
-        @app.get("/v2/health/live", tags=tags, summary=live_summary, responses=LIVENESS_RESPONSES)
+        @app.get("/v2/health/live", tags=TAGS, summary=live_summary, responses=LIVENESS_RESPONSES)
         async def live() -> JSONResponse:
             return health_answer("live", *liveness(self.manager))
 
         @app.get(
             "/v2/health/ready",
-            tags=tags,
+            tags=TAGS,
             summary="Readiness: every model is loaded, not draining",
             responses=OIP_READY_RESPONSES,
         )
@@ -85,10 +88,11 @@ class OipRoutes:
             status, fields, headers = readiness(self.manager, self.lifecycle)
             return health_answer("ready", status, fields, headers)
 
+    def _add_model_routes(self, app: FastAPI) -> None:
         # Model names may hold slashes (Hub ids), so the specific routes come before the bare metadata one.
         @app.get(
             "/v2/models/{name:path}/versions/{version}/ready",
-            tags=tags,
+            tags=TAGS,
             responses=SIDE_RESPONSES,
             summary="Model readiness",
         )
@@ -96,14 +100,14 @@ class OipRoutes:
             return self.model_ready(name, version)
 
         @app.get(
-            "/v2/models/{name:path}/ready", tags=tags, responses=SIDE_RESPONSES, summary="Model readiness"
+            "/v2/models/{name:path}/ready", tags=TAGS, responses=SIDE_RESPONSES, summary="Model readiness"
         )
         async def model_ready(name: str) -> JSONResponse:
             return self.model_ready(name, MODEL_VERSION)
 
         @app.post(
             "/v2/models/{name:path}/versions/{version}/infer",
-            tags=tags,
+            tags=TAGS,
             summary="Inference",
             openapi_extra={"requestBody": OIP_INFER_BODY},
             responses=OIP_INFER_RESPONSES,
@@ -113,7 +117,7 @@ class OipRoutes:
 
         @app.post(
             "/v2/models/{name:path}/infer",
-            tags=tags,
+            tags=TAGS,
             summary="Inference",
             openapi_extra={"requestBody": OIP_INFER_BODY},
             responses=OIP_INFER_RESPONSES,
@@ -123,14 +127,14 @@ class OipRoutes:
 
         @app.get(
             "/v2/models/{name:path}/versions/{version}",
-            tags=tags,
+            tags=TAGS,
             responses=SIDE_RESPONSES,
             summary="Model metadata",
         )
         async def model_version_metadata(name: str, version: str) -> dict[str, Any]:
             return metadata(self.find(name, version))
 
-        @app.get("/v2/models/{name:path}", tags=tags, responses=SIDE_RESPONSES, summary="Model metadata")
+        @app.get("/v2/models/{name:path}", tags=TAGS, responses=SIDE_RESPONSES, summary="Model metadata")
         async def model_metadata(name: str) -> dict[str, Any]:
             return metadata(self.find(name, MODEL_VERSION))
 

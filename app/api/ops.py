@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.openapi import LIVENESS_RESPONSES
 from app.metrics import Metrics
-from app.runtime.drain import RETRY_AFTER_DRAINING_S, Lifecycle
+from app.runtime.lifecycle import RETRY_AFTER_DRAINING_S, Lifecycle
 from app.runtime.models import ModelManager
 
 # The demo page loads nothing from elsewhere and may only call this origin.

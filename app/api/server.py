@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterator
 import uvicorn
 
 from app.api.app import create_app
-from app.config import Settings
-from app.runtime.drain import Lifecycle
+from app.config import ServerSettings
+from app.runtime.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +32,13 @@ log = logging.getLogger(__name__)
 AFTER_DRAIN_S = 2.0
 
 
-def run_server(settings: Settings) -> int:
+def run_server(settings: ServerSettings) -> int:
     """Serve until SIGTERM or SIGINT (exit status 0 after the drain), or until a model fails to load (1)."""
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         return runner.run(serve(settings))
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: ServerSettings) -> int:
     app = create_app(settings)
     config = uvicorn.Config(
         app,

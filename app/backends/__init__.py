@@ -1,6 +1,6 @@
 """Inference backends: the Backend protocol, and the loader that picks one for a model folder.
 
-A new backend is a module here with a `load(model_dir, settings)` function and a row in BACKENDS.
+A new backend is a module here with a `load(model_dir, options)` function and a row in BACKENDS.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from app.config import Settings
+from app.config import ModelOptions
 from app.errors import CheckpointError
 from app.repository import ModelDir
 
@@ -58,15 +58,15 @@ def runtime_version(name: str) -> str:
         return f"{package} {getattr(module, '__version__', 'unknown')}"
 
 
-def device_label(settings: Settings) -> str:
+def device_label(options: ModelOptions) -> str:
     """Where the configured backend runs, as tuning records are keyed: "cpu", or the accelerator with its
     name where the runtime tells it (an H200 and an A10 behind the same `cuda:0` need their own records)."""
-    if settings.device == "cpu":
+    if options.device == "cpu":
         return "cpu"
-    if settings.backend == "torch" and settings.device.startswith("cuda"):
-        name = importlib.import_module("app.backends.torch_backend").cuda_device_name(settings.device)
-        return f"{settings.device} {name}" if name else settings.device
-    return settings.device
+    if options.backend == "torch" and options.device.startswith("cuda"):
+        name = importlib.import_module("app.backends.torch_backend").cuda_device_name(options.device)
+        return f"{options.device} {name}" if name else options.device
+    return options.device
 
 
 def require_backend(name: str) -> None:
@@ -85,12 +85,12 @@ def require_backend(name: str) -> None:
             )
 
 
-def load_backend(model_dir: ModelDir, settings: Settings) -> Backend:
+def load_backend(model_dir: ModelDir, options: ModelOptions) -> Backend:
     """The configured backend for a model folder. Its packages are imported only now, so an install
     without torch serves ONNX models."""
-    require_backend(settings.backend)
-    module = importlib.import_module(f"app.backends.{BACKENDS[settings.backend].module}")
-    backend: Backend = module.load(model_dir, settings)
+    require_backend(options.backend)
+    module = importlib.import_module(f"app.backends.{BACKENDS[options.backend].module}")
+    backend: Backend = module.load(model_dir, options)
     return backend
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from app.backends.onnx_files import QUANTIZER, SOURCE_SHA256, available_export, is_stale, refresh_stale
-from app.config import Settings
+from app.config import ModelOptions
 from app.errors import CheckpointError
 from app.intake.preprocess import Preprocessing
 from app.repository import ModelDir
@@ -74,17 +74,17 @@ def execution_providers(device: str, requested: list[str]) -> list[Any]:
 
 
 def session_options(
-    settings: Settings, level: str, threads: int | None = None, spinning: bool | None = None
+    options: ModelOptions, level: str, threads: int | None = None, spinning: bool | None = None
 ) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or settings.inference_threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = OPTIMIZATION_LEVELS[level]
-    spin = "1" if (settings.onnx_allow_spinning if spinning is None else spinning) else "0"
-    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
-    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
-    return options
+    session = ort.SessionOptions()
+    session.intra_op_num_threads = threads or options.inference_threads
+    session.inter_op_num_threads = 1
+    session.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session.graph_optimization_level = OPTIMIZATION_LEVELS[level]
+    spin = "1" if (options.onnx_allow_spinning if spinning is None else spinning) else "0"
+    session.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    session.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    return session
 
 
 def _cache_path(source: Path) -> Path:
@@ -94,14 +94,14 @@ def _cache_path(source: Path) -> Path:
     return source.parent / CACHE_DIR / f"{source.stem}.{key}.extended.onnx"
 
 
-def _write_cache(source: Path, cache: Path, settings: Settings, providers: list[Any]) -> bool:
+def _write_cache(source: Path, cache: Path, options: ModelOptions, providers: list[Any]) -> bool:
     try:
         cache.parent.mkdir(exist_ok=True)
         for stale in cache.parent.glob(f"{source.stem}.*.onnx"):
             stale.unlink()
-        options = session_options(settings, "extended")
-        options.optimized_model_filepath = str(cache)
-        ort.InferenceSession(str(source), options, providers=providers)
+        session = session_options(options, "extended")
+        session.optimized_model_filepath = str(cache)
+        ort.InferenceSession(str(source), session, providers=providers)
         return True
     except Exception as exc:  # a read-only repository, a full disk: the cache is optional, serve without it
         log.warning(
@@ -112,31 +112,31 @@ def _write_cache(source: Path, cache: Path, settings: Settings, providers: list[
 
 def create_session(
     source: Path,
-    settings: Settings,
+    options: ModelOptions,
     providers: list[Any],
     threads: int | None = None,
     spinning: bool | None = None,
 ) -> ort.InferenceSession:
-    level = settings.onnx_optimization
+    level = options.onnx_optimization
     cacheable = (
-        settings.onnx_cache
+        options.onnx_cache
         and level in ("extended", "all")
         and _provider_names(providers) == ["CPUExecutionProvider"]
     )
     path = source
     if cacheable:
         cache = _cache_path(source)
-        if cache.is_file() or _write_cache(source, cache, settings, providers):
+        if cache.is_file() or _write_cache(source, cache, options, providers):
             path = cache
-    options = session_options(settings, level, threads, spinning)
-    return ort.InferenceSession(str(path), options, providers=providers)
+    session = session_options(options, level, threads, spinning)
+    return ort.InferenceSession(str(path), session, providers=providers)
 
 
-def instance_count(settings: Settings, providers: list[Any]) -> int:
-    """Concurrent runs: `settings.instances`, or on CPU one per inference thread (1 on accelerators)."""
-    if settings.instances:
-        return settings.instances
-    return settings.inference_threads if _provider_names(providers) == ["CPUExecutionProvider"] else 1
+def instance_count(options: ModelOptions, providers: list[Any]) -> int:
+    """Concurrent runs: `options.instances`, or on CPU one per inference thread (1 on accelerators)."""
+    if options.instances:
+        return options.instances
+    return options.inference_threads if _provider_names(providers) == ["CPUExecutionProvider"] else 1
 
 
 class OnnxBackend:
@@ -178,17 +178,17 @@ class OnnxBackend:
         return dict(zip(self.output_names, outputs, strict=True))
 
 
-def load_onnx_backend(model_dir: ModelDir, settings: Settings) -> OnnxBackend:
-    source = available_export(model_dir, settings)
-    providers = execution_providers(settings.device, settings.onnx_providers)
-    instances = instance_count(settings, providers)
+def load_onnx_backend(model_dir: ModelDir, options: ModelOptions) -> OnnxBackend:
+    source = available_export(model_dir, options)
+    providers = execution_providers(options.device, options.onnx_providers)
+    instances = instance_count(options, providers)
     # With instances, the all-threads session runs only for a request that has the model to itself, so
     # its threads may spin between operators instead of sleeping (docs/performance.md, "Threads").
-    lone_spins = instances > 1 or settings.onnx_allow_spinning
-    backend = OnnxBackend(create_session(source, settings, providers, spinning=lone_spins), source.name)
+    lone_spins = instances > 1 or options.onnx_allow_spinning
+    backend = OnnxBackend(create_session(source, options, providers, spinning=lone_spins), source.name)
     if is_stale(backend.metadata.get(SOURCE_SHA256), model_dir):
-        refresh_stale(source, model_dir, settings)
-        backend = OnnxBackend(create_session(source, settings, providers, spinning=lone_spins), source.name)
+        refresh_stale(source, model_dir, options)
+        backend = OnnxBackend(create_session(source, options, providers, spinning=lone_spins), source.name)
     size = Preprocessing.from_hf_config(model_dir.preprocessor_config).fixed_input_size
     if backend.input_size != size:
         raise CheckpointError(
@@ -203,8 +203,8 @@ def load_onnx_backend(model_dir: ModelDir, settings: Settings) -> OnnxBackend:
             model_dir.path,
         )
     if instances > 1:
-        threads = max(1, settings.inference_threads // instances)
-        backend.instance_session = create_session(source, settings, providers, threads)
+        threads = max(1, options.inference_threads // instances)
+        backend.instance_session = create_session(source, options, providers, threads)
         backend.instances = instances
     return backend
 

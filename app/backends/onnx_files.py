@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from app.config import Settings
+from app.config import ModelOptions
 from app.errors import CheckpointError
 from app.repository import ModelDir, file_sha256
 
@@ -30,17 +30,17 @@ def export(model_dir: ModelDir, why: str) -> Path:
         ) from None
 
 
-def available_export(model_dir: ModelDir, settings: Settings) -> Path:
-    """The export for `settings.onnx_precision`, exported first when it is missing and that is allowed."""
-    source = model_dir.onnx_file(settings.onnx_precision)
+def available_export(model_dir: ModelDir, options: ModelOptions) -> Path:
+    """The export for `options.onnx_precision`, exported first when it is missing and that is allowed."""
+    source = model_dir.onnx_file(options.onnx_precision)
     if source.is_file():
         return source
-    if settings.onnx_precision != "fp32":
+    if options.onnx_precision != "fp32":
         raise CheckpointError(
             f"{model_dir.path} has no {source.name}: create it with "
             f"`mvit export {model_dir.path} --quantize int8 --calibration IMAGES/`"
         )
-    if not settings.onnx_auto_export:
+    if not options.onnx_auto_export:
         raise CheckpointError(f"{model_dir.path} has no {source.name}: run `mvit export {model_dir.path}`")
     return export(model_dir, f"no {source.name}")
 
@@ -50,9 +50,9 @@ def is_stale(recorded_sha256: str | None, model_dir: ModelDir) -> bool:
     return bool(model_dir.weights and recorded_sha256 and recorded_sha256 != file_sha256(model_dir.weights))
 
 
-def refresh_stale(source: Path, model_dir: ModelDir, settings: Settings) -> None:
+def refresh_stale(source: Path, model_dir: ModelDir, options: ModelOptions) -> None:
     """Export again an fp32 export of other weights, or refuse when that is not allowed."""
-    if settings.onnx_precision != "fp32" or not settings.onnx_auto_export:
+    if options.onnx_precision != "fp32" or not options.onnx_auto_export:
         raise CheckpointError(
             f"{source} was exported from other weights than {model_dir.weights}: "
             f"export it again (`mvit export {model_dir.path}`)"

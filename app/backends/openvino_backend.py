@@ -25,7 +25,7 @@ import numpy as np
 import openvino as ov
 
 from app.backends.onnx_files import SOURCE_SHA256, available_export, is_stale, refresh_stale
-from app.config import Settings
+from app.config import ModelOptions
 from app.errors import CheckpointError
 from app.intake.preprocess import Preprocessing
 from app.repository import ModelDir
@@ -49,15 +49,15 @@ def openvino_device(device: str, available: list[str]) -> str:
     return name
 
 
-def compile_options(settings: Settings, device: str, streams: int) -> dict[str, Any]:
-    options: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[settings.openvino_precision]}
+def compile_options(options: ModelOptions, device: str, streams: int) -> dict[str, Any]:
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[options.openvino_precision]}
     if device == "CPU":
-        options |= {
+        config |= {
             "NUM_STREAMS": streams,
-            "INFERENCE_NUM_THREADS": settings.inference_threads,
+            "INFERENCE_NUM_THREADS": options.inference_threads,
             "ENABLE_CPU_PINNING": False,  # the decode threads share these cores
         }
-    return options
+    return config
 
 
 class OpenVinoBackend:
@@ -127,20 +127,20 @@ def _input_size(model: ov.Model) -> tuple[int, int] | None:
     return (height.get_length(), width.get_length()) if height.is_static and width.is_static else None
 
 
-def load_openvino_backend(model_dir: ModelDir, settings: Settings) -> OpenVinoBackend:
+def load_openvino_backend(model_dir: ModelDir, options: ModelOptions) -> OpenVinoBackend:
     core = ov.Core()
-    device = openvino_device(settings.device, list(core.available_devices))
-    if settings.openvino_precision == "bf16" and device == "CPU":
+    device = openvino_device(options.device, list(core.available_devices))
+    if options.openvino_precision == "bf16" and device == "CPU":
         capabilities = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
         if "BF16" not in capabilities:
             raise CheckpointError(
                 f"--openvino-precision bf16: this CPU has no bfloat16 support (OpenVINO reports "
                 f"{', '.join(capabilities)}); serve fp32, or int8 with --onnx-precision int8"
             )
-    source: Path = available_export(model_dir, settings)
+    source: Path = available_export(model_dir, options)
     model = core.read_model(str(source))
     if is_stale(_recorded_sha256(model), model_dir):
-        refresh_stale(source, model_dir, settings)
+        refresh_stale(source, model_dir, options)
         model = core.read_model(str(source))
     size = Preprocessing.from_hf_config(model_dir.preprocessor_config).fixed_input_size
     if _input_size(model) != size:
@@ -148,12 +148,12 @@ def load_openvino_backend(model_dir: ModelDir, settings: Settings) -> OpenVinoBa
             f"{source} takes {_input_size(model)} inputs but the preprocessing makes {size}: export it again"
         )
     on_cpu = device == "CPU"
-    instances = settings.instances or (settings.inference_threads if on_cpu else 1)
-    latency = core.compile_model(model, device, compile_options(settings, device, streams=1))
+    instances = options.instances or (options.inference_threads if on_cpu else 1)
+    latency = core.compile_model(model, device, compile_options(options, device, streams=1))
     throughput = (
         latency
         if instances == 1
-        else core.compile_model(model, device, compile_options(settings, device, instances))
+        else core.compile_model(model, device, compile_options(options, device, instances))
     )
     return OpenVinoBackend(latency, throughput, instances, source.name, device)
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.config import Settings
+from app.config import ModelOptions
 from app.cpus import cpu_has_bf16
 from app.errors import CheckpointError
 from app.intake.preprocess import Preprocessing
@@ -184,10 +184,10 @@ def graph_batch_sizes(max_batch_size: int) -> list[int]:
     )
 
 
-def load(model_dir: ModelDir, settings: Settings) -> TorchBackend:
-    set_threads(settings.inference_threads)
-    backend = load_torch_backend(model_dir, settings.device, settings.torch_precision)
+def load(model_dir: ModelDir, options: ModelOptions) -> TorchBackend:
+    set_threads(options.inference_threads)
+    backend = load_torch_backend(model_dir, options.device, options.torch_precision)
     input_size = Preprocessing.from_hf_config(model_dir.preprocessor_config).fixed_input_size
-    if backend.device_type == "cuda" and settings.cuda_graphs and input_size is not None:
-        backend.capture_cuda_graphs(input_size, graph_batch_sizes(settings.max_batch_size))
+    if backend.device_type == "cuda" and options.cuda_graphs and input_size is not None:
+        backend.capture_cuda_graphs(input_size, graph_batch_sizes(options.max_batch_size))
     return backend

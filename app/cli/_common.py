@@ -9,9 +9,14 @@ import sys
 from collections.abc import Callable, Iterable
 from enum import Enum
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, Union, get_args, get_origin
+
+if TYPE_CHECKING:  # the commands import what they need when they run: `mvit --help` stays fast
+    from app.config import ServerSettings
+    from app.repository.models_yaml import ModelEntry
 
 Run = Callable[[argparse.Namespace], int]
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 # The settings that say how a model is loaded and run, for the commands that load one (predict, tune).
 MODEL_LOADING_SETTINGS = (
@@ -52,29 +57,31 @@ def one_line_errors(command: str, *expected: type[Exception]) -> Callable[[Run],
     return wrap
 
 
-def settings_from(args: argparse.Namespace) -> Any:
-    """`Settings` from the environment and the setting flags given; SystemExit in one line when invalid."""
+def settings_from(args: argparse.Namespace) -> ServerSettings:
+    """`ServerSettings` from the environment and the setting flags given; SystemExit in one line when invalid."""
     from pydantic import ValidationError
 
-    from app.config import Settings
+    from app.config import ServerSettings
     from app.errors import validation_problems
 
     overrides = {
-        key: value for key, value in vars(args).items() if key in Settings.model_fields and value is not None
+        key: value
+        for key, value in vars(args).items()
+        if key in ServerSettings.model_fields and value is not None
     }
     try:
-        return Settings(**overrides)
+        return ServerSettings(**overrides)
     except ValidationError as exc:
         problems = validation_problems(exc.errors())
         raise SystemExit(f"mvit: invalid configuration: {problems}") from None
 
 
-def tool_settings(args: argparse.Namespace) -> Any:
+def tool_settings(args: argparse.Namespace) -> ServerSettings:
     """Settings for a tool command whose positional model arguments are not the served models."""
     return settings_from(argparse.Namespace(**{**vars(args), "models": None}))
 
 
-def prepare_models(settings: Any) -> list[Any]:
+def prepare_models(settings: ServerSettings) -> list[ModelEntry]:
     """Every configured model: its backend installed, fetched when it is a Hub id not fetched yet (pinned,
     verified, as `mvit fetch`), and its folder readable. Returns the models.yaml entries."""
     from app.backends import require_backend, verify_with_torch
@@ -84,22 +91,22 @@ def prepare_models(settings: Any) -> list[Any]:
 
     entries = served_models(settings)
     for entry in entries:
-        require_backend(entry.settings(settings).backend)
+        require_backend(entry.options(settings.model_options()).backend)
         ensure_available(entry.name, settings.model_repository, settings.hub_revision, verify_with_torch)
         resolve(entry.name, settings.model_repository)
     return entries
 
 
-def add_setting_flags(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+def add_setting_flags(parser: argparse._ActionsContainer, names: Iterable[str]) -> None:
     """One flag per setting, its help and choices taken from the setting's field (app/config.py)."""
     from pydantic_core import PydanticUndefined
 
-    from app.config import ENVIRONMENT_ONLY, REPEATED_FLAGS, Settings
+    from app.config import ENVIRONMENT_ONLY, REPEATED_FLAGS, ServerSettings
 
     for name in names:
         if name in ENVIRONMENT_ONLY:
             continue
-        field = Settings.model_fields[name]
+        field = ServerSettings.model_fields[name]
         annotation = field.annotation
         if get_origin(annotation) in (Union, UnionType):  # X | None
             annotation = next(a for a in get_args(annotation) if a is not type(None))

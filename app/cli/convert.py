@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-from app.cli._common import one_line_errors
+from app.cli._common import Subcommands, one_line_errors
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     convert = sub.add_parser(
         "convert", allow_abbrev=False, help="convert an Apple ml-cvnets checkpoint into a model folder"
     )

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
-from app.cli._common import one_line_errors
+from app.cli._common import Subcommands, one_line_errors
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     from app.tasks import TASK_BY_CLI_NAME
 
     demo = sub.add_parser(

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
 
-from app.cli._common import CommandError, add_setting_flags, one_line_errors, tool_settings
+from app.cli._common import CommandError, Subcommands, add_setting_flags, one_line_errors, tool_settings
 
 log = logging.getLogger("mvit")
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     from app.backends.onnx_files import QUANTIZERS
 
     export = sub.add_parser(

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
-from app.cli._common import CommandError, add_setting_flags, one_line_errors, tool_settings
+from app.cli._common import CommandError, Subcommands, add_setting_flags, one_line_errors, tool_settings
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     fetch = sub.add_parser(
         "fetch",
         allow_abbrev=False,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 from app.cli._common import (
     MODEL_LOADING_SETTINGS,
+    Subcommands,
     add_setting_flags,
     one_line_errors,
     prepare_models,
@@ -30,7 +30,7 @@ PREDICT_SETTINGS = (
 )
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     predict = sub.add_parser(
         "predict", allow_abbrev=False, help="run one image file through a model without HTTP"
     )
@@ -43,6 +43,7 @@ def register(sub: Any) -> None:
 
 @one_line_errors("predict")
 def run(args: argparse.Namespace) -> int:
+    from app.repository import resolve
     from app.runtime.models import load_model
     from app.runtime.pipeline import predict
 
@@ -50,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
     parameters = {"top_k": args.top_k, "function_to_apply": args.function_to_apply}
     data = Path(args.image).read_bytes()
     entry = prepare_models(settings)[0]
-    one_image = entry.settings(settings).model_copy(update={"instances": 1})  # no concurrent batches
-    model = load_model(entry.name, one_image)
+    options = entry.options(settings.model_options())
+    one_image = options.model_copy(update={"instances": 1})  # no concurrent batches
+    model = load_model(resolve(entry.name, settings.model_repository), one_image)
     given = {k: v for k, v in parameters.items() if v is not None}
     print(json.dumps(predict(model, data, given, settings.max_image_pixels), indent=2))
     return 0

@@ -4,16 +4,34 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.cli._common import CommandError, add_setting_flags, one_line_errors, prepare_models, settings_from
+from app.cli._common import (
+    CommandError,
+    Subcommands,
+    add_setting_flags,
+    one_line_errors,
+    prepare_models,
+    settings_from,
+)
+
+if TYPE_CHECKING:
+    from app.ray_serve import RayOptions
 
 
-def register(sub: Any) -> None:
-    from app.config import Settings
+def register(sub: Subcommands) -> None:
+    from app.config import PER_MODEL_OPTIONS, ModelOptions, ServerSettings
 
     serve = sub.add_parser("serve", allow_abbrev=False, help="run the HTTP service")
-    add_setting_flags(serve, Settings.model_fields)
+    server = serve.add_argument_group("the server")
+    add_setting_flags(
+        server, [name for name in ServerSettings.model_fields if name not in ModelOptions.model_fields]
+    )
+    models = serve.add_argument_group(
+        "every model's defaults",
+        f"a models.yaml entry may set {', '.join(PER_MODEL_OPTIONS)} for its own model (docs/model-repository.md)",
+    )
+    add_setting_flags(models, ModelOptions.model_fields)
     ray = serve.add_argument_group("Ray Serve (pip install 'mobilevitv2-serve[ray]'; docs/deployment.md)")
     ray.add_argument(
         "--ray", action="store_true", help="serve as a Ray Serve application, one copy per replica"
@@ -55,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     return run_server(settings)
 
 
-def ray_options_from(args: argparse.Namespace) -> Any:
+def ray_options_from(args: argparse.Namespace) -> RayOptions | None:
     """`--ray`'s RayOptions, None without it. Ray flags without --ray and bad values are usage errors; Ray
     not installed is a CommandError."""
     usage_error = args.command_parser.error

@@ -7,12 +7,23 @@ import argparse
 import shlex
 import sys
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING
 
-from app.cli._common import MODEL_LOADING_SETTINGS, add_setting_flags, one_line_errors, tool_settings
+from app.cli._common import (
+    MODEL_LOADING_SETTINGS,
+    Subcommands,
+    add_setting_flags,
+    one_line_errors,
+    tool_settings,
+)
+
+if TYPE_CHECKING:
+    from app.repository import ModelDir
+    from app.repository.tuning import TuningRecord
+    from app.runtime.measure_tuning import Measurement
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     from app.repository.tuning import BATCH_SIZES
 
     tune = sub.add_parser(
@@ -59,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from app.intake.preprocess import Preprocessing
     from app.repository import resolve
     from app.repository.tuning import write_record
-    from app.runtime.tuner import instance_counts_for, tune
+    from app.runtime.measure_tuning import Plan, instance_counts_for, tune
 
     settings = tool_settings(args)
     instance_counts = args.instance_counts or instance_counts_for(settings.inference_threads)
@@ -67,18 +78,15 @@ def run(args: argparse.Namespace) -> int:
     input_size = Preprocessing.from_hf_config(model_dir.preprocessor_config).fixed_input_size
     if input_size is None:
         raise CheckpointError(f"{model_dir.path}: preprocessing must produce a fixed input size (crop)")
+    plan = Plan(args.batch_sizes, instance_counts, args.seconds, args.rounds, try_spinning=args.try_spinning)
     record, best = tune(
         model_dir,
-        settings,
+        settings.model_options(),
         input_size,
-        args.batch_sizes,
-        instance_counts,
-        args.seconds,
-        args.rounds,
+        plan,
         args.latency_slack,
         command=shlex.join(["mvit", *args.argv]),
         progress=lambda line: print(line, file=sys.stderr),
-        try_spinning=args.try_spinning,
     )
     recorded = write_record(model_dir.path, record)
     report(record, best, model_dir)
@@ -86,10 +94,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def report(record: Any, best: Any, model_dir: Any) -> None:
+def report(record: TuningRecord, best: Measurement, model_dir: ModelDir) -> None:
     """What was measured, what was chosen, and how a reduced precision compares with fp32 here."""
     from app.repository.tuning import find_record
-    from app.runtime.tuned import best_throughput
+    from app.runtime.apply_tuning import best_throughput
 
     print(f"machine: {record.key.describe()}")
     for row in record.measured:

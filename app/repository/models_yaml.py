@@ -3,7 +3,7 @@
     # models/models.yaml
     models:
       - name: hub/apple--mobilevitv2-1.0-imagenet1k-256   # a folder in the repository, a path, or a Hub id
-        backend: onnx                                     # optional: any of config.MODEL_OPTIONS
+        backend: onnx                                     # optional: any of config.PER_MODEL_OPTIONS
 
 Unknown keys, wrong types and duplicate names are refused at start with the file, the entry and the
 field, in the spirit of Triton's model repository (one folder per model, one file saying how to run it).
@@ -17,15 +17,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from app.config import DEFAULT_MODEL, MODEL_OPTIONS, Settings
+from app.config import DEFAULT_MODEL, PER_MODEL_OPTIONS, ModelOptions, ServerSettings
 from app.errors import CheckpointError, validation_problems
 
 REPOSITORY_FILE = "models.yaml"
 
 
 def _optional(name: str) -> tuple[Any, Any]:
-    """A Settings field as an optional models.yaml key: same type, limits and description; default None."""
-    field = copy.copy(Settings.model_fields[name])
+    """A model option as an optional models.yaml key: same type, limits and description; default None."""
+    field = copy.copy(ModelOptions.model_fields[name])
     field.default, field.default_factory = None, None
     return field.annotation | None, field
 
@@ -35,8 +35,8 @@ class _Options(BaseModel):
 
     name: str = Field(min_length=1, description="A folder in the repository, a path, or a Hub id.")
 
-    def settings(self, defaults: Settings) -> Settings:
-        """The server settings with this entry's overrides."""
+    def options(self, defaults: ModelOptions) -> ModelOptions:
+        """The server's model options with this entry's overrides."""
         overrides = self.model_dump(exclude={"name"}, exclude_none=True)
         return defaults.model_copy(update=overrides) if overrides else defaults
 
@@ -44,8 +44,8 @@ class _Options(BaseModel):
 ModelEntry = create_model(
     "ModelEntry",
     __base__=_Options,
-    __doc__="One models.yaml entry: a model, and the settings it overrides (config.MODEL_OPTIONS).",
-    **{name: _optional(name) for name in MODEL_OPTIONS},
+    __doc__="One models.yaml entry: a model, and the options it overrides (config.PER_MODEL_OPTIONS).",
+    **{name: _optional(name) for name in PER_MODEL_OPTIONS},
 )
 
 
@@ -78,7 +78,7 @@ def read_repository_file(path: Path) -> list[ModelEntry]:
         raise CheckpointError(f"{path}: {problems}") from None
 
 
-def served_models(settings: Settings) -> list[ModelEntry]:
+def served_models(settings: ServerSettings) -> list[ModelEntry]:
     if settings.models:
         return [ModelEntry(name=name) for name in settings.models]
     path = settings.model_repository / REPOSITORY_FILE

@@ -48,7 +48,7 @@ class TuningRecord:
     # The file measured (model.onnx, model.int8.onnx or the weights): a record applies to that file only.
     # Empty in records written before it was recorded.
     artifact_sha256: str = ""
-    # The choice's rule (app/runtime/tuned.py, `best_row`), kept so that a server whose operator fixes
+    # The choice's rule (app/runtime/apply_tuning.py, `best_row`), kept so that a server whose operator fixes
     # some settings can choose the rest from `measured` the same way. Older records used the default.
     latency_slack: float = 0.25
 

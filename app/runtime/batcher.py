@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.errors import ModelUnavailable, QueueFull, ShuttingDown
-from app.runtime.drain import RETRY_AFTER_DRAINING_S
+from app.runtime.lifecycle import RETRY_AFTER_DRAINING_S
 from app.runtime.threads import name_os_thread
 
 log = logging.getLogger(__name__)

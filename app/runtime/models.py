@@ -9,22 +9,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from app.backends import Backend, load_backend
-from app.config import Settings
+from app.config import ModelOptions, ServerSettings
 from app.errors import CheckpointError, InvalidInput, ModelLoading, ModelNotFound, shown
 from app.intake.preprocess import Preprocessing
-from app.intake.profiles import Profile, choose
+from app.intake.profiles import Chosen, Profile, choose
 from app.metrics import Metrics
 from app.nn.configs import SSDConfig
 from app.repository import ModelDir, resolve
-from app.repository.models_yaml import served_models
+from app.repository.models_yaml import ModelEntry, served_models
+from app.runtime.apply_tuning import Tuning, apply_tuning
 from app.runtime.batcher import Batcher
-from app.runtime.tuned import Tuning, apply_tuning
-from app.runtime.tuner import TuningStopped, tune_at_start
+from app.runtime.measure_tuning import TuningStopped, tune_at_start
 from app.tasks import TASKS, Task
 from app.tasks.detection import Detector
 
@@ -96,24 +96,14 @@ class ServedModel:
         }
 
 
-def load_model(
-    source: str,
-    settings: Settings,
-    backend_loader: Callable[[ModelDir, Settings], Backend] = load_backend,
-    metrics: Metrics | None = None,
-    stop: threading.Event | None = None,
-) -> ServedModel:
-    """Resolve, load and warm up one model (blocking), with a batcher configured by `settings`; `stop`
-    ends a tuning at start early (TuningStopped)."""
-    model_dir = resolve(source, settings.model_repository)
-    if model_dir.task not in TASKS:
-        raise CheckpointError(f"{model_dir.path}: task {model_dir.task!r} is not served by this version")
+def preprocessing_for(model_dir: ModelDir, profile: Literal["auto", "trained", "hf"]) -> Chosen:
+    """The preprocessing `profile` gives this folder; CheckpointError where it has no fixed input size."""
     hf_preprocessing = Preprocessing.from_hf_config(model_dir.preprocessor_config)
     if hf_preprocessing.fixed_input_size is None:
         raise CheckpointError(f"{model_dir.path}: preprocessing must produce a fixed input size (crop)")
     try:
-        chosen = choose(
-            settings.preprocessing,
+        return choose(
+            profile,
             hf_preprocessing,
             hf_preprocessing.fixed_input_size,
             model_dir.task,
@@ -122,13 +112,26 @@ def load_model(
         )
     except ValueError as exc:
         raise CheckpointError(f"{model_dir.path}: {exc}") from None
+
+
+def load_model(
+    model_dir: ModelDir,
+    options: ModelOptions,
+    backend_loader: Callable[[ModelDir, ModelOptions], Backend] = load_backend,
+    metrics: Metrics | None = None,
+    stop: threading.Event | None = None,
+) -> ServedModel:
+    """Load and warm up one model (blocking), with a batcher configured by `options` and this machine's
+    tuning record; `stop` ends a tuning at start early (TuningStopped)."""
+    if model_dir.task not in TASKS:
+        raise CheckpointError(f"{model_dir.path}: task {model_dir.task!r} is not served by this version")
+    chosen = preprocessing_for(model_dir, options.preprocessing)
     preprocessing = chosen.preprocessing
-    labels = model_dir.labels
-    settings, tuning = apply_tuning(model_dir, settings)
-    if tuning.record is None and settings.tune_at_start_s > 0:
+    options, tuning = apply_tuning(model_dir, options)
+    if tuning.record is None and options.tune_at_start_s > 0:
         size = preprocessing.fixed_input_size
-        settings, tuning = tune_at_start(model_dir, settings, size, stop, tuning.outdated)
-    backend = backend_loader(model_dir, settings)
+        options, tuning = tune_at_start(model_dir, options, size, stop, tuning.outdated)
+    backend = backend_loader(model_dir, options)
     height, width = preprocessing.fixed_input_size
     warm_up = np.zeros((1, 3, height, width), dtype=np.float32)  # the first call of a session allocates
     backend.infer(warm_up)
@@ -137,9 +140,9 @@ def load_model(
     batcher = Batcher(
         model_dir.model_id,
         backend.infer,
-        max_batch_size=settings.max_batch_size,
-        max_queue_delay_ms=settings.max_queue_delay_ms,
-        max_queue_size=settings.max_queue_size,
+        max_batch_size=options.max_batch_size,
+        max_queue_delay_ms=options.max_queue_delay_ms,
+        max_queue_size=options.max_queue_size,
         on_batch=metrics.batch_size.labels(model_dir.model_id).observe if metrics else None,
         on_death=(lambda _: metrics.batcher_failures.labels(model_dir.model_id).inc()) if metrics else None,
         instances=backend.instances,
@@ -154,10 +157,10 @@ def load_model(
         profile=chosen.profile,
         profile_reason=chosen.reason,
         tuning=tuning,
-        labels=labels,
+        labels=model_dir.labels,
         width=float(model_dir.config.get("width_multiplier", 1.0)),
         batcher=batcher,
-        min_decode_size=preprocessing.min_decode_size(settings.jpeg_reduce_gap),
+        min_decode_size=preprocessing.min_decode_size(options.jpeg_reduce_gap),
     )
 
 
@@ -166,9 +169,9 @@ class ModelManager:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ServerSettings,
         metrics: Metrics,
-        backend_loader: Callable[[ModelDir, Settings], Backend] = load_backend,
+        backend_loader: Callable[[ModelDir, ModelOptions], Backend] = load_backend,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -234,6 +237,11 @@ class ModelManager:
             f"post to a task route or to /models/<id>. Served: {routes}."
         )
 
+    def _load(self, entry: ModelEntry) -> ServedModel:
+        model_dir = resolve(entry.name, self.settings.model_repository)
+        options = entry.options(self.settings.model_options())
+        return load_model(model_dir, options, self._backend_loader, self.metrics, self._stopping)
+
     async def load_all(self) -> None:
         """Load every configured model in order; stop at the first failure and keep its message."""
         self._load_started = time.monotonic()
@@ -242,10 +250,7 @@ class ModelManager:
             self.expected = len(entries)
             for entry in entries:
                 started = time.monotonic()
-                settings = entry.settings(self.settings)
-                model = await asyncio.to_thread(
-                    load_model, entry.name, settings, self._backend_loader, self.metrics, self._stopping
-                )
+                model = await asyncio.to_thread(self._load, entry)
                 if model.id in self.models:
                     raise CheckpointError(f"two configured models have the id {model.id!r}")
                 self.metrics.pending.labels(model.id).set_function(lambda b=model.batcher: b.pending)

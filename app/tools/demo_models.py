@@ -13,14 +13,18 @@ They are written in exactly the format the server loads (Hugging Face layout, sa
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from app.intake.preprocess import Preprocessing, preprocess
 from app.labels import read_labels
-from app.nn.configs import ARCHITECTURE_BY_TASK, SSDConfig
+from app.nn.configs import ARCHITECTURE_BY_TASK, Architecture, SSDConfig
 from app.repository.writer import hf_config, write_model_folder
 from app.tasks.detection import Detector
+
+if TYPE_CHECKING:
+    import torch
 
 # Procedural photos (classifiers) and scenes (segmenters) the demo weights are calibrated on.
 CALIBRATION_PHOTOS = 16
@@ -35,17 +39,9 @@ def write_demo_model(
     seed: int = 0,
 ) -> Path:
     """Write `<out_dir>/mobilevitv2-<width>-<imagenet1k|voc-deeplabv3|coco-ssdlite>-<size>-random/`."""
-    import torch
 
     from app.nn.build import create_network
     from app.nn.mobilevitv2 import randomize_weights
-    from app.tools.calibrate import (
-        calibrate,
-        calibrate_detector,
-        calibrate_regions,
-        procedural_photos,
-        procedural_scenes,
-    )
 
     if task not in ARCHITECTURE_BY_TASK:
         raise ValueError(f"unknown task {task!r}: {', '.join(ARCHITECTURE_BY_TASK)}")
@@ -70,17 +66,7 @@ def write_demo_model(
         config.update(architecture.head_config().to_dict())
     model = create_network(architecture, config, len(labels)).eval()
     randomize_weights(model, seed, head_names=architecture.head_names)
-    if architecture.demo_calibration == "whiten":
-        photos = [preprocess(photo, preprocessing) for photo in procedural_photos(CALIBRATION_PHOTOS, seed)]
-        calibrate(model, architecture, torch.from_numpy(np.stack(photos)), seed)
-    elif architecture.demo_calibration == "regions":
-        scenes = list(procedural_scenes(CALIBRATION_SCENES, len(labels), size, seed))
-        batch = torch.from_numpy(np.stack([preprocess(image, preprocessing) for image, _ in scenes]))
-        calibrate_regions(model, architecture, batch, np.stack([regions for _, regions in scenes]))
-    else:  # "boxes"
-        photos = [preprocess(photo, preprocessing) for photo in procedural_photos(CALIBRATION_PHOTOS, seed)]
-        detector = Detector.for_input(SSDConfig.from_dict(config), size, size)
-        calibrate_detector(model, architecture, torch.from_numpy(np.stack(photos)), detector, seed)
+    calibrate_demo(model, architecture, config, preprocessing, len(labels), seed)
     kind = "-".join(part for part in (architecture.dataset, architecture.head) if part)
     name = f"mobilevitv2-{width}-{kind}-{size}-random"
     manifest = {
@@ -93,3 +79,36 @@ def write_demo_model(
     return write_model_folder(
         out_dir / name, config, preprocessing.to_hf_config(), manifest, model.state_dict()
     )
+
+
+def calibrate_demo(
+    model: torch.nn.Module,
+    architecture: Architecture,
+    config: dict[str, Any],
+    preprocessing: Preprocessing,
+    num_labels: int,
+    seed: int,
+) -> None:
+    """Fit the random network's scales to procedural inputs, so that its outputs depend on the image."""
+    import torch
+
+    from app.tools.calibrate import (
+        calibrate,
+        calibrate_detector,
+        calibrate_regions,
+        procedural_photos,
+        procedural_scenes,
+    )
+
+    size = preprocessing.fixed_input_size[0] if preprocessing.fixed_input_size else 0
+    if architecture.demo_calibration == "whiten":
+        photos = [preprocess(photo, preprocessing) for photo in procedural_photos(CALIBRATION_PHOTOS, seed)]
+        calibrate(model, architecture, torch.from_numpy(np.stack(photos)), seed)
+    elif architecture.demo_calibration == "regions":
+        scenes = list(procedural_scenes(CALIBRATION_SCENES, num_labels, size, seed))
+        batch = torch.from_numpy(np.stack([preprocess(image, preprocessing) for image, _ in scenes]))
+        calibrate_regions(model, architecture, batch, np.stack([regions for _, regions in scenes]))
+    else:  # "boxes"
+        photos = [preprocess(photo, preprocessing) for photo in procedural_photos(CALIBRATION_PHOTOS, seed)]
+        detector = Detector.for_input(SSDConfig.from_dict(config), size, size)
+        calibrate_detector(model, architecture, torch.from_numpy(np.stack(photos)), detector, seed)

@@ -28,7 +28,7 @@ from schemathesis.checks import (
 
 import app.intake.preprocess
 from app.api import create_app
-from app.config import Settings
+from app.config import ServerSettings
 from app.intake.preprocess import Preprocessing, preprocess
 from scripts.hostile_images import hostile_corpus
 from tests.support import ROOT, encode, live, make_settings, photo_like, wait_for, wait_ready
@@ -313,7 +313,7 @@ def test_fuzz_multipart_forms(three_tasks: TestClient, route: str, fields: dict,
 
 # --- schemathesis: the app against its own OpenAPI schema -------------------------------------------
 
-schema = schemathesis.openapi.from_dict(create_app(Settings(models=["schema-only"])).openapi())
+schema = schemathesis.openapi.from_dict(create_app(ServerSettings(models=["schema-only"])).openapi())
 
 
 @pytest.fixture(scope="module")
@@ -380,5 +380,5 @@ def test_models_yaml_cannot_construct_python_objects(tmp_path: Path, monkeypatch
     )
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CheckpointError):
-        served_models(Settings(model_repository=tmp_path))
+        served_models(ServerSettings(model_repository=tmp_path))
     assert not (tmp_path / "PWNED").exists()

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api import create_app
-from app.config import Settings
+from app.config import ServerSettings
 from app.logs import ACCESS_LOGGER
 from app.metrics import Metrics
 from app.repository import ModelDir
@@ -255,7 +255,7 @@ def test_bad_parameters_are_400(
 )
 def test_serving_settings_are_validated(setting: str, value: float) -> None:
     with pytest.raises(ValueError, match=setting):
-        Settings(**{setting: value})
+        ServerSettings(**{setting: value})
 
 
 def test_body_and_pixel_limits_are_413(model_dir: Path, jpeg_bytes: bytes) -> None:
@@ -285,8 +285,8 @@ def test_unknown_routes_and_methods_use_the_error_shape(client: TestClient) -> N
 class _GatedManager(ModelManager):
     """Holds model loading until the test opens the gate."""
 
-    def __init__(self, settings: Settings, gate: threading.Event) -> None:
-        def slow_loader(model_dir: ModelDir, s: Settings):  # type: ignore[no-untyped-def]
+    def __init__(self, settings: ServerSettings, gate: threading.Event) -> None:
+        def slow_loader(model_dir: ModelDir, s: ServerSettings):  # type: ignore[no-untyped-def]
             gate.wait(30)
             return load_backend(model_dir, s)
 

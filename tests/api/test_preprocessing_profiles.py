@@ -17,8 +17,7 @@ from app.intake.preprocess import preprocess
 from app.intake.profiles import trained_preprocessing
 from app.nn.build import build_network
 from app.repository import read_model_dir
-from app.runtime.models import load_model
-from tests.support import encode, make_settings, photo_like, serving
+from tests.support import encode, load_served, photo_like, serving
 
 
 @pytest.fixture(scope="module")
@@ -83,4 +82,4 @@ def test_an_unknown_recorded_profile_stops_the_model_in_one_line(apple_like: Pat
     manifest = json.loads((folder / "manifest.json").read_text())
     (folder / "manifest.json").write_text(json.dumps({**manifest, "preprocessing_profile": "bgr"}))
     with pytest.raises(CheckpointError, match="unknown preprocessing_profile 'bgr'"):
-        load_model(str(folder), make_settings(folder))
+        load_served(folder)

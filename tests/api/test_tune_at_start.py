@@ -15,8 +15,8 @@ import pytest
 
 from app.repository import read_model_dir
 from app.repository.tuning import TUNING_FILE, TuningRecord, read_records, write_record
-from app.runtime import models, tuner
-from app.runtime.tuned import choice_given, machine_key
+from app.runtime import measure_tuning, models
+from app.runtime.apply_tuning import choice_given, machine_key
 from tests.support import encode, make_settings, photo_like, serving
 
 BUDGET_S = 1.0  # the tiny test model runs a batch in milliseconds
@@ -33,7 +33,10 @@ def test_a_model_without_a_record_is_measured_at_start_and_the_record_kept(
     folder: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = {"backend": "onnx", "tune_at_start_s": BUDGET_S}
-    with caplog.at_level(logging.INFO, logger="app.runtime.tuner"), serving(folder, **settings) as client:
+    with (
+        caplog.at_level(logging.INFO, logger="app.runtime.measure_tuning"),
+        serving(folder, **settings) as client,
+    ):
         described = client.get("/models").json()[0]
         assert client.post("/classify", content=encode(photo_like(320, 240, seed=5))).status_code == 200
 
@@ -70,7 +73,7 @@ def test_a_record_measured_on_another_file_is_measured_again(
         pass
     write_record(folder, TuningRecord(machine_key(settings), {"max_batch_size": 8}, artifact_sha256="0" * 64))
     with (
-        caplog.at_level(logging.INFO, logger="app.runtime.tuner"),
+        caplog.at_level(logging.INFO, logger="app.runtime.measure_tuning"),
         serving(folder, backend="onnx", tune_at_start_s=BUDGET_S) as client,
     ):
         tuning = client.get("/models").json()[0]["tuning"]
@@ -89,9 +92,9 @@ def test_a_read_only_model_folder_is_tuned_for_this_process_only(
     def read_only(path: Path, record: object) -> Path:
         raise PermissionError(13, "Permission denied", str(path / TUNING_FILE))
 
-    monkeypatch.setattr(tuner, "write_record", read_only)
+    monkeypatch.setattr(measure_tuning, "write_record", read_only)
     with (
-        caplog.at_level(logging.INFO, logger="app.runtime.tuner"),
+        caplog.at_level(logging.INFO, logger="app.runtime.measure_tuning"),
         serving(folder, backend="onnx", tune_at_start_s=BUDGET_S) as client,
     ):
         described = client.get("/models").json()[0]
@@ -120,7 +123,10 @@ def test_with_batch_size_and_instances_set_nothing_is_measured(
     folder: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = {"backend": "onnx", "tune_at_start_s": 30.0, "max_batch_size": 3, "instances": 1}
-    with caplog.at_level(logging.INFO, logger="app.runtime.tuner"), serving(folder, **settings) as client:
+    with (
+        caplog.at_level(logging.INFO, logger="app.runtime.measure_tuning"),
+        serving(folder, **settings) as client,
+    ):
         described = client.get("/models").json()[0]
     assert (described["max_batch_size"], described["instances"]) == (3, 1)
     assert described["tuning"]["tuned"] is False
@@ -133,7 +139,7 @@ def test_with_batch_size_and_instances_set_nothing_is_measured(
 def test_torch_with_its_batch_size_set_is_not_measured(folder: Path) -> None:
     """torch has one instance: its batch size is all there is to choose."""
     settings = make_settings(folder, backend="torch", tune_at_start_s=30.0, max_batch_size=4)
-    tuned, tuning = tuner.tune_at_start(read_model_dir(folder), settings, (256, 256))
+    tuned, tuning = measure_tuning.tune_at_start(read_model_dir(folder), settings, (256, 256))
     assert tuned is settings and tuning.record is None
     assert not (folder / TUNING_FILE).exists()
 
@@ -146,23 +152,15 @@ def test_without_the_setting_nothing_is_measured(folder: Path) -> None:
 
 def test_the_budget_is_spread_over_one_round_of_the_grid() -> None:
     # 8 configurations of 3 s and 2 lone-request runs of 1.5 s: 27 s.
-    assert tuner.seconds_per_configuration(27.0, configurations=8, backends=2) == 3.0
+    assert measure_tuning.seconds_per_configuration(27.0, configurations=8, backends=2) == 3.0
 
 
 def test_past_the_deadline_what_was_measured_decides(folder: Path) -> None:
-    def measured(deadline: float | None) -> list[tuner.Measurement]:
-        return tuner.measure(
-            read_model_dir(folder),
-            make_settings(folder, backend="onnx"),
-            (256, 256),
-            [1, 2],
-            [1, 2],
-            [False],
-            seconds=0.01,
-            rounds=2,
-            progress=lambda _: None,
-            min_calls=1,
-            deadline=deadline,
+    def measured(deadline: float | None) -> list[measure_tuning.Measurement]:
+        plan = measure_tuning.Plan([1, 2], [1, 2], seconds=0.01, rounds=2, min_calls=1, deadline=deadline)
+        options = make_settings(folder, backend="onnx").model_options()
+        return measure_tuning.measure(
+            read_model_dir(folder), options, (256, 256), plan, progress=lambda _: None
         )
 
     everything = measured(deadline=None)
@@ -185,8 +183,8 @@ def test_a_shutdown_while_tuning_stops_it_and_records_nothing(folder: Path) -> N
     stop = threading.Event()
     stop.set()  # as the server's shutdown sets it, here before the first configuration
     model_dir = read_model_dir(folder)
-    with pytest.raises(tuner.TuningStopped):
-        tuner.tune_at_start(
+    with pytest.raises(measure_tuning.TuningStopped):
+        measure_tuning.tune_at_start(
             model_dir, make_settings(folder, backend="onnx", tune_at_start_s=600), (256, 256), stop
         )
     assert not (folder / TUNING_FILE).exists()

@@ -9,7 +9,7 @@ import re
 import pytest
 import yaml
 
-from app.config import Settings
+from app.config import ServerSettings
 from app.metrics import Metrics
 from app.repository.tuning import TUNED_SETTINGS
 from scripts._dockerfile import read_stages
@@ -27,7 +27,7 @@ def test_every_image_runs_the_service_as_a_non_root_user_with_a_health_check(tar
     assert stage.user and stage.user not in ("root", "0")
     assert stage.command == ["mvit", "serve"]
     assert stage.healthcheck and "/health" in stage.healthcheck
-    assert stage.expose == [stage.env["MVIT_PORT"]] == [str(Settings.model_fields["port"].default)]
+    assert stage.expose == [stage.env["MVIT_PORT"]] == [str(ServerSettings.model_fields["port"].default)]
     assert stage.volumes == ["/models"] == [stage.env["MVIT_MODEL_REPOSITORY"]]
     assert stage.env["MVIT_HOST"] == "0.0.0.0"
 
@@ -71,7 +71,7 @@ def test_the_gpu_image_has_torch_from_a_cuda_index_and_serves_on_cuda() -> None:
         re.search(r'--index-url "\$TORCH_INDEX_URL".*"\$TORCH_REQUIREMENT".*pip-prefix.*\[torch\]', run)
         for run in packages("gpu")
     )
-    settings = Settings(
+    settings = ServerSettings(
         **{k.removeprefix("MVIT_").lower(): v for k, v in gpu.env.items() if k.startswith("MVIT_")}
     )
     assert (settings.backend, settings.device, settings.cuda_graphs) == ("torch", "cuda", True)
@@ -123,7 +123,7 @@ def test_compose_waits_longer_than_the_drain_before_killing() -> None:
         service = COMPOSE["services"][name]
         grace = int(service["stop_grace_period"].removesuffix("s"))
         drain = float(service["environment"]["MVIT_DRAIN_TIMEOUT_S"].split(":-")[1].rstrip("}"))
-        assert drain == Settings().drain_timeout_s and grace >= drain + 5
+        assert drain == ServerSettings().drain_timeout_s and grace >= drain + 5
 
 
 def test_prometheus_scrapes_the_service_port_and_metrics_path() -> None:

@@ -24,7 +24,7 @@ import yaml
 
 from app.api import create_app
 from app.api.auth import open_paths
-from app.config import ENVIRONMENT_ONLY, Settings
+from app.config import ENVIRONMENT_ONLY, ServerSettings
 from app.metrics import Metrics
 from scripts._dockerfile import read_stages
 from tests.e2e.test_deploy import exported_metric_names
@@ -123,8 +123,8 @@ def environment(source: str, container: dict[str, Any]) -> dict[str, str | None]
     return values
 
 
-class ManifestSettings(Settings):
-    """Settings from the values given alone, not from this test process's own MVIT_* variables."""
+class ManifestSettings(ServerSettings):
+    """ServerSettings from the values given alone, not from this test process's own MVIT_* variables."""
 
     @classmethod
     def settings_customise_sources(
@@ -138,7 +138,7 @@ class ManifestSettings(Settings):
         return (init_settings,)
 
 
-def settings_of(source: str, container: dict[str, Any]) -> Settings:
+def settings_of(source: str, container: dict[str, Any]) -> ServerSettings:
     """What the service makes of the container's MVIT_* variables (its image's ENV underneath)."""
     env = {**STAGES[container["image"].partition(":")[2]].env, **environment(source, container)}
     values = {k.removeprefix("MVIT_").lower(): v for k, v in env.items() if k.startswith("MVIT_") and v}
@@ -305,7 +305,7 @@ def test_probes_ask_routes_the_service_has_on_its_port_without_a_token(source: s
     container = server(source)
     settings = settings_of(source, container)
     (port,) = container["ports"]
-    assert port["containerPort"] == settings.port == Settings.model_fields["port"].default
+    assert port["containerPort"] == settings.port == ServerSettings.model_fields["port"].default
     assert [str(port["containerPort"])] == STAGES["edge"].expose
     routes, unguarded = app_routes(), open_paths(settings)
     for probe, what in (
@@ -340,7 +340,7 @@ def test_settings_are_real_fields_and_threads_follow_the_cpu_limit(source: str) 
         env = environment(source, container)
         for name in env:
             if name.startswith("MVIT_"):
-                assert name.removeprefix("MVIT_").lower() in Settings.model_fields, name
+                assert name.removeprefix("MVIT_").lower() in ServerSettings.model_fields, name
         assert not {f"MVIT_{name.upper()}" for name in ENVIRONMENT_ONLY} & env.keys()  # tokens: a file
         settings_of(source, container)  # every value parses
     container = server(source)

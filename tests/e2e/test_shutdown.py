@@ -15,7 +15,7 @@ import httpx
 from fastapi.testclient import TestClient
 
 from app.repository.tuning import TUNING_FILE
-from app.runtime.drain import RETRY_AFTER_DRAINING_S
+from app.runtime.lifecycle import RETRY_AFTER_DRAINING_S
 from tests.support import (
     encode,
     gated_app,

@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from app.runtime.models import load_model
 from app.runtime.pipeline import predict
 from scripts.train_proxy import CLASSES, draw_example
-from tests.support import encode, make_settings, run_script
+from tests.support import encode, load_served, run_script
 
 
 def train(out: Path) -> Path:
@@ -35,7 +34,7 @@ def test_the_proxy_trains_deterministically_and_serves(tmp_path: Path) -> None:
     assert (folder / "model.safetensors").read_bytes() == (again / "model.safetensors").read_bytes()
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["random_weights"] is False and 0 <= manifest["held_out_top1"] <= 1
-    model = load_model(str(folder), make_settings(folder))
+    model = load_served(folder)
     image, label = draw_example(7, 64)
     answer = predict(model, encode(image, "PNG"), {"top_k": 3}, 10**8)
     assert len(answer) == 3 and {entry["label"] for entry in answer} <= set(CLASSES)

@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.runtime.models import load_model
 from app.runtime.pipeline import predict
 from scripts.train_proxy_detector import CLASSES, assign, average_precision, draw_scene
-from tests.support import encode, make_settings, run_script
+from tests.support import encode, load_served, run_script
 
 
 def train(out: Path) -> Path:
@@ -39,7 +38,7 @@ def test_the_proxy_detector_trains_deterministically_and_serves(tmp_path: Path) 
     assert (folder / "model.safetensors").read_bytes() == (again / "model.safetensors").read_bytes()
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["random_weights"] is False and 0 <= manifest["held_out"]["map50"] <= 1
-    model = load_model(str(folder), make_settings(folder))
+    model = load_served(folder)
     image, _, _ = draw_scene(7, 64)
     answer = predict(model, encode(image, "PNG"), {"threshold": 0.0}, 10**8)
     assert answer and {entry["label"] for entry in answer} <= set(CLASSES)

@@ -23,8 +23,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.api import create_app
-from app.config import Settings
-from app.runtime.tuned import machine_key
+from app.config import ServerSettings
+from app.runtime.apply_tuning import machine_key
 from app.tools.demo_models import write_demo_model
 from tests.support import wait_ready
 
@@ -91,7 +91,7 @@ def nested(depth: int) -> Any:
 
 
 def cases(task: str, model_id: str) -> Iterator[Case]:
-    """The requests for one task's model. Settings: max_body_bytes 200_000, max_image_pixels 1_000_000."""
+    """The requests for one task's model. ServerSettings: max_body_bytes 200_000, max_image_pixels 1_000_000."""
     route = TASK_ROUTES[task]
     image = photo()
     b64 = base64.b64encode(image).decode()
@@ -432,11 +432,13 @@ def record_all(folder: Path) -> dict[str, Any]:
     }
     common = {"inference_threads": 2, "decode_threads": 2, "model_repository": folder}
     # /models names the machine a tuning record would be for: CPU model and runtime versions vary.
-    machine = machine_key(Settings(**common)).describe()
+    machine = machine_key(ServerSettings(**common)).describe()
     replacements = {str(folder): "<models>", machine: "<machine>"}
 
     def client(**overrides: Any) -> Any:
-        return TestClient(create_app(Settings(**{**common, **overrides})), raise_server_exceptions=False)
+        return TestClient(
+            create_app(ServerSettings(**{**common, **overrides})), raise_server_exceptions=False
+        )
 
     def sender(test_client: Any) -> Callable[[Case], Any]:
         return lambda case: test_client.request(case.method, case.path, **case.kwargs)

@@ -15,11 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from app.config import Settings
 from app.labels import read_labels
 from app.nn.build import build_network
 from app.repository import read_model_dir
-from app.runtime.models import load_model
 from app.tasks.detection import (
     Detector,
     SSDConfig,
@@ -35,6 +33,7 @@ from tests.support import (
     assert_matches,
     cvnets_fixture,
     encode,
+    load_served,
     photo_like,
     photo_with_shapes,
     serving,
@@ -219,7 +218,7 @@ def check_detections(body: list, size: tuple[int, int], threshold: float) -> Non
 
 
 def test_boxes_map_back_to_non_square_images(det_client: TestClient, det_model_dir: Path) -> None:
-    model = load_model(str(det_model_dir), Settings(models=[str(det_model_dir)]))
+    model = load_served(det_model_dir)
     image = photo_like(640, 360, seed=12)
     data = encode(image, "PNG")
     body = det_client.post("/detect", content=data, params={"threshold": 0.02}).json()
@@ -285,7 +284,7 @@ def test_compare_backends_counts_detections_agreeing_as_sets(det_model_dir: Path
     from app.intake.preprocess import preprocess
     from scripts.compare_backends import detection_agreement
 
-    model = load_model(str(det_model_dir), Settings(models=[str(det_model_dir)]))
+    model = load_served(det_model_dir)
     batch = np.stack([preprocess(photo_with_shapes(640, 480, seed), model.preprocessing) for seed in (4, 8)])
     outputs = model.backend.infer(batch)
     found = sum(

@@ -22,11 +22,19 @@ from app.cli import main
 from app.intake.decode import decode_image
 from app.intake.preprocess import preprocess
 from app.repository import CheckpointError, file_sha256, read_model_dir
-from app.runtime.models import load_model
 from app.runtime.pipeline import predict
 from app.tools.demo_models import write_demo_model
 from app.tools.quantize import quantize_int8
-from tests.support import TASKS, batch_for, copy_model, encode, make_settings, photo_like, photo_with_shapes
+from tests.support import (
+    TASKS,
+    batch_for,
+    copy_model,
+    encode,
+    load_served,
+    make_settings,
+    photo_like,
+    photo_with_shapes,
+)
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -89,8 +97,8 @@ def masks_to_label_map(result: list[dict], labels: list[str]) -> np.ndarray:
 def test_same_answers_end_to_end(exported: dict[str, Path], task: str) -> None:
     folder = exported[task]
     image = encode(photo_with_shapes(640, 480, seed=11), quality=90)
-    torch_model = load_model(str(folder), make_settings(folder))
-    onnx_model = load_model(str(folder), make_settings(folder, backend="onnx", onnx_auto_export=False))
+    torch_model = load_served(folder)
+    onnx_model = load_served(folder, backend="onnx", onnx_auto_export=False)
     assert onnx_model.backend.name == "onnx" and onnx_model.backend.artifact == "model.onnx"
     # a low threshold, so that many detections are compared, not only the handful above 0.5
     parameters = {"threshold": 0.05} if task == "object-detection" else {}
@@ -108,8 +116,8 @@ def test_same_masks_end_to_end_except_at_exact_ties(exported: dict[str, Path]) -
     closer than that."""
     folder = exported["image-segmentation"]
     data = encode(photo_like(640, 480, seed=11), quality=90)
-    torch_model = load_model(str(folder), make_settings(folder))
-    onnx_model = load_model(str(folder), make_settings(folder, backend="onnx", onnx_auto_export=False))
+    torch_model = load_served(folder)
+    onnx_model = load_served(folder, backend="onnx", onnx_auto_export=False)
     expected = predict(torch_model, data, {}, 50_000_000)
     got = predict(onnx_model, data, {}, 50_000_000)
     assert [r["label"] for r in got] == [r["label"] for r in expected] and len(got) > 1
@@ -163,11 +171,11 @@ def test_onnx_only_folder_serves_with_onnx_and_is_refused_by_torch(
     exported: dict[str, Path], tmp_path: Path
 ) -> None:
     folder = copy_model(exported["image-segmentation"], tmp_path, onnx_only=True)
-    model = load_model(str(folder), make_settings(folder, backend="onnx"))
+    model = load_served(folder, backend="onnx")
     result = predict(model, encode(photo_like(300, 200)), {}, 50_000_000)
     assert result and all(r["mask"] for r in result)
     with pytest.raises(CheckpointError, match="no PyTorch weights"):
-        load_model(str(folder), make_settings(folder))
+        load_served(folder)
 
 
 def test_missing_export_without_torch_says_what_to_do(
@@ -220,7 +228,7 @@ def test_unavailable_execution_provider_is_refused_clearly(exported: dict[str, P
 def test_int8_exports_quantize_and_stay_close_to_fp32(exported: dict[str, Path], tmp_path: Path) -> None:
     folder = copy_model(exported["image-classification"], tmp_path)
     with pytest.raises(CheckpointError, match="--quantize int8"):
-        load_model(str(folder), make_settings(folder, backend="onnx", onnx_precision="int8"))
+        load_served(folder, backend="onnx", onnx_precision="int8")
     calibration = tmp_path / "calibration"
     calibration.mkdir()
     for seed in range(4):
@@ -238,7 +246,7 @@ def test_int8_exports_quantize_and_stay_close_to_fp32(exported: dict[str, Path],
 
     batch = batch_for(folder, count=3)
     fp32 = load_onnx_backend(model_dir, make_settings(folder, backend="onnx")).infer(batch)["logits"]
-    int8_model = load_model(str(folder), make_settings(folder, backend="onnx", onnx_precision="int8"))
+    int8_model = load_served(folder, backend="onnx", onnx_precision="int8")
     assert int8_model.backend.artifact == "model.int8.onnx"
     assert int8_model.describe()["precision"] == "int8"
     int8 = int8_model.backend.infer(batch)["logits"]

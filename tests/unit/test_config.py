@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.cli import build_parser
-from app.config import ENVIRONMENT_ONLY, MODEL_OPTIONS, REPEATED_FLAGS, Settings
+from app.config import ENVIRONMENT_ONLY, PER_MODEL_OPTIONS, REPEATED_FLAGS, ModelOptions, ServerSettings
 from app.repository.models_yaml import ModelEntry
 from tests.support import ROOT
 
@@ -26,9 +26,9 @@ def serve_flags() -> dict[str, str]:
 
 def test_every_setting_but_the_secret_ones_is_a_serve_flag_with_its_description() -> None:
     flags = serve_flags()
-    assert set(flags) == set(Settings.model_fields) - ENVIRONMENT_ONLY
+    assert set(flags) == set(ServerSettings.model_fields) - ENVIRONMENT_ONLY
     for name, help_text in flags.items():
-        description = (Settings.model_fields[name].description or "").rstrip(".").replace("%", "%%")
+        description = (ServerSettings.model_fields[name].description or "").rstrip(".").replace("%", "%%")
         assert help_text.startswith(description) and f"env MVIT_{name.upper()}" in help_text, name
 
 
@@ -56,26 +56,51 @@ def test_flags_become_settings() -> None:
         build_parser().parse_args(["serve", "--api-tokens", "secret"])  # never a flag: `ps` shows it
 
 
+def test_the_model_options_are_the_servers_defaults_and_remember_what_the_operator_set() -> None:
+    settings = ServerSettings(models=[], backend="onnx", max_batch_size=4, port=9000)
+    options = settings.model_options()
+    assert type(options) is ModelOptions and "port" not in options.model_dump()
+    assert (options.backend, options.max_batch_size, options.inference_threads) == (
+        "onnx",
+        4,
+        settings.inference_threads,
+    )
+    assert options.model_fields_set == {"backend", "max_batch_size"}  # a tuning record never overrides these
+    overridden = ModelEntry(name="m", instances=2).options(options)
+    assert overridden.model_fields_set == {"backend", "max_batch_size", "instances"}
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        ModelOptions(port=9000)
+
+
 def test_a_models_yaml_entry_takes_the_model_options_with_the_settings_limits() -> None:
-    assert set(ModelEntry.model_fields) == {"name", *MODEL_OPTIONS}
-    for name in MODEL_OPTIONS:
-        assert ModelEntry.model_fields[name].description == Settings.model_fields[name].description
+    assert set(ModelEntry.model_fields) == {"name", *PER_MODEL_OPTIONS}
+    for name in PER_MODEL_OPTIONS:
+        assert ModelEntry.model_fields[name].description == ServerSettings.model_fields[name].description
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
         ModelEntry(name="m", max_batch_size=0)
     with pytest.raises(ValidationError, match="Extra inputs"):
         ModelEntry(name="m", max_batch=4)
-    defaults = Settings(models=[])
-    assert ModelEntry(name="m", max_batch_size=2).settings(defaults).max_batch_size == 2
+    defaults = ServerSettings(models=[])
+    assert ModelEntry(name="m", max_batch_size=2).options(defaults.model_options()).max_batch_size == 2
 
 
-def test_the_docs_list_every_setting_and_every_models_yaml_key() -> None:
+def documented_settings(heading: str) -> list[str]:
+    """The settings of docs/configuration.md's table under `heading`, in its order."""
     configuration = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
-    missing = [name for name in Settings.model_fields if f"MVIT_{name.upper()}" not in configuration]
-    assert not missing, f"docs/configuration.md lacks {missing}"
+    section = configuration.split(f"### {heading}\n", 1)[1].split("\n#", 1)[0]
+    return [name.lower() for name in re.findall(r"^\| `MVIT_(\w+)` \|", section, flags=re.M)]
+
+
+def test_the_docs_list_every_setting_under_its_owner_and_every_models_yaml_key() -> None:
+    model_options = list(ModelOptions.model_fields)
+    server = [name for name in ServerSettings.model_fields if name not in model_options]
+    assert documented_settings("The server (`ServerSettings`)") == server
+    assert documented_settings("Every model's defaults (`ModelOptions`)") == model_options
+    configuration = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     for flag in REPEATED_FLAGS.values():
         assert f"`{flag}`" in configuration, flag
     repository = (ROOT / "docs" / "model-repository.md").read_text(encoding="utf-8")
     keys = set(re.findall(r"^\| `(\w+)` \|", repository, flags=re.M))
-    assert {"name", *MODEL_OPTIONS} <= keys, (
-        f"docs/model-repository.md lacks {({'name', *MODEL_OPTIONS}) - keys}"
+    assert {"name", *PER_MODEL_OPTIONS} <= keys, (
+        f"docs/model-repository.md lacks {({'name', *PER_MODEL_OPTIONS}) - keys}"
     )

@@ -10,19 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.runtime.models import load_model
 from app.runtime.pipeline import predict, prepare
 from app.tasks.detection import DEFAULT_THRESHOLD
 from app.tools.calibrate import procedural_photos, procedural_scenes
 from app.tools.demo_models import write_demo_model
 from scripts.demo_model_stats import detections, foreground_overlap, region_stats
-from tests.support import encode, make_settings, photo_like
+from tests.support import encode, load_served, photo_like
 
 
 @pytest.fixture(scope="module")
 def logits(model_dir: Path) -> np.ndarray:
     """(photos, classes) logits of the session's demo classifier on 8 photos it was not calibrated on."""
-    model = load_model(str(model_dir), make_settings(model_dir))
+    model = load_served(model_dir)
     photos = [encode(photo_like(640, 480, seed=100 + i)) for i in range(8)]
     return np.stack([model.backend.infer(prepare(model, p, 10**8).tensor[None])["logits"][0] for p in photos])
 
@@ -48,7 +47,7 @@ def test_calibration_is_deterministic(tmp_path: Path, model_dir: Path) -> None:
 def scene_maps(seg_model_dir: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The session's demo segmenter's label maps (at the logits' resolution) on 4 procedural scenes it
     was not fitted on, and the scenes' true class maps at the same resolution."""
-    model = load_model(str(seg_model_dir), make_settings(seg_model_dir))
+    model = load_served(seg_model_dir)
     size = int(model.model_dir.config["image_size"])
     scenes = list(procedural_scenes(4, len(model.labels), size, seed=1000))
     maps = [
@@ -76,7 +75,7 @@ def test_segmentation_foreground_overlaps_the_shapes(
 
 def test_segmentation_answers_name_a_handful_of_classes_per_photo(seg_model_dir: Path) -> None:
     """As a trained VOC model's do (2-4), not a label soup (fitted to all 20 classes: 10-16 per photo)."""
-    model = load_model(str(seg_model_dir), make_settings(seg_model_dir))
+    model = load_served(seg_model_dir)
     counts = [len(predict(model, encode(photo), {}, 10**8)) for photo in procedural_photos(4, seed=1000)]
     assert 2 <= np.mean(counts) <= 5 and max(counts) <= 6, counts
 
@@ -85,7 +84,7 @@ def test_segmentation_answers_name_a_handful_of_classes_per_photo(seg_model_dir:
 def found(det_model_dir: Path) -> list[tuple[np.ndarray, np.ndarray, int]]:
     """The session's demo detector on 8 procedural photos it was not calibrated on: per photo, the labels
     and scores of its detections above the default threshold, and its candidates above cvnets' floor."""
-    model = load_model(str(det_model_dir), make_settings(det_model_dir))
+    model = load_served(det_model_dir)
     results = []
     for photo in procedural_photos(8, seed=1000):
         found, candidates = detections(model, encode(photo))

@@ -1,5 +1,5 @@
-"""`mvit tune` records (app/repository/tuning.py), the choice (app/runtime/tuner.py), and how the server
-applies a record (app/runtime/tuned.py): only on the machine it was measured on, never over an explicit
+"""`mvit tune` records (app/repository/tuning.py), the choice (app/runtime/measure_tuning.py), and how the server
+applies a record (app/runtime/apply_tuning.py): only on the machine it was measured on, never over an explicit
 setting."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from app.repository.tuning import (
     read_records,
     write_record,
 )
-from app.runtime.tuned import apply_tuning, machine_key, served_file_sha256
-from app.runtime.tuner import Configuration, Measurement, choose
+from app.runtime.apply_tuning import apply_tuning, machine_key, served_file_sha256
+from app.runtime.measure_tuning import Configuration, Measurement, choose
 from tests.support import make_settings
 
 KEY = MachineKey("Some CPU", 2, "onnx", "fp32", "onnxruntime 1.0")

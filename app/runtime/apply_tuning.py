@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from app.backends import device_label, runtime_version
-from app.config import Settings
+from app.config import ModelOptions
 from app.cpus import cpu_model
 from app.repository import ModelDir, file_sha256
 from app.repository.tuning import MachineKey, TuningRecord, find_record
@@ -19,10 +19,10 @@ class Tuning:
 
     key: MachineKey
     record: TuningRecord | None
-    applied: dict[str, Any]  # what the record sets: its choice, given the settings the operator set
+    applied: dict[str, Any]  # what the record sets: its choice, given the options the operator set
     warning: str | None = None  # a reduced precision measured slower than fp32 here
     outdated: str | None = None  # why this machine's record does not apply: it measured another file
-    set_by_operator: dict[str, Any] = field(default_factory=dict)  # the record's settings the operator set
+    set_by_operator: dict[str, Any] = field(default_factory=dict)  # the record's options the operator set
 
     def describe(self, model_dir: ModelDir) -> dict[str, Any]:
         if self.record is None:
@@ -54,44 +54,44 @@ class Tuning:
         return f"tuned for this machine ({self.applied or 'nothing left to apply'}{given})"
 
 
-def machine_key(settings: Settings) -> MachineKey:
+def machine_key(options: ModelOptions) -> MachineKey:
     precision = {
-        "torch": settings.torch_precision,
-        "onnx": settings.onnx_precision,
-        "openvino": "int8" if settings.onnx_precision == "int8" else settings.openvino_precision,
-    }[settings.backend]
+        "torch": options.torch_precision,
+        "onnx": options.onnx_precision,
+        "openvino": "int8" if options.onnx_precision == "int8" else options.openvino_precision,
+    }[options.backend]
     return MachineKey(
         cpu_model(),
-        settings.inference_threads,
-        settings.backend,
+        options.inference_threads,
+        options.backend,
         precision,
-        runtime_version(settings.backend),
-        device_label(settings),
+        runtime_version(options.backend),
+        device_label(options),
     )
 
 
-def served_file(model_dir: ModelDir, settings: Settings) -> Path | None:
+def served_file(model_dir: ModelDir, options: ModelOptions) -> Path | None:
     """The file the configured backend runs: what a tuning record was measured on."""
-    return model_dir.weights if settings.backend == "torch" else model_dir.onnx_file(settings.onnx_precision)
+    return model_dir.weights if options.backend == "torch" else model_dir.onnx_file(options.onnx_precision)
 
 
-def served_file_sha256(model_dir: ModelDir, settings: Settings) -> str:
-    path = served_file(model_dir, settings)
+def served_file_sha256(model_dir: ModelDir, options: ModelOptions) -> str:
+    path = served_file(model_dir, options)
     return file_sha256(path) if path is not None and path.is_file() else ""
 
 
-def apply_tuning(model_dir: ModelDir, settings: Settings) -> tuple[Settings, Tuning]:
-    key = machine_key(settings)
+def apply_tuning(model_dir: ModelDir, options: ModelOptions) -> tuple[ModelOptions, Tuning]:
+    key = machine_key(options)
     record = find_record(model_dir.path, key)
     if record is None:
-        return settings, Tuning(key, None, {})
-    if record.artifact_sha256 and record.artifact_sha256 != served_file_sha256(model_dir, settings):
-        path = served_file(model_dir, settings)
+        return options, Tuning(key, None, {})
+    if record.artifact_sha256 and record.artifact_sha256 != served_file_sha256(model_dir, options):
+        path = served_file(model_dir, options)
         name = path.name if path is not None else "file"
-        return settings, Tuning(
+        return options, Tuning(
             key, None, {}, outdated=f"this machine's tuning record was measured on another {name}"
         )
-    return apply_record(model_dir, settings, record)
+    return apply_record(model_dir, options, record)
 
 
 def best_row(rows: list[dict[str, Any]], latency_slack: float) -> dict[str, Any]:
@@ -103,7 +103,7 @@ def best_row(rows: list[dict[str, Any]], latency_slack: float) -> dict[str, Any]
 
 
 def choice_given(record: TuningRecord, fixed: dict[str, Any]) -> dict[str, Any]:
-    """The record's choice when the operator fixed some of its settings: the best of the measured
+    """The record's choice when the operator fixed some of its options: the best of the measured
     configurations that match them, since the best batch size on one instance need not be the best on
     two. Where none was measured, the record's own choice."""
     if not fixed:
@@ -120,15 +120,17 @@ def choice_given(record: TuningRecord, fixed: dict[str, Any]) -> dict[str, Any]:
     return {name: best.get(name, value) for name, value in record.chosen.items()}
 
 
-def apply_record(model_dir: ModelDir, settings: Settings, record: TuningRecord) -> tuple[Settings, Tuning]:
+def apply_record(
+    model_dir: ModelDir, options: ModelOptions, record: TuningRecord
+) -> tuple[ModelOptions, Tuning]:
     """`record`'s choices, where the operator left the setting alone, given the ones the operator set."""
-    fixed = {name: getattr(settings, name) for name in record.chosen if name in settings.model_fields_set}
+    fixed = {name: getattr(options, name) for name in record.chosen if name in options.model_fields_set}
     choice = choice_given(record, fixed)
     applied = {name: value for name, value in choice.items() if name not in fixed}
     tuning = Tuning(
         record.key, record, applied, slower_than_fp32(model_dir, record.key, record), set_by_operator=fixed
     )
-    return settings.model_copy(update=applied), tuning
+    return options.model_copy(update=applied), tuning
 
 
 def best_throughput(record: TuningRecord) -> float:
