@@ -15,12 +15,12 @@ from app import __version__
 from app.api.admission import Admission, answer_headers
 from app.api.body import InferenceRequest, parse_request
 from app.api.openapi import IMAGE_BODY, INFERENCE_RESPONSES, RENDER_PARAMETER, SIDE_RESPONSES
+from app.api.routes import TASK_ROUTES, description, only_model
 from app.config import ServerSettings
 from app.errors import ShuttingDown
 from app.runtime.lifecycle import RETRY_AFTER_DRAINING_S, Lifecycle
 from app.runtime.models import ModelManager, ServedModel
 from app.runtime.pipeline import Pipeline, RenderedImage, Result
-from app.tasks import TASKS
 from app.tasks.drawing import FORMAT_BY_MEDIA_TYPE, render_format
 
 
@@ -40,9 +40,9 @@ class InferenceRoutes:
         self.admission = admission
 
     def add_to(self, app: FastAPI) -> None:
-        for task in TASKS.values():
-            self._add_task_route(app, task.route, task.name)
-            self._add_side_routes(app, task.route, lambda name=task.name: self.manager.for_task(name))
+        for task, route in TASK_ROUTES.items():
+            self._add_task_route(app, route, task)
+            self._add_side_routes(app, route, lambda task=task: self.manager.for_task(task))
 
         @app.post(
             "/models/{model_id:path}",
@@ -69,7 +69,7 @@ class InferenceRoutes:
 
         # The endpoint root, as on Inference Endpoints: POST / runs the one served model, GET /info says
         # what is served; GET /health stays the service's liveness (app.api.ops).
-        self._add_task_route(app, "/", "root", self.manager.only)
+        self._add_task_route(app, "/", "root", lambda: only_model(self.manager))
         app.add_api_route(
             "/info", self.root_info, methods=["GET"], summary="What is served", responses=SIDE_RESPONSES
         )
@@ -99,7 +99,7 @@ class InferenceRoutes:
                 "version": __version__,
                 "models": [endpoint_info(m) for m in self.manager.models.values()],
             }
-        return endpoint_info(self.manager.only())
+        return endpoint_info(only_model(self.manager))
 
     def health(self, model: ServedModel) -> JSONResponse:
         if self.lifecycle.draining:
@@ -154,7 +154,7 @@ def endpoint_info(model: ServedModel) -> dict[str, Any]:
         "model_device_type": model.backend.device_type,
         "max_batch_size": model.batcher.max_batch_size,
         "version": __version__,
-        **model.describe(),
+        **description(model),
     }
 
 

@@ -10,9 +10,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_response
+from app.api.routes import TASK_ROUTES
 from app.logs import ACCESS_LOGGER
 from app.metrics import Metrics
-from app.tasks import TASKS
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger(ACCESS_LOGGER)
@@ -141,10 +141,10 @@ def route_label(path: str) -> str:
 
 
 _PROBE_PATHS = {"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready"} | {
-    f"{task.route}/health" for task in TASKS.values()
+    f"{route}/health" for route in TASK_ROUTES.values()
 }
 _KNOWN_PATHS = (
     {"/", "/health", "/ready", "/info", "/models", "/metrics", "/docs", "/openapi.json", "/v2"}
     | _PROBE_PATHS
-    | {path for task in TASKS.values() for path in (task.route, f"{task.route}/info")}
+    | {path for route in TASK_ROUTES.values() for path in (route, f"{route}/info")}
 )

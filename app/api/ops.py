@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.openapi import LIVENESS_RESPONSES
+from app.api.routes import description
 from app.metrics import Metrics
 from app.runtime.lifecycle import RETRY_AFTER_DRAINING_S, Lifecycle
 from app.runtime.models import ModelManager
@@ -79,7 +80,7 @@ def add_ops_routes(app: FastAPI, manager: ModelManager, lifecycle: Lifecycle, me
 
     @app.get("/models", summary="The served models")
     async def list_models() -> list[dict[str, Any]]:
-        return [model.describe() for model in manager.models.values()]
+        return [description(model) for model in manager.models.values()]
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def prometheus_metrics() -> Response:

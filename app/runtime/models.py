@@ -15,7 +15,7 @@ import numpy as np
 
 from app.backends import Backend, load_backend
 from app.config import ModelOptions, ServerSettings
-from app.errors import CheckpointError, InvalidInput, ModelLoading, ModelNotFound, shown
+from app.errors import CheckpointError, ModelLoading, ModelNotFound, shown
 from app.intake.preprocess import Preprocessing
 from app.intake.profiles import Chosen, Profile, choose
 from app.metrics import Metrics
@@ -71,7 +71,6 @@ class ServedModel:
         return {
             "id": self.id,
             "task": self.task.name,
-            "route": self.task.route,
             "backend": self.backend.name,
             "artifact": self.backend.artifact,
             "precision": self.tuning.key.precision,
@@ -205,14 +204,14 @@ class ModelManager:
         elapsed_on_current = time.monotonic() - self._load_started - sum(self._load_times)
         return round(max(1.0, remaining * per_model - elapsed_on_current), 1)
 
-    def _loading_error(self, what: str) -> ModelLoading:
+    def loading_error(self, what: str) -> ModelLoading:
         return ModelLoading(f"Model {what} is currently loading", self.estimated_time())
 
     def get(self, model_id: str) -> ServedModel:
         if model_id in self.models:
             return self.models[model_id]
         if self.loading:
-            raise self._loading_error(model_id)
+            raise self.loading_error(model_id)
         raise ModelNotFound(
             f"Model {shown(model_id)} is not served here. Served: {', '.join(self.models) or 'none'}."
         )
@@ -222,20 +221,8 @@ class ModelManager:
             if model.task.name == task:
                 return model
         if self.loading:
-            raise self._loading_error(f"for {task}")
+            raise self.loading_error(f"for {task}")
         raise ModelNotFound(f"No {task} model is served here. Served: {', '.join(self.models) or 'none'}.")
-
-    def only(self) -> ServedModel:
-        """The one served model, for the endpoint root (`POST /`), as Inference Endpoints serve it."""
-        if self.loading:
-            raise self._loading_error("for /")
-        if len(self.models) == 1:
-            return next(iter(self.models.values()))
-        routes = ", ".join(f"{m.task.route} ({m.id})" for m in self.models.values()) or "none"
-        raise InvalidInput(
-            f"{len(self.models)} models are served here, so POST / does not know which to run: "
-            f"post to a task route or to /models/<id>. Served: {routes}."
-        )
 
     def _load(self, entry: ModelEntry) -> ServedModel:
         model_dir = resolve(entry.name, self.settings.model_repository)

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 
 from app.errors import InvalidInput, shown
 from app.tasks import drawing
+from app.tasks.base import ModelContext, Outputs, Task, TensorOutput
 
 TASK = "image-classification"
 PARAMETERS = ("top_k", "function_to_apply")
@@ -94,3 +95,43 @@ def draw(photo: Image.Image, results: Sequence[dict[str, Any]]) -> Image.Image:
         canvas.rectangle((pad, y, pad + round(bar_width * score), y + pad // 2 + 2), fill=(80, 200, 120, 255))
         y += pad // 2 + 4
     return Image.alpha_composite(photo.convert("RGBA"), overlay).convert("RGB")
+
+
+class Classification(Task[ClassificationParams]):
+    name = TASK
+    cli_name = "classification"
+    parameters = PARAMETERS
+    cheap_postprocess = True
+
+    def parse_params(self, raw: Mapping[str, Any], model: ModelContext) -> ClassificationParams:
+        return parse_params(raw, len(model.labels))
+
+    def postprocess(
+        self, outputs: Outputs, size: tuple[int, int], model: ModelContext, params: ClassificationParams
+    ) -> list[dict[str, Any]]:
+        return classify(outputs["logits"], model.labels, params)
+
+    def tensors(
+        self, outputs: Outputs, size: tuple[int, int], model: ModelContext, params: ClassificationParams
+    ) -> dict[str, np.ndarray]:
+        answer = self.postprocess(outputs, size, model, params)
+        return {
+            "labels": np.array([item["label"] for item in answer], dtype=object),
+            "scores": np.array([item["score"] for item in answer], dtype=np.float32),
+        }
+
+    def tensor_outputs(self, model: ModelContext) -> tuple[TensorOutput, ...]:
+        return (
+            TensorOutput("labels", "object", (-1,), "the top_k labels, best first"),
+            TensorOutput("scores", "float32", (-1,), "their scores (function_to_apply)"),
+        )
+
+    def draw(
+        self,
+        photo: Image.Image,
+        outputs: Outputs,
+        size: tuple[int, int],
+        model: ModelContext,
+        params: ClassificationParams,
+    ) -> Image.Image:
+        return draw(photo, self.postprocess(outputs, size, model, params))

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 from app.errors import unit_interval_param
 from app.nn.configs import SSDConfig
 from app.tasks import drawing
+from app.tasks.base import ModelContext, Outputs, Task, TensorOutput
 
 TASK = "object-detection"
 PARAMETERS = ("threshold",)
@@ -223,3 +224,47 @@ def draw(
         canvas.rectangle((x0, tag_y, x0 + right - left + 2 * line_width, tag_y + tag_height), fill=color)
         canvas.text((x0 + line_width, tag_y + line_width - top), tag, font=face, fill=(0, 0, 0))
     return out
+
+
+class Detection(Task[float]):
+    """Its parameter is the score threshold."""
+
+    name = TASK
+    cli_name = "detection"
+    parameters = PARAMETERS
+
+    def parse_params(self, raw: Mapping[str, Any], model: ModelContext) -> float:
+        return parse_params(raw)
+
+    def postprocess(
+        self, outputs: Outputs, size: tuple[int, int], model: ModelContext, params: float
+    ) -> list[dict[str, Any]]:
+        found = model.detector.detect(outputs["logits"], outputs["box_regression"], params)
+        return to_hf(found, size, model.labels, params)
+
+    def tensors(
+        self, outputs: Outputs, size: tuple[int, int], model: ModelContext, params: float
+    ) -> dict[str, np.ndarray]:
+        answer = self.postprocess(outputs, size, model, params)
+        corners = ("xmin", "ymin", "xmax", "ymax")
+        return {
+            "boxes": np.array([[item["box"][c] for c in corners] for item in answer], np.float32).reshape(
+                -1, 4
+            ),
+            "scores": np.array([item["score"] for item in answer], dtype=np.float32),
+            "labels": np.array([item["label"] for item in answer], dtype=object),
+            "count": np.array(len(answer), dtype=np.int32),
+        }
+
+    def tensor_outputs(self, model: ModelContext) -> tuple[TensorOutput, ...]:
+        return (
+            TensorOutput("boxes", "float32", (-1, 4), "xmin, ymin, xmax, ymax in pixels", padded=True),
+            TensorOutput("scores", "float32", (-1,), "each box's score", padded=True),
+            TensorOutput("labels", "object", (-1,), "each box's label", padded=True),
+            TensorOutput("count", "int32", (), "how many of the rows are detections"),
+        )
+
+    def draw(
+        self, photo: Image.Image, outputs: Outputs, size: tuple[int, int], model: ModelContext, params: float
+    ) -> Image.Image:
+        return draw(photo, self.postprocess(outputs, size, model, params), size, model.labels)

@@ -21,6 +21,7 @@ from PIL import Image
 
 from app.errors import InvalidInput, shown, unit_interval_param
 from app.tasks import drawing
+from app.tasks.base import ModelContext, Outputs, Task, TensorOutput
 
 TASK = "image-segmentation"
 PARAMETERS = ("subtask", "threshold", "mask_threshold", "overlap_mask_area_threshold")
@@ -167,3 +168,44 @@ def draw(photo: Image.Image, label_ids: np.ndarray, labels: Sequence[str]) -> Im
     counts = np.bincount(label_ids.ravel(), minlength=len(labels))
     present = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] and i != background]
     return drawing.legend(out, [(labels[i], drawing.class_color(i)) for i in present])
+
+
+def _label_ids_dtype(model: ModelContext) -> str:
+    return "uint8" if len(model.labels) <= 256 else "int32"
+
+
+class Segmentation(Task[None]):
+    name = TASK
+    cli_name = "segmentation"
+    parameters = PARAMETERS
+
+    def parse_params(self, raw: Mapping[str, Any], model: ModelContext) -> None:
+        return parse_params(raw)
+
+    def postprocess(
+        self, outputs: Outputs, size: tuple[int, int], model: ModelContext, params: None
+    ) -> list[dict[str, Any]]:
+        return segment(outputs["logits"], size, model.labels, model.upsample_align_corners)
+
+    def tensors(
+        self, outputs: Outputs, size: tuple[int, int], model: ModelContext, params: None
+    ) -> dict[str, np.ndarray]:
+        width, height = size
+        ids = label_map(outputs["logits"], height, width, model.upsample_align_corners)
+        return {"label_ids": ids.astype(_label_ids_dtype(model), copy=False)}
+
+    def tensor_outputs(self, model: ModelContext) -> tuple[TensorOutput, ...]:
+        return (
+            TensorOutput(
+                "label_ids",
+                _label_ids_dtype(model),
+                (-1, -1),
+                "the class id of every pixel, at the image's size (ids index the model's labels)",
+            ),
+        )
+
+    def draw(
+        self, photo: Image.Image, outputs: Outputs, size: tuple[int, int], model: ModelContext, params: None
+    ) -> Image.Image:
+        ids = label_map(outputs["logits"], photo.height, photo.width, model.upsample_align_corners)
+        return draw(photo, ids, model.labels)
