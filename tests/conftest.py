@@ -1,9 +1,15 @@
-"""Session fixtures (demo models of the three tasks, a photo, a served client) and the test groups.
+"""Session fixtures (demo models of the three tasks, a photo, a served client) and the lanes.
 
-tests/unit    one module at a time, no server: the quick subset (`python -m pytest -m quick`)
+Every test carries its folder's marker, so `python -m pytest -m LANE` runs one lane:
+
+tests/unit    one module at a time, no server
 tests/api     the HTTP contract, in process (FastAPI's TestClient or uvicorn on loopback)
-tests/e2e     the real CLI, live `mvit serve` processes, a browser, the deploy files
+tests/deploy  the deployment files (Dockerfile, compose, Kubernetes, KServe), read and rendered: no server
+tests/e2e     the real CLI, live `mvit serve` processes, Ray, a browser, the JavaScript client
 tests/parity  against the references: transformers and ml-cvnets (../shared/fixtures/cvnets), ONNX Runtime
+tests/images  the images built and run with podman (MVIT_IMAGES=1)
+
+`quick` is tests/unit and the golden set, less what is marked `slow`: the check to run after every change.
 """
 
 from __future__ import annotations
@@ -15,21 +21,32 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.tools.demo_models import write_demo_model
-from tests.support import CVNETS_FIXTURES, cvnets_fixture, encode, photo_like, serving
+from tests.support import CVNETS_FIXTURES, TASKS, copy_model, cvnets_fixture, encode, photo_like, serving
 
-QUICK_FOLDERS = ("unit",)
+LANES = ("unit", "api", "deploy", "e2e", "parity", "images")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.path.parent.name in QUICK_FOLDERS:
+        lane = item.path.parent.name
+        if lane in LANES:
+            item.add_marker(lane)
+        if lane == "unit" and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.quick)
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def demo_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One width-0.5 demo model of each task, seeded 0, 1, 2 (the golden set's), written once per run: a
+    test that changes a folder works on a copy (`tests.support.copy_model`)."""
+    root = tmp_path_factory.mktemp("models")
+    return {task: write_demo_model(root, task, width=0.5, seed=seed) for seed, task in enumerate(TASKS)}
+
+
+@pytest.fixture(scope="session")
+def model_dir(demo_models: dict[str, Path]) -> Path:
     """The smallest real MobileViTv2 classifier (width 0.5, 256 px) with seeded random weights."""
-    return write_demo_model(tmp_path_factory.mktemp("models"), "image-classification", width=0.5, seed=0)
+    return demo_models["image-classification"]
 
 
 @pytest.fixture(scope="session")
@@ -44,15 +61,28 @@ def client(model_dir: Path) -> Iterator[TestClient]:
 
 
 @pytest.fixture(scope="session")
-def seg_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def seg_model_dir(demo_models: dict[str, Path]) -> Path:
     """A real-architecture MobileViTv2-0.5 + DeepLabV3 (VOC, 512 px) with seeded random weights."""
-    return write_demo_model(tmp_path_factory.mktemp("seg-models"), "image-segmentation", width=0.5, seed=1)
+    return demo_models["image-segmentation"]
 
 
 @pytest.fixture(scope="session")
-def det_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def det_model_dir(demo_models: dict[str, Path]) -> Path:
     """A real-architecture SSDLite-MobileViTv2-0.5 (COCO, 320 px) with seeded random weights."""
-    return write_demo_model(tmp_path_factory.mktemp("det-models"), "object-detection", width=0.5, seed=2)
+    return demo_models["object-detection"]
+
+
+@pytest.fixture(scope="session")
+def exported(demo_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Copies of the demo models, exported to model.onnx (for ONNX Runtime, OpenVINO and torch-free runs)."""
+    from app.backends.onnx_export import export_onnx
+    from app.repository import read_model_dir
+
+    root = tmp_path_factory.mktemp("onnx-models")
+    folders = {task: copy_model(folder, root) for task, folder in demo_models.items()}
+    for folder in folders.values():
+        export_onnx(read_model_dir(folder))
+    return folders
 
 
 @pytest.fixture(scope="session")

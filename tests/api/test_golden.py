@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +16,8 @@ pytestmark = pytest.mark.quick
 
 
 @pytest.fixture(scope="module")
-def played(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return record_all(tmp_path_factory.mktemp("golden-models"))
+def played(tmp_path_factory: pytest.TempPathFactory, demo_models: dict[str, Path]) -> dict[str, Any]:
+    return record_all(tmp_path_factory.mktemp("golden-models"), demo_models)
 
 
 def expected() -> dict[str, Any]:

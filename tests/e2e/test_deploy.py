@@ -179,14 +179,20 @@ def readme_commands() -> list[str]:
     return re.findall(r"```bash\n(.*?)\n```", section, flags=re.S)[:2]
 
 
-def test_ci_runs_exactly_the_readme_test_command() -> None:
+def test_ci_runs_exactly_the_readme_commands_in_a_fresh_virtualenv() -> None:
     serve, test = readme_commands()
-    assert serve.endswith("mvit serve") and "sudo" not in test
+    assert "sudo" not in test
     ci_lines = [
         line.strip().removeprefix('PYTEST_ADDOPTS="--durations=25" ')
         for line in (ROOT / ".ci" / "run").read_text().splitlines()
     ]
+    install, run = (part.strip() for part in serve.rsplit("&&", 1))
+    assert run == "mvit serve"
     steps = [step.strip() for step in test.split("&&")]
     assert steps == ["bash scripts/setup-dev.sh", "python -m pytest"]
-    positions = [ci_lines.index(step) for step in steps]  # each step is a line of its own, in order
-    assert positions == sorted(positions)
+    fresh = ci_lines.index('source "$ci/venv/bin/activate"')
+    offline = next(
+        i for i, line in enumerate(ci_lines) if line.startswith('if out="$(timeout 60 mvit serve ')
+    )
+    positions = [fresh, ci_lines.index(install), offline, *(ci_lines.index(step) for step in steps)]
+    assert positions == sorted(positions)  # each a line of its own, in order, after the fresh venv

@@ -13,9 +13,8 @@ from app.cli import main
 from app.repository import CheckpointError
 from app.repository.hub import HUB_REVISIONS
 from app.repository.models_yaml import REPOSITORY_FILE, served_models
-from app.tools.demo_models import write_demo_model
 from app.tools.fetch import DEFAULT_MODELS, cvnets_catalog
-from tests.support import CVNETS_FIXTURES, FakeHub, hub_like, make_settings, serving
+from tests.support import CVNETS_FIXTURES, FakeHub, copy_model, hub_like, make_settings, serving
 
 
 @pytest.fixture(autouse=True)
@@ -182,11 +181,11 @@ def test_fetch_from_cvnets_converts_and_verifies(tmp_path: Path, monkeypatch: py
 
 
 def test_models_yaml_chooses_models_backends_and_batching(
-    model_dir: Path, tmp_path: Path, jpeg_bytes: bytes
+    model_dir: Path, det_model_dir: Path, tmp_path: Path, jpeg_bytes: bytes
 ) -> None:
     repository = tmp_path / "models"
     shutil.copytree(model_dir, repository / "classifier")
-    write_demo_model(repository, "object-detection", width=0.5, seed=4)
+    copy_model(det_model_dir, repository)
     (repository / REPOSITORY_FILE).write_text(
         "models:\n"
         "  - name: classifier\n"

@@ -9,10 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.backends.onnx_export import export_onnx
-from app.repository import read_model_dir
-from app.tools.demo_models import write_demo_model
-from tests.support import encode, photo_with_shapes, start_server, wait_until_ready
+from tests.support import copy_model, encode, photo_with_shapes, start_server, wait_until_ready
 
 # What the ONNX-only install ([onnx] extra) does not have. Importing any of them fails, as it would
 # there, and at exit the process reports which of them were loaded anyway (must be none).
@@ -32,15 +29,9 @@ sys.exit(main())
 
 
 @pytest.fixture(scope="module")
-def onnx_repository(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+def onnx_repository(exported: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     root = tmp_path_factory.mktemp("edge-models")
-    folders = [
-        write_demo_model(root, task, width=0.5, seed=7)
-        for task in ("image-classification", "image-segmentation", "object-detection")
-    ]
-    for folder in folders:
-        export_onnx(read_model_dir(folder))
-    return folders
+    return [copy_model(folder, root) for folder in exported.values()]
 
 
 def test_onnx_backend_serves_without_torch(onnx_repository: list[Path]) -> None:

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import io
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -418,18 +419,26 @@ def differences(
     return [] if expected == got else [f"{where}: {expected!r} != {got!r}"]
 
 
-def record_all(folder: Path) -> dict[str, Any]:
-    """Serve the three demo models (and an app with auth and CORS) and play every case."""
-    models = {
-        task: write_demo_model(folder, name, width=0.5, seed=seed)
-        for seed, (task, name) in enumerate(
-            [
-                ("classification", "image-classification"),
-                ("segmentation", "image-segmentation"),
-                ("detection", "object-detection"),
-            ]
-        )
-    }
+GROUP_BY_TASK = {
+    "image-classification": "classification",
+    "image-segmentation": "segmentation",
+    "object-detection": "detection",
+}
+
+
+def record_all(folder: Path, demo_models: dict[str, Path] | None = None) -> dict[str, Any]:
+    """Serve the three demo models (and an app with auth and CORS) and play every case. The models are
+    width 0.5 and seeded 0, 1, 2 in the order of GROUP_BY_TASK: written into `folder`, or copied there from
+    `demo_models`, which must be those (the tests' session fixture is)."""
+    models = {}
+    for seed, (task, group) in enumerate(GROUP_BY_TASK.items()):
+        if demo_models is None:
+            models[group] = write_demo_model(folder, task, width=0.5, seed=seed)
+        else:  # only the files a demo model is written with: no export, cache or tuning record
+            ignore = shutil.ignore_patterns("onnx-cache", "*.onnx", "tuning.json")
+            models[group] = Path(
+                shutil.copytree(demo_models[task], folder / demo_models[task].name, ignore=ignore)
+            )
     common = {"inference_threads": 2, "decode_threads": 2, "model_repository": folder}
     # /models names the machine a tuning record would be for: CPU model and runtime versions vary.
     machine = machine_key(ServerSettings(**common)).describe()
