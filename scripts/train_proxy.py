@@ -6,8 +6,8 @@ diagonal stripes, checkerboard, dots), each drawn at a random place and size, in
 random smooth background with noise; every image is a function of its index, so the run is
 deterministic. It writes a model folder in the service's format (it serves like any model), then prints
 held-out top-1. With `--quantize`, it also exports to ONNX, quantizes to INT8 on training images, and
-prints held-out top-1 for torch, ONNX fp32 and ONNX INT8 (scripts/compare_backends.py on a labelled
-folder of held-out images).
+prints held-out top-1 for torch, ONNX fp32 and ONNX INT8 (`mvit compare` on a labelled folder of
+held-out images).
 
     python -m scripts.train_proxy models/ --quantize
 """
@@ -204,7 +204,7 @@ def compare_precisions(folder: Path, held_out: int, size: int, quantizer: str = 
     for i in range(100):
         draw_example(TRAIN_SEED + i, size)[0].save(calibration / f"{i}.png")
     export_int8(folder, calibration, quantizer)
-    subprocess.run([sys.executable, "-m", "scripts.compare_backends", str(folder), str(images)], check=True)
+    subprocess.run([sys.executable, "-m", "app.cli", "compare", str(folder), str(images)], check=True)
 
 
 if __name__ == "__main__":
