@@ -275,10 +275,10 @@ def mvit(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def run_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """`python -m scripts.NAME ARGS` from the repository root; fails the test if it fails."""
+def run_benchmark(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m benchmarks.NAME ARGS` from the repository root; fails the test if it fails."""
     result = subprocess.run(
-        [sys.executable, "-m", f"scripts.{name}", *args],
+        [sys.executable, "-m", f"benchmarks.{name}", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

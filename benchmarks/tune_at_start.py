@@ -5,7 +5,7 @@ without its tuning.json, for each budget, `--repeats` times, interleaved; prints
 taken, and every configuration's figures. Compare the choices with `mvit tune FOLDER --rounds 3` run on
 the same machine.
 
-    python -m scripts.tune_at_start models/mobilevitv2-1.0-imagenet1k-256-random --budgets 15 30 --repeats 3
+    python -m benchmarks.tune_at_start models/mobilevitv2-1.0-imagenet1k-256-random --budgets 15 30 --repeats 3
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from app.intake.preprocess import Preprocessing
 from app.repository import read_model_dir
 from app.repository.tuning import TUNING_FILE
 from app.runtime.tuner import tune_at_start
-from scripts._common import command_line
+from benchmarks._common import command_line
 
 
 def main() -> None:

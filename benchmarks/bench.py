@@ -5,13 +5,13 @@ are classifiers, so they only run for classification models.
 
 In one run, on loopback ports, with the same model folder:
   * mvit:  `mvit serve` (dynamic batching, decode pool, the backend chosen with --backend);
-  * naive: scripts/naive_server.py (FastAPI + transformers.pipeline, PyTorch, one image per call);
-  * litserve: scripts/litserve_peer.py (LitServe batching over ONNX Runtime, HF JSON in and out): the
+  * naive: benchmarks/naive_server.py (FastAPI + transformers.pipeline, PyTorch, one image per call);
+  * litserve: benchmarks/litserve_peer.py (LitServe batching over ONNX Runtime, HF JSON in and out): the
     peer a user would otherwise build (its bodies are the same photos as base64 JSON, encoded once);
   * oip:   with --oip, the first mvit server again, over the Open Inference Protocol
     (/v2/models/{id}/infer, one image per request as tritonclient sends it: binary tensor data);
   * raw:   the same backend in this process on preprocessed tensors, batch 1/2/4/8, no HTTP, no decode.
-A closed-loop load generator (scripts/_loadgen.py) posts the bench photos (scikit-image's 9 colour
+A closed-loop load generator (benchmarks/_loadgen.py) posts the bench photos (scikit-image's 9 colour
 photos, as 640x480 and 4032x3024 JPEGs at quality 90, and at 4032x3024 with sensor-like grain at quality
 92, which makes them 2-3 MB like a phone's photos) at each concurrency.
 
@@ -24,7 +24,7 @@ over rounds, p50/p99 are over all requests of a cell. Load is bounded in request
     pip install -e ".[test,bench]"
     mvit demo-models models/ --width 1.0 --task classification
     mvit export models/mobilevitv2-1.0-imagenet1k-256-random
-    python -m scripts.bench models/mobilevitv2-1.0-imagenet1k-256-random
+    python -m benchmarks.bench models/mobilevitv2-1.0-imagenet1k-256-random
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ import httpx
 import numpy as np
 
 from app.api.oip_body import serialize_bytes
-from scripts._common import BENCH_SETS, bench_set, command_line, start_listening, start_server
-from scripts._loadgen import LoadResult, closed_loop
+from benchmarks._common import BENCH_SETS, bench_set, command_line, start_listening, start_server
+from benchmarks._loadgen import LoadResult, closed_loop
 
 if TYPE_CHECKING:
     from app.runtime.models import ServedModel
@@ -77,14 +77,14 @@ class Cell:
 
 
 def start_naive(model: str) -> tuple[subprocess.Popen[bytes], str]:
-    """scripts/naive_server.py in the environment a user would give it: none of our tuning."""
+    """benchmarks/naive_server.py in the environment a user would give it: none of our tuning."""
     script = Path(__file__).with_name("naive_server.py")
     plain = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MVIT_"))}
     return start_listening([sys.executable, str(script), model], "/health", plain, timeout=180)
 
 
 def start_peer(model: str) -> tuple[subprocess.Popen[bytes], str]:
-    """scripts/litserve_peer.py with LitServe's and ONNX Runtime's own defaults, as a user would run it."""
+    """benchmarks/litserve_peer.py with LitServe's and ONNX Runtime's own defaults, as a user would run it."""
     script = Path(__file__).with_name("litserve_peer.py")
     plain = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MVIT_"))}
     return start_listening([sys.executable, str(script), model], "/health", plain, timeout=180)

@@ -1,4 +1,4 @@
-"""Shared by the scripts: bench photos, a synthetic photo, a `mvit serve` subprocess on a loopback port."""
+"""Shared by the benchmarks: bench photos, a synthetic photo, a `mvit serve` subprocess on a loopback port."""
 
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def start_server(
 
 
 def command_line() -> str:
-    """The command that ran this script, as a reader would type it: `python -m scripts.NAME ARGS`."""
+    """The command that ran this script, as a reader would type it: `python -m benchmarks.NAME ARGS`."""
     spec = getattr(sys.modules["__main__"], "__spec__", None)
     program = f"-m {spec.name}" if spec is not None else shlex.quote(sys.argv[0])
     return f"python {program} {' '.join(map(shlex.quote, sys.argv[1:]))}".rstrip()

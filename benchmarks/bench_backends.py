@@ -7,14 +7,14 @@ interleaved round by round so machine noise hits them alike; medians are reporte
     pip install -e ".[export,bench]"
     mvit demo-models models/ --width 1.0 --task classification --task segmentation --task detection
     mvit export models/mobilevitv2-1.0-*-random
-    python -m scripts.bench_backends models/mobilevitv2-1.0-*-random --rounds 20
+    python -m benchmarks.bench_backends models/mobilevitv2-1.0-*-random --rounds 20
 
 `onnx-int8` and `openvino-int8` are measured for folders that have model.int8.onnx (`mvit export
 --quantize int8`); `openvino-bf16` and `torch-bf16` on CPUs with bfloat16 support, `torch-fp16` on GPUs
 (`--device cuda`, which applies to torch). For example:
 
-    python -m scripts.bench_backends MODEL --backends onnx onnx-int8 openvino openvino-bf16 openvino-int8
-    python -m scripts.bench_backends MODEL --backends torch torch-bf16 torch-fp16 --device cuda --batch-sizes 1 8 32
+    python -m benchmarks.bench_backends MODEL --backends onnx onnx-int8 openvino openvino-bf16 openvino-int8
+    python -m benchmarks.bench_backends MODEL --backends torch torch-bf16 torch-fp16 --device cuda --batch-sizes 1 8 32
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scripts._common import command_line
+from benchmarks._common import command_line
 
 if TYPE_CHECKING:
     from app.runtime.models import ServedModel
@@ -56,7 +56,7 @@ def main() -> None:
     from app.intake.preprocess import preprocess
     from app.repository import ONNX_FILES
     from app.runtime.models import load_model
-    from scripts._common import bench_photos
+    from benchmarks._common import bench_photos
 
     threads = args.threads or available_cpus()
     print(f"$ {command_line()}")

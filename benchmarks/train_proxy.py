@@ -9,7 +9,7 @@ held-out top-1. With `--quantize`, it also exports to ONNX, quantizes to INT8 on
 prints held-out top-1 for torch, ONNX fp32 and ONNX INT8 (`mvit compare` on a labelled folder of
 held-out images).
 
-    python -m scripts.train_proxy models/ --quantize
+    python -m benchmarks.train_proxy models/ --quantize
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from scripts._common import command_line
-from scripts._proxy import (
+from benchmarks._common import command_line
+from benchmarks._proxy import (
     deterministic_torch,
     export_int8,
     parse_proxy_arguments,
@@ -168,7 +168,7 @@ def main() -> None:
         config,
         model.state_dict(),
         "train_proxy",
-        f"{len(CLASSES)} procedural shape and texture classes (scripts/train_proxy.py)",
+        f"{len(CLASSES)} procedural shape and texture classes (benchmarks/train_proxy.py)",
         {"held_out_top1": held_out_top1},
     )
     print(

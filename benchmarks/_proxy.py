@@ -1,4 +1,4 @@
-"""What the trained proxies (scripts/train_proxy.py, scripts/train_proxy_detector.py) share: their command
+"""What the trained proxies (benchmarks/train_proxy.py, benchmarks/train_proxy_detector.py) share: their command
 line, the deterministic torch set-up, the model folder they write, and the INT8 export they evaluate."""
 
 from __future__ import annotations
@@ -81,9 +81,9 @@ def write_proxy(
         "random_weights": False,
         "trained_on": trained_on,
         **held_out,
-        "generated_by": f"python -m scripts.{script}",
+        "generated_by": f"python -m benchmarks.{script}",
         # Trained on exactly what preprocessor_config.json gives, so that is its trained preprocessing.
-        "training_pipeline": f"scripts/{script}.py",
+        "training_pipeline": f"benchmarks/{script}.py",
         "preprocessing_profile": "hf",
     }
     return write_model_folder(directory / name, config, preprocessing.to_hf_config(), manifest, state_dict)

@@ -6,7 +6,7 @@ resize and center crop in uint8, then the float pass (rescale, normalisation, ch
 The float pass is what moving preprocessing into the exported graph would take off the decode threads.
 
     pip install -e ".[bench]"
-    python -m scripts.bench_intake models/mobilevitv2-1.0-imagenet1k-256-random \\
+    python -m benchmarks.bench_intake models/mobilevitv2-1.0-imagenet1k-256-random \\
         models/mobilevitv2-1.0-coco-ssdlite-320-random models/mobilevitv2-1.0-voc-deeplabv3-512-random
 """
 
@@ -17,7 +17,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from scripts._common import BENCH_SETS, bench_set, command_line
+from benchmarks._common import BENCH_SETS, bench_set, command_line
 
 
 def per_call_ms(call: Callable[[], object], repeats: int) -> float:

@@ -5,7 +5,7 @@ libjpeg's DCT-domain scaling at each gap, then compare the model input tensors (
 and the model outputs (max |logit diff|, top-1 agreement, max |softmax diff|). Times are medians of
 decode + preprocess on one thread.
 
-    python -m scripts.jpeg_reduce models/mobilevitv2-1.0-imagenet1k-256-random --gaps 1 2 4
+    python -m benchmarks.jpeg_reduce models/mobilevitv2-1.0-imagenet1k-256-random --gaps 1 2 4
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from scripts._common import bench_set, command_line
+from benchmarks._common import bench_set, command_line
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ class) on a model's real logits for the bench photos, with the service's mask en
 comparison, Pillow's PNG at zlib level 1 (what the service used before). Interleaved rounds, medians.
 
     pip install -e ".[bench]"
-    python -m scripts.bench_segmentation_postprocess models/mobilevitv2-1.0-voc-deeplabv3-512-random
+    python -m benchmarks.bench_segmentation_postprocess models/mobilevitv2-1.0-voc-deeplabv3-512-random
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from app.cpus import cpu_model
 from app.runtime.models import load_model
 from app.runtime.pipeline import prepare
 from app.tasks import segmentation
-from scripts._common import BENCH_SETS, bench_set, command_line, pillow_png
+from benchmarks._common import BENCH_SETS, bench_set, command_line, pillow_png
 
 
 def pillow_png_base64(mask: np.ndarray) -> str:

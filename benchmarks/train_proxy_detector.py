@@ -10,7 +10,7 @@ held-out scenes, boxes per scene above threshold 0.5, precision and recall at Io
 `--quantize`, it also exports to ONNX, quantizes to INT8 on training scenes, and prints the same figures
 for PyTorch bf16, ONNX Runtime fp32 and INT8 (and OpenVINO fp32, bf16 and INT8 where it is installed).
 
-    python -m scripts.train_proxy_detector models/ --quantize
+    python -m benchmarks.train_proxy_detector models/ --quantize
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from PIL import Image, ImageDraw
 
 from app.cpus import cpu_model
 from app.tasks.detection import box_iou
-from scripts._common import command_line
-from scripts._proxy import (
+from benchmarks._common import command_line
+from benchmarks._proxy import (
     deterministic_torch,
     export_int8,
     parse_proxy_arguments,
@@ -296,7 +296,7 @@ def main() -> None:
         config,
         model.state_dict(),
         "train_proxy_detector",
-        f"procedural scenes of {len(CLASSES)} shape classes (scripts/train_proxy_detector.py)",
+        f"procedural scenes of {len(CLASSES)} shape classes (benchmarks/train_proxy_detector.py)",
         {"held_out": {key: round(value, 4) for key, value in figures.items()}},
     )
     print(f"{folder}: written, {time.perf_counter() - started:.0f} s in all")
