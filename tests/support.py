@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import numpy as np
 import pytest
 import uvicorn
@@ -32,6 +29,8 @@ from app.intake.preprocess import preprocess
 from app.metrics import Metrics
 from app.repository import ModelDir
 from app.runtime.models import ModelManager, load_backend, load_model
+from scripts import serving as spawned
+from scripts.serving import free_port
 
 if TYPE_CHECKING:
     import torch
@@ -207,9 +206,7 @@ def rejected(reason: str) -> str:
 @contextmanager
 def live(app: FastAPI) -> Iterator[int]:
     """The app under a real uvicorn on a loopback port, in a thread."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -221,12 +218,6 @@ def live(app: FastAPI) -> Iterator[int]:
         thread.join(30)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(
     *args: str, launcher: tuple[str, ...] = ("-m", "app.cli")
 ) -> tuple[subprocess.Popen[str], str]:
@@ -234,27 +225,24 @@ def start_server(
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MVIT_INFERENCE_THREADS": "2"}
     process = subprocess.Popen(
-        [sys.executable, *launcher, "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+        spawned.mvit_serve(*args, port=port, launcher=[sys.executable, *launcher]),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
     )
-    return process, f"http://127.0.0.1:{port}"
+    return process, spawned.loopback_url(port)
 
 
 def wait_until_ready(process: subprocess.Popen[str], url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited early:\n{process.stdout.read() if process.stdout else ''}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server never became ready")
+    try:
+        spawned.wait_ready(process, url, timeout, interval=0.1)
+    except spawned.NotReady as exc:
+        if exc.returncode is None:
+            raise AssertionError("server never became ready") from None
+        raise AssertionError(
+            f"server exited early:\n{process.stdout.read() if process.stdout else ''}"
+        ) from None
 
 
 @contextmanager
@@ -265,8 +253,7 @@ def running_server(*args: str, ready_timeout: float = 60, stop_timeout: float = 
         wait_until_ready(process, url, timeout=ready_timeout)
         yield url
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=stop_timeout) == 0
+        assert spawned.stop(process, stop_timeout) == 0
 
 
 def mvit(*args: str) -> subprocess.CompletedProcess[str]:
