@@ -28,6 +28,7 @@ from benchmarks._proxy import (
     export_int8,
     parse_proxy_arguments,
     proxy_parser,
+    train,
     trained_size,
     write_proxy,
 )
@@ -134,30 +135,31 @@ def main() -> None:
     )
 
     steps_per_epoch = max(1, len(train_y) // args.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=2e-3, total_steps=args.epochs * steps_per_epoch, pct_start=0.15
-    )
     order = np.random.default_rng(0)
-    for epoch in range(args.epochs):
-        model.train()
-        permutation = order.permutation(len(train_y))
-        losses = []
-        for step in range(steps_per_epoch):
-            batch = permutation[step * args.batch_size : (step + 1) * args.batch_size]
-            x, y = torch.from_numpy(train_x[batch]), torch.from_numpy(train_y[batch])
-            if order.random() < 0.5:
-                x = x.flip(-1)  # a mirrored shape is the same class
-            loss = torch.nn.functional.cross_entropy(model(x), y, label_smoothing=0.1)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
-        accuracy = top1(model, held_x, held_y)
-        print(
-            f"epoch {epoch + 1}: loss {np.mean(losses):.3f}, held-out top-1 {accuracy:.1%}, {time.perf_counter() - started:.0f} s"
-        )
+    permutations: list[np.ndarray] = []  # one per epoch
+    losses: list[float] = []  # this epoch's
+
+    def loss_of(step: int) -> torch.Tensor:
+        epoch_step = step % steps_per_epoch
+        if epoch_step == 0:
+            permutations.append(order.permutation(len(train_y)))
+            losses.clear()
+        batch = permutations[-1][epoch_step * args.batch_size : (epoch_step + 1) * args.batch_size]
+        x, y = torch.from_numpy(train_x[batch]), torch.from_numpy(train_y[batch])
+        if order.random() < 0.5:
+            x = x.flip(-1)  # a mirrored shape is the same class
+        loss = torch.nn.functional.cross_entropy(model(x), y, label_smoothing=0.1)
+        losses.append(loss.item())
+        return loss
+
+    def after_step(step: int) -> None:
+        if (step + 1) % steps_per_epoch == 0:
+            accuracy = top1(model, held_x, held_y)
+            print(
+                f"epoch {(step + 1) // steps_per_epoch}: loss {np.mean(losses):.3f}, held-out top-1 {accuracy:.1%}, {time.perf_counter() - started:.0f} s"
+            )
+
+    train(model, loss_of, args.epochs * steps_per_epoch, 2e-3, 0.15, after_step)
 
     model.eval()
     held_out_top1 = round(top1(model, held_x, held_y), 4)

@@ -32,6 +32,7 @@ from benchmarks._proxy import (
     export_int8,
     parse_proxy_arguments,
     proxy_parser,
+    train,
     trained_size,
     write_proxy,
 )
@@ -242,15 +243,11 @@ def main() -> None:
             offsets.append(anchor_offsets)
         return tuple(torch.from_numpy(np.stack(a)) for a in (images, classes, offsets))
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=3e-3, total_steps=args.steps, pct_start=0.1
-    )
     flips = np.random.default_rng(0).random((args.steps, args.batch_size)) < 0.5
     started = time.perf_counter()
-    model.train()
-    losses = []
-    for step in range(args.steps):
+    losses: list[tuple[float, float]] = []
+
+    def loss_of(step: int) -> torch.Tensor:
         x, classes, offsets = batch(step * args.batch_size, args.batch_size, flips[step])
         logits, regression = model(x)
         positive = classes > 0
@@ -265,18 +262,18 @@ def main() -> None:
             torch.nn.functional.smooth_l1_loss(regression[positive], offsets[positive], reduction="sum")
             / positives
         )
-        loss = classification + localization
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
         losses.append((classification.item(), localization.item()))
+        return classification + localization
+
+    def after_step(step: int) -> None:
         if (step + 1) % 50 == 0 or step + 1 == args.steps:
             recent = np.mean(losses[-50:], axis=0)
             print(
                 f"step {step + 1}/{args.steps}: classification {recent[0]:.3f}, localization {recent[1]:.3f}, "
                 f"{time.perf_counter() - started:.0f} s"
             )
+
+    train(model, loss_of, args.steps, 3e-3, 0.1, after_step)
 
     model.eval()
 
