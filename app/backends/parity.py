@@ -21,6 +21,10 @@ def tolerance(reference: np.ndarray) -> float:
     return ABSOLUTE + RELATIVE * float(np.abs(reference).max(initial=0.0))
 
 
+def max_difference(reference: np.ndarray, other: np.ndarray) -> float:
+    return float(np.abs(reference - other).max(initial=0.0))
+
+
 def class_axis(output: np.ndarray) -> int:
     """Classes are last for (N, C) and (N, anchors, C) outputs, second for (N, C, H, W) maps."""
     return 1 if output.ndim == 4 else -1
@@ -32,6 +36,13 @@ def decisions_differ(reference: np.ndarray, other: np.ndarray, margin: float) ->
     top2 = np.sort(reference, axis=axis).take([-2, -1], axis=axis)
     clear = (top2.take(1, axis=axis) - top2.take(0, axis=axis)) > margin
     return clear & (reference.argmax(axis=axis) != other.argmax(axis=axis))
+
+
+def decisions_agreeing(reference: np.ndarray, other: np.ndarray) -> float:
+    """The share of winning-class decisions (per image for (N, C) logits, per cell for (N, C, H, W) maps)
+    that `other` makes as `reference` does, ties included."""
+    axis = class_axis(reference)
+    return float((reference.argmax(axis=axis) == other.argmax(axis=axis)).mean())
 
 
 def parity_problems(
@@ -49,7 +60,7 @@ def parity_problems(
             problems.append(f"{name}: shape {None if other is None else other.shape} != {reference.shape}")
             continue
         allowed = scale * tolerance(reference)
-        worst = float(np.abs(reference - other).max(initial=0.0))
+        worst = max_difference(reference, other)
         if not worst <= allowed:
             problems.append(
                 f"{name} differs by {worst:.2e} (> {allowed:.2e} for outputs up to "

@@ -1,5 +1,5 @@
-"""`mvit`: serve, fetch, demo-models, convert, export, predict, tune; one module per command, each with
-`register(subparsers)` and `run(args)`, and the error policy they share in `_common`."""
+"""`mvit`: serve, fetch, demo-models, convert, export, predict, tune, compare; one module per command,
+each with `register(subparsers)` and `run(args)`, and the error policy they share in `_common`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import argparse
 import difflib
 import sys
 
-from app.cli import convert, demo_models, export, fetch, predict, serve, tune
+from app.cli import compare, convert, demo_models, export, fetch, predict, serve, tune
 
-COMMANDS = (serve, demo_models, convert, fetch, export, predict, tune)
+COMMANDS = (serve, demo_models, convert, fetch, export, predict, tune, compare)
 
 
 def build_parser() -> argparse.ArgumentParser:

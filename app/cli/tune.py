@@ -59,7 +59,7 @@ def register(sub: Subcommands) -> None:
         "--try-spinning",
         action="store_true",
         help="also try spinning ONNX Runtime threads: faster raw, but they hold the cores the decode threads "
-        "need, so measure the service (scripts/bench.py) before keeping it",
+        "need, so measure the service (benchmarks/bench.py) before keeping it",
     )
     tune.set_defaults(func=run)
 

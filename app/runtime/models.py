@@ -163,6 +163,12 @@ def load_model(
     )
 
 
+def load_source(source: str, settings: ServerSettings) -> ServedModel:
+    """One model (a folder, a name in the repository, a fetched Hub id) loaded as `mvit serve` loads it with
+    `settings`, less what a models.yaml entry would override: for tools and benchmarks."""
+    return load_model(resolve(source, settings.model_repository), settings.model_options())
+
+
 class ModelManager:
     """Owns the served models. Loading runs in the background so /health answers at once."""
 

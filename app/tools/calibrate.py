@@ -19,7 +19,7 @@ SSDLite heads get the detector's version of the classifiers' whitening: every ou
 places, and the background logit raised until the calibration photos average a handful of detections
 above the default threshold. A fit to boxes did not carry over to unseen photos (docs/model-repository.md),
 so these boxes do not follow objects: the counts and scores are trained-like, the boxes are not. A
-detector trained end to end is scripts/train_proxy_detector.py.
+detector trained end to end is benchmarks/train_proxy_detector.py.
 
 `mvit demo-models` applies what the architecture's row names in `demo_calibration`.
 

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from app.api import create_app
 from app.api.auth import TokenChecker, TokenFileError
 from app.logs import ACCESS_LOGGER, JsonFormatter, TextFormatter
-from tests.support import make_settings, mvit, serving
+from tests.support import make_settings, mvit_process, serving
 
 TOKENS = ("tok-alpha-1234", "tok-beta-5678")
 ORIGIN = "https://app.example"
@@ -101,7 +101,7 @@ def test_an_unusable_token_file_stops_the_service(
         tokens.write_text(content)
     with pytest.raises(TokenFileError, match=fragment):
         create_app(make_settings(model_dir, api_tokens_file=tokens))
-    result = mvit("serve", "--model", str(model_dir), "--api-tokens-file", str(tokens))
+    result = mvit_process("serve", "--model", str(model_dir), "--api-tokens-file", str(tokens))
     assert result.returncode == 1 and fragment in result.stderr  # fails closed, before binding a port
 
 

@@ -30,7 +30,7 @@ import app.intake.preprocess
 from app.api import create_app
 from app.config import ServerSettings
 from app.intake.preprocess import Preprocessing, preprocess
-from scripts.hostile_images import hostile_corpus
+from benchmarks.hostile_images import hostile_corpus
 from tests.support import ROOT, encode, live, make_settings, photo_like, wait_for, wait_ready
 
 ROUTES = ("/classify", "/segment", "/detect")
@@ -70,7 +70,7 @@ def test_preprocessing_memory_stays_bounded_on_the_corpus(
         f"""
         import resource, sys
         from pathlib import Path
-        from scripts.hostile_images import hostile_corpus
+        from benchmarks.hostile_images import hostile_corpus
         from app.repository import resolve
         from app.errors import ServiceError
         from app.intake.decode import decode

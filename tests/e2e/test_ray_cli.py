@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scripts.stop_time import alive, descendants
+from benchmarks.stop_time import alive, descendants
 from tests.support import ROOT, encode, mvit, photo_like, start_server, wait_until_ready
 
 pytest.importorskip("ray", reason="Ray Serve is the [ray] extra")

@@ -1,4 +1,4 @@
-"""scripts/soak.py against a live `mvit serve` with all three tasks, for a few seconds: the script runs,
+"""benchmarks/soak.py against a live `mvit serve` with all three tasks, for a few seconds: the script runs,
 mixes valid and hostile requests on every route, and the server answers each as documented."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def test_soak_script_smoke(model_dir: Path, seg_model_dir: Path, det_model_dir: 
             [
                 sys.executable,
                 "-m",
-                "scripts.soak",
+                "benchmarks.soak",
                 "--url",
                 url,
                 "--minutes",

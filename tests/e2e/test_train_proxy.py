@@ -1,4 +1,4 @@
-"""scripts/train_proxy.py at a tiny size: it trains, is deterministic, and writes a folder that serves.
+"""benchmarks/train_proxy.py at a tiny size: it trains, is deterministic, and writes a folder that serves.
 (Its real run, ~4 minutes, is in docs/performance.md; CI spends seconds here.)"""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 from app.runtime.pipeline import predict
-from scripts.train_proxy import CLASSES, draw_example
-from tests.support import encode, load_served, run_script
+from benchmarks.train_proxy import CLASSES, draw_example
+from tests.support import encode, load_served, run_benchmark
 
 
 def train(out: Path) -> Path:
-    result = run_script(
+    result = run_benchmark(
         "train_proxy",
         str(out),
         "--train-images",

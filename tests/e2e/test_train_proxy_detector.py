@@ -1,4 +1,4 @@
-"""scripts/train_proxy_detector.py at a tiny size: it trains, is deterministic, and writes a detector that
+"""benchmarks/train_proxy_detector.py at a tiny size: it trains, is deterministic, and writes a detector that
 serves; its matching and mAP are checked on cases worked out by hand. (Its real run, ~11 minutes, is in
 docs/performance.md; CI spends seconds here.)"""
 
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from app.runtime.pipeline import predict
-from scripts.train_proxy_detector import CLASSES, assign, average_precision, draw_scene
-from tests.support import encode, load_served, run_script
+from benchmarks.train_proxy_detector import CLASSES, assign, average_precision, draw_scene
+from tests.support import encode, load_served, run_benchmark
 
 
 def train(out: Path) -> Path:
-    result = run_script(
+    result = run_benchmark(
         "train_proxy_detector",
         str(out),
         "--image-size",

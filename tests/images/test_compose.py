@@ -1,5 +1,5 @@
 """docker-compose.yml, unedited, brought up by podman-compose: the edge service and a real Prometheus
-scraping it. Grafana's image cannot be had here: its dashboard is checked statically (tests/e2e/test_deploy.py),
+scraping it. Grafana's image cannot be had here: its dashboard is checked statically (tests/deploy/test_deploy.py),
 and here every metric its panels query must reach Prometheus."""
 
 from __future__ import annotations

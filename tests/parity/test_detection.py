@@ -280,9 +280,9 @@ def test_a_big_rotated_photo_is_decoded_reduced_and_boxes_use_its_full_frame(det
     assert max(d["box"]["ymax"] for d in body) > 1280  # in the full frame, not the reduced 960x1280 one
 
 
-def test_compare_backends_counts_detections_agreeing_as_sets(det_model_dir: Path) -> None:
+def test_compare_counts_detections_agreeing_as_sets(det_model_dir: Path) -> None:
     from app.intake.preprocess import preprocess
-    from scripts.compare_backends import detection_agreement
+    from app.tools.compare import detection_agreement
 
     model = load_served(det_model_dir)
     batch = np.stack([preprocess(photo_with_shapes(640, 480, seed), model.preprocessing) for seed in (4, 8)])
@@ -292,6 +292,9 @@ def test_compare_backends_counts_detections_agreeing_as_sets(det_model_dir: Path
         for i in range(2)
     )
     assert found >= 2
-    assert detection_agreement(model, outputs, outputs).endswith(f"{found} agreeing (100.0%)")
+    same = detection_agreement(model.detector, outputs, outputs)
+    assert same == (found, found, found) and str(same).endswith(f"{found} agreeing (100.0%)")
     moved = dict(outputs, box_regression=outputs["box_regression"] + 10.0)  # every box far from its own
-    assert f"(reference {found}), 0 agreeing (0.0%)" in detection_agreement(model, moved, outputs)
+    assert f"(reference {found}), 0 agreeing (0.0%)" in str(
+        detection_agreement(model.detector, moved, outputs)
+    )

@@ -300,7 +300,7 @@ def test_instances_run_batches_side_by_side_and_a_lone_request_gets_every_thread
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names are read from Linux's /proc")
 def test_pool_threads_carry_their_names_at_the_os_level() -> None:
-    """`top -H` tells decode threads from inference threads (scripts/cpu_per_request.py relies on it)."""
+    """`top -H` tells decode threads from inference threads (benchmarks/cpu_per_request.py relies on it)."""
 
     def os_name() -> str:
         return Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()

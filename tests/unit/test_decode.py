@@ -172,4 +172,4 @@ def test_reduced_decoding_stays_close_to_full_decoding() -> None:
     reduced = decode(data, 20_000_000, spec.min_decode_size(2.0))
     assert reduced.image.size == (1008, 756) and reduced.size == full.size
     levels = np.abs(preprocess(reduced.image, spec, reduced.size) - preprocess(full.image, spec)) * 255
-    assert levels.mean() < 1.0 and levels.max() <= 16  # scripts/jpeg_reduce.py measures the bench photos
+    assert levels.mean() < 1.0 and levels.max() <= 16  # benchmarks/jpeg_reduce.py measures the bench photos

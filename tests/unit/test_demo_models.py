@@ -14,7 +14,7 @@ from app.runtime.pipeline import predict, prepare
 from app.tasks.detection import DEFAULT_THRESHOLD
 from app.tools.calibrate import procedural_photos, procedural_scenes
 from app.tools.demo_models import write_demo_model
-from scripts.demo_model_stats import detections, foreground_overlap, region_stats
+from benchmarks.demo_model_stats import detections, foreground_overlap, region_stats
 from tests.support import encode, load_served, photo_like
 
 

@@ -1,12 +1,12 @@
 """A corpus of hostile and awkward image uploads, each with the statuses the service may answer.
 
-Used by the test suite (tests/api/test_hostile.py) and by scripts/soak.py. Everything is generated here, in
+Used by the test suite (tests/api/test_hostile.py) and by benchmarks/soak.py. Everything is generated here, in
 memory, from Pillow and hand-written headers: truncated and corrupt files, headers that declare billions
 of pixels (decompression bombs), a GIF whose canvas is far larger than its one frame, 20000x2 strips
 (a naive shortest-edge resize of one allocates gigabytes), 16-bit, CMYK, palette + transparency,
 multi-frame files, broken EXIF.
 
-    python -m scripts.hostile_images OUT_DIR     # write the corpus as files, to try with curl
+    python -m benchmarks.hostile_images OUT_DIR     # write the corpus as files, to try with curl
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ its maps are and how well they follow the shapes of scenes it was not fitted on;
 confident boxes and candidates it finds per photo.
 
     mvit demo-models models/ --width 0.5 --task classification --task segmentation --task detection
-    python -m scripts.demo_model_stats models/mobilevitv2-0.5-imagenet1k-256-random --photos 6
-    python -m scripts.demo_model_stats models/mobilevitv2-0.5-voc-deeplabv3-512-random --photos 6 [--bench]
-    python -m scripts.demo_model_stats models/mobilevitv2-0.5-coco-ssdlite-320-random --photos 6
+    python -m benchmarks.demo_model_stats models/mobilevitv2-0.5-imagenet1k-256-random --photos 6
+    python -m benchmarks.demo_model_stats models/mobilevitv2-0.5-voc-deeplabv3-512-random --photos 6 [--bench]
+    python -m benchmarks.demo_model_stats models/mobilevitv2-0.5-coco-ssdlite-320-random --photos 6
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.cpus import cpu_model
-from scripts._common import command_line, jpeg
+from benchmarks._common import command_line, jpeg
 
 if TYPE_CHECKING:
     from app.runtime.models import ServedModel
@@ -33,19 +33,19 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from app.config import Settings
-    from app.runtime.models import load_model
+    from app.config import ServerSettings
+    from app.runtime.models import load_source
     from app.runtime.pipeline import prepare
     from app.tools.calibrate import procedural_photos
 
     print(f"$ {command_line()}")
     print(f"cpu: {cpu_model()}")
-    model = load_model(args.model, Settings(models=[args.model]))
+    model = load_source(args.model, ServerSettings(models=[args.model]))
     if model.task.name == "image-segmentation":
         segmenter_stats(model, args.photos)
         if args.bench:
             from app.runtime.pipeline import predict
-            from scripts._common import bench_photos
+            from benchmarks._common import bench_photos
 
             counts = [len(predict(model, jpeg(photo), {}, 10**8)) for photo in bench_photos()]
             print(f"bench photos (640x480): classes per answer {counts}, mean {np.mean(counts):.1f}")

@@ -1,6 +1,6 @@
 """Time of the annotated-image answers (`render=png|jpeg`) on a 12 MP photo, per task and format.
 
-    python -m scripts.bench_render models/mobilevitv2-1.0-imagenet1k-256-random \
+    python -m benchmarks.bench_render models/mobilevitv2-1.0-imagenet1k-256-random \
         models/mobilevitv2-1.0-voc-deeplabv3-512-random models/mobilevitv2-1.0-coco-ssdlite-320-random
 
 Runs the app in-process and reads the `render` phase of each answer's Server-Timing header: decoding the
@@ -13,7 +13,7 @@ import argparse
 import statistics
 import time
 
-from scripts._common import command_line
+from benchmarks._common import command_line
 
 ROUTES = {
     "image-classification": "/classify",
@@ -43,15 +43,15 @@ def main() -> int:
     from fastapi.testclient import TestClient
 
     from app.api.app import create_app
-    from app.config import Settings
-    from scripts._common import photo_jpeg
+    from app.config import ServerSettings
+    from benchmarks._common import photo_jpeg
 
     print(f"$ {command_line()}")
     photo = photo_jpeg(4032, 3024)
     print(
         f"{time.strftime('%Y-%m-%d')}; 12 MP JPEG (4032x3024, {len(photo) / 1e6:.1f} MB), render_max_side {args.max_side}"
     )
-    settings = Settings(models=args.models, backend=args.backend, render_max_side=args.max_side)
+    settings = ServerSettings(models=args.models, backend=args.backend, render_max_side=args.max_side)
     with TestClient(create_app(settings)) as client:
         while client.app.state.manager.loading:  # type: ignore[attr-defined]
             time.sleep(0.1)

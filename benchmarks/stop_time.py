@@ -1,7 +1,7 @@
 """Stop time: seconds from SIGTERM to exit of an idle `mvit serve` (after a burst of requests), and to the
 last process it started being gone (Ray's, with `--ray`). Runs are interleaved between the variants.
 
-    python -m scripts.stop_time models/mobilevitv2-0.5-imagenet1k-256-random --runs 3
+    python -m benchmarks.stop_time models/mobilevitv2-0.5-imagenet1k-256-random --runs 3
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from app.cpus import cpu_model
-from scripts._common import command_line, photo_jpeg, start_server
+from benchmarks._common import command_line, photo_jpeg, start_server
 
 VARIANTS = {
     "mvit serve": [],

@@ -1,4 +1,4 @@
-"""The peer for scripts/bench.py: the same /classify service as a user would build it with LitServe.
+"""The peer for benchmarks/bench.py: the same /classify service as a user would build it with LitServe.
 
 LitServe's dynamic batching (up to 8 requests, 5 ms window) over one ONNX Runtime session on the model
 folder's model.onnx, Hugging Face JSON in (`{"inputs": base64, "parameters": {"top_k": k}}`) and out.
@@ -6,7 +6,7 @@ Preprocessing follows the folder's preprocessor_config.json with PIL and NumPy, 
 config would write it. Not part of the service.
 
     pip install -e ".[bench]"
-    python -m scripts.litserve_peer MODEL_FOLDER --port 8002
+    python -m benchmarks.litserve_peer MODEL_FOLDER --port 8002
 """
 
 # No `from __future__ import annotations`: LitServe reads decode_request's annotation at run time to

@@ -27,8 +27,7 @@ from app.api.auth import open_paths
 from app.config import ENVIRONMENT_ONLY, ServerSettings
 from app.metrics import Metrics
 from scripts._dockerfile import read_stages
-from tests.e2e.test_deploy import exported_metric_names
-from tests.support import ROOT
+from tests.support import ROOT, exported_metric_names
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 OVERLAYS = ("edge", "cluster", "cluster-hpa", "gpu")

@@ -1,19 +1,18 @@
-"""Shared by the scripts: bench photos, a synthetic photo, a `mvit serve` subprocess on a loopback port."""
+"""Shared by the benchmarks: bench photos, a synthetic photo, a `mvit serve` subprocess on a loopback port."""
 
 from __future__ import annotations
 
 import io
 import os
 import shlex
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 from PIL import Image
+
+from scripts.serving import LOOPBACK, NotReady, free_port, loopback_url, wait_ready
 
 
 def bench_photos(width: int = 640, height: int = 480) -> list[Image.Image]:
@@ -85,9 +84,7 @@ def start_listening(
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Run `command` + `--port PORT` (a free loopback port) in `cwd` with `env` as its whole environment
     (default: ours); return once GET `ready_path` answers 200."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(
         [*command, "--port", str(port)],
         env=os.environ.copy() if env is None else env,
@@ -95,29 +92,25 @@ def start_listening(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{url}{ready_path}", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    process.kill()
-    raise SystemExit(f"{' '.join(command)} did not become ready")
+    url = loopback_url(port)
+    try:
+        wait_ready(process, url, timeout, ready_path)
+    except NotReady:
+        process.kill()
+        raise SystemExit(f"{' '.join(command)} did not become ready") from None
+    return process, url
 
 
 def start_server(
     *args: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`mvit serve ARGS` on 127.0.0.1 and a free port; returns once /ready answers 200."""
-    command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", *args]
+    command = [sys.executable, "-m", "app.cli", "serve", "--host", LOOPBACK, *args]
     return start_listening(command, "/ready", {**os.environ, **(env or {})}, timeout)
 
 
 def command_line() -> str:
-    """The command that ran this script, as a reader would type it: `python -m scripts.NAME ARGS`."""
+    """The command that ran this script, as a reader would type it: `python -m benchmarks.NAME ARGS`."""
     spec = getattr(sys.modules["__main__"], "__spec__", None)
     program = f"-m {spec.name}" if spec is not None else shlex.quote(sys.argv[0])
     return f"python {program} {' '.join(map(shlex.quote, sys.argv[1:]))}".rstrip()

@@ -5,7 +5,7 @@ records the server's RSS, resets its peak-RSS counter (/proc/PID/clear_refs, Lin
 4032x3024 JPEG to /segment, and reads the new peak (VmHWM). Also reports the server's own phase
 timings for those requests (from /metrics) and what the naive dense upsample would have allocated.
 
-    python -m scripts.segment_memory models/mobilevitv2-1.0-voc-deeplabv3-512-random --rounds 3
+    python -m benchmarks.segment_memory models/mobilevitv2-1.0-voc-deeplabv3-512-random --rounds 3
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from app.tasks.segmentation import encode_png
-from scripts._common import command_line, photo_jpeg, pillow_png, start_server
+from benchmarks._common import command_line, photo_jpeg, pillow_png, start_server
 
 
 def status_kib(pid: int, field: str) -> int:

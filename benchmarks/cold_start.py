@@ -3,7 +3,7 @@
 Each run is a new process: interpreter start, imports, model load (ONNX: session creation from the
 optimization cache after the first run; torch: building the network and loading weights), warm-up.
 
-    python -m scripts.cold_start models/mobilevitv2-1.0-imagenet1k-256-random --runs 5
+    python -m benchmarks.cold_start models/mobilevitv2-1.0-imagenet1k-256-random --runs 5
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import statistics
 import time
 
-from scripts._common import command_line, start_server
+from benchmarks._common import command_line, start_server
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ class) on a model's real logits for the bench photos, with the service's mask en
 comparison, Pillow's PNG at zlib level 1 (what the service used before). Interleaved rounds, medians.
 
     pip install -e ".[bench]"
-    python -m scripts.bench_segmentation_postprocess models/mobilevitv2-1.0-voc-deeplabv3-512-random
+    python -m benchmarks.bench_segmentation_postprocess models/mobilevitv2-1.0-voc-deeplabv3-512-random
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from unittest import mock
 
 import numpy as np
 
-from app.config import Settings
+from app.config import ServerSettings
 from app.cpus import cpu_model
-from app.runtime.models import load_model
+from app.runtime.models import load_source
 from app.runtime.pipeline import prepare
 from app.tasks import segmentation
-from scripts._common import BENCH_SETS, bench_set, command_line, pillow_png
+from benchmarks._common import BENCH_SETS, bench_set, command_line, pillow_png
 
 
 def pillow_png_base64(mask: np.ndarray) -> str:
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
-    model = load_model(args.model, Settings(models=[args.model], backend="onnx"))
+    model = load_source(args.model, ServerSettings(models=[args.model], backend="onnx"))
     encoders = {"Pillow, zlib level 1": pillow_png_base64, "the service's encoder": segmentation.encode_png}
     print(f"$ {command_line()}")
     print(f"{time.strftime('%Y-%m-%d')}; {cpu_model()}; one thread")

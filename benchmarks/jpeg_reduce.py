@@ -5,7 +5,7 @@ libjpeg's DCT-domain scaling at each gap, then compare the model input tensors (
 and the model outputs (max |logit diff|, top-1 agreement, max |softmax diff|). Times are medians of
 decode + preprocess on one thread.
 
-    python -m scripts.jpeg_reduce models/mobilevitv2-1.0-imagenet1k-256-random --gaps 1 2 4
+    python -m benchmarks.jpeg_reduce models/mobilevitv2-1.0-imagenet1k-256-random --gaps 1 2 4
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from scripts._common import bench_set, command_line
+from benchmarks._common import bench_set, command_line
 
 
 def main() -> None:
@@ -29,15 +29,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed decodes per image and setting")
     args = parser.parse_args()
 
-    from app.config import Settings
+    from app.config import ServerSettings
     from app.intake.decode import decode
     from app.intake.preprocess import preprocess
-    from app.runtime.models import load_model
+    from app.runtime.models import load_source
     from app.tasks.classification import scores_from_logits
 
     print(f"$ {command_line()}")
-    model = load_model(
-        args.model, Settings(models=[args.model], backend=args.backend, onnx_auto_export=False)
+    model = load_source(
+        args.model, ServerSettings(models=[args.model], backend=args.backend, onnx_auto_export=False)
     )
     spec = model.preprocessing
     sets = {name: bench_set(name) for name in ("12MP", "12MP-phone")}

@@ -10,7 +10,7 @@ held-out scenes, boxes per scene above threshold 0.5, precision and recall at Io
 `--quantize`, it also exports to ONNX, quantizes to INT8 on training scenes, and prints the same figures
 for PyTorch bf16, ONNX Runtime fp32 and INT8 (and OpenVINO fp32, bf16 and INT8 where it is installed).
 
-    python -m scripts.train_proxy_detector models/ --quantize
+    python -m benchmarks.train_proxy_detector models/ --quantize
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ from PIL import Image, ImageDraw
 
 from app.cpus import cpu_model
 from app.tasks.detection import box_iou
-from scripts._common import command_line
-from scripts._proxy import (
+from benchmarks._common import command_line
+from benchmarks._proxy import (
     deterministic_torch,
     export_int8,
     parse_proxy_arguments,
     proxy_parser,
+    train,
     trained_size,
     write_proxy,
 )
@@ -242,15 +243,11 @@ def main() -> None:
             offsets.append(anchor_offsets)
         return tuple(torch.from_numpy(np.stack(a)) for a in (images, classes, offsets))
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=3e-3, total_steps=args.steps, pct_start=0.1
-    )
     flips = np.random.default_rng(0).random((args.steps, args.batch_size)) < 0.5
     started = time.perf_counter()
-    model.train()
-    losses = []
-    for step in range(args.steps):
+    losses: list[tuple[float, float]] = []
+
+    def loss_of(step: int) -> torch.Tensor:
         x, classes, offsets = batch(step * args.batch_size, args.batch_size, flips[step])
         logits, regression = model(x)
         positive = classes > 0
@@ -265,18 +262,18 @@ def main() -> None:
             torch.nn.functional.smooth_l1_loss(regression[positive], offsets[positive], reduction="sum")
             / positives
         )
-        loss = classification + localization
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
         losses.append((classification.item(), localization.item()))
+        return classification + localization
+
+    def after_step(step: int) -> None:
         if (step + 1) % 50 == 0 or step + 1 == args.steps:
             recent = np.mean(losses[-50:], axis=0)
             print(
                 f"step {step + 1}/{args.steps}: classification {recent[0]:.3f}, localization {recent[1]:.3f}, "
                 f"{time.perf_counter() - started:.0f} s"
             )
+
+    train(model, loss_of, args.steps, 3e-3, 0.1, after_step)
 
     model.eval()
 
@@ -296,7 +293,7 @@ def main() -> None:
         config,
         model.state_dict(),
         "train_proxy_detector",
-        f"procedural scenes of {len(CLASSES)} shape classes (scripts/train_proxy_detector.py)",
+        f"procedural scenes of {len(CLASSES)} shape classes (benchmarks/train_proxy_detector.py)",
         {"held_out": {key: round(value, 4) for key, value in figures.items()}},
     )
     print(f"{folder}: written, {time.perf_counter() - started:.0f} s in all")
@@ -310,8 +307,8 @@ def compare_precisions(folder: Path, held_out: int, size: int, quantizer: str = 
     import importlib.util
     import io
 
-    from app.config import Settings
-    from app.runtime.models import load_model
+    from app.config import ServerSettings
+    from app.runtime.models import load_source
     from app.runtime.pipeline import prepare
 
     calibration = folder.with_name(f"{folder.name}-calibration")  # beside the model folder, not in it
@@ -329,7 +326,7 @@ def compare_precisions(folder: Path, held_out: int, size: int, quantizer: str = 
         candidates["OpenVINO bf16"] = {"backend": "openvino", "openvino_precision": "bf16"}
         candidates["OpenVINO int8"] = {"backend": "openvino", "onnx_precision": "int8"}
     for name, choice in candidates.items():
-        model = load_model(str(folder), Settings(models=[str(folder)], **choice))
+        model = load_source(str(folder), ServerSettings(models=[str(folder)], **choice))
 
         def detect(
             image: Image.Image, model: ServedModel = model

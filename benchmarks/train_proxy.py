@@ -6,10 +6,10 @@ diagonal stripes, checkerboard, dots), each drawn at a random place and size, in
 random smooth background with noise; every image is a function of its index, so the run is
 deterministic. It writes a model folder in the service's format (it serves like any model), then prints
 held-out top-1. With `--quantize`, it also exports to ONNX, quantizes to INT8 on training images, and
-prints held-out top-1 for torch, ONNX fp32 and ONNX INT8 (scripts/compare_backends.py on a labelled
-folder of held-out images).
+prints held-out top-1 for torch, ONNX fp32 and ONNX INT8 (`mvit compare` on a labelled folder of
+held-out images).
 
-    python -m scripts.train_proxy models/ --quantize
+    python -m benchmarks.train_proxy models/ --quantize
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from scripts._common import command_line
-from scripts._proxy import (
+from benchmarks._common import command_line
+from benchmarks._proxy import (
     deterministic_torch,
     export_int8,
     parse_proxy_arguments,
     proxy_parser,
+    train,
     trained_size,
     write_proxy,
 )
@@ -134,30 +135,31 @@ def main() -> None:
     )
 
     steps_per_epoch = max(1, len(train_y) // args.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=2e-3, total_steps=args.epochs * steps_per_epoch, pct_start=0.15
-    )
     order = np.random.default_rng(0)
-    for epoch in range(args.epochs):
-        model.train()
-        permutation = order.permutation(len(train_y))
-        losses = []
-        for step in range(steps_per_epoch):
-            batch = permutation[step * args.batch_size : (step + 1) * args.batch_size]
-            x, y = torch.from_numpy(train_x[batch]), torch.from_numpy(train_y[batch])
-            if order.random() < 0.5:
-                x = x.flip(-1)  # a mirrored shape is the same class
-            loss = torch.nn.functional.cross_entropy(model(x), y, label_smoothing=0.1)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
-        accuracy = top1(model, held_x, held_y)
-        print(
-            f"epoch {epoch + 1}: loss {np.mean(losses):.3f}, held-out top-1 {accuracy:.1%}, {time.perf_counter() - started:.0f} s"
-        )
+    permutations: list[np.ndarray] = []  # one per epoch
+    losses: list[float] = []  # this epoch's
+
+    def loss_of(step: int) -> torch.Tensor:
+        epoch_step = step % steps_per_epoch
+        if epoch_step == 0:
+            permutations.append(order.permutation(len(train_y)))
+            losses.clear()
+        batch = permutations[-1][epoch_step * args.batch_size : (epoch_step + 1) * args.batch_size]
+        x, y = torch.from_numpy(train_x[batch]), torch.from_numpy(train_y[batch])
+        if order.random() < 0.5:
+            x = x.flip(-1)  # a mirrored shape is the same class
+        loss = torch.nn.functional.cross_entropy(model(x), y, label_smoothing=0.1)
+        losses.append(loss.item())
+        return loss
+
+    def after_step(step: int) -> None:
+        if (step + 1) % steps_per_epoch == 0:
+            accuracy = top1(model, held_x, held_y)
+            print(
+                f"epoch {(step + 1) // steps_per_epoch}: loss {np.mean(losses):.3f}, held-out top-1 {accuracy:.1%}, {time.perf_counter() - started:.0f} s"
+            )
+
+    train(model, loss_of, args.epochs * steps_per_epoch, 2e-3, 0.15, after_step)
 
     model.eval()
     held_out_top1 = round(top1(model, held_x, held_y), 4)
@@ -168,7 +170,7 @@ def main() -> None:
         config,
         model.state_dict(),
         "train_proxy",
-        f"{len(CLASSES)} procedural shape and texture classes (scripts/train_proxy.py)",
+        f"{len(CLASSES)} procedural shape and texture classes (benchmarks/train_proxy.py)",
         {"held_out_top1": held_out_top1},
     )
     print(
@@ -204,7 +206,7 @@ def compare_precisions(folder: Path, held_out: int, size: int, quantizer: str = 
     for i in range(100):
         draw_example(TRAIN_SEED + i, size)[0].save(calibration / f"{i}.png")
     export_int8(folder, calibration, quantizer)
-    subprocess.run([sys.executable, "-m", "scripts.compare_backends", str(folder), str(images)], check=True)
+    subprocess.run([sys.executable, "-m", "app.cli", "compare", str(folder), str(images)], check=True)
 
 
 if __name__ == "__main__":

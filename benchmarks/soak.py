@@ -1,9 +1,9 @@
 """Soak a running service: N minutes at concurrency C on loopback, valid and hostile requests on every task.
 
     mvit serve --backend onnx &                        # the service under test, on 127.0.0.1:8000
-    python -m scripts.soak --minutes 10 --concurrency 16
+    python -m benchmarks.soak --minutes 10 --concurrency 16
 
-Every request knows what it may get back: a valid photo 200; a hostile upload (scripts/hostile_images.py)
+Every request knows what it may get back: a valid photo 200; a hostile upload (benchmarks/hostile_images.py)
 its documented 400/413 (or 200 for the awkward-but-valid ones). Anything else is "unexpected". Each window
 prints requests, unexpected statuses, p50/p99 of the valid requests and the server's RSS (from /proc; the
 server is found by its listening port, or given with --pid). Verdict: 0 unexpected statuses and RSS drift
@@ -27,9 +27,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from scripts._common import command_line, photo_jpeg
-from scripts._loadgen import check_loopback, http_request, read_response
-from scripts.hostile_images import hostile_corpus
+from benchmarks._common import command_line, photo_jpeg
+from benchmarks._loadgen import check_loopback, http_request, read_response
+from benchmarks.hostile_images import hostile_corpus
 
 ROUTES = {
     "image-classification": "/classify",

@@ -5,13 +5,13 @@ are classifiers, so they only run for classification models.
 
 In one run, on loopback ports, with the same model folder:
   * mvit:  `mvit serve` (dynamic batching, decode pool, the backend chosen with --backend);
-  * naive: scripts/naive_server.py (FastAPI + transformers.pipeline, PyTorch, one image per call);
-  * litserve: scripts/litserve_peer.py (LitServe batching over ONNX Runtime, HF JSON in and out): the
+  * naive: benchmarks/naive_server.py (FastAPI + transformers.pipeline, PyTorch, one image per call);
+  * litserve: benchmarks/litserve_peer.py (LitServe batching over ONNX Runtime, HF JSON in and out): the
     peer a user would otherwise build (its bodies are the same photos as base64 JSON, encoded once);
   * oip:   with --oip, the first mvit server again, over the Open Inference Protocol
     (/v2/models/{id}/infer, one image per request as tritonclient sends it: binary tensor data);
   * raw:   the same backend in this process on preprocessed tensors, batch 1/2/4/8, no HTTP, no decode.
-A closed-loop load generator (scripts/_loadgen.py) posts the bench photos (scikit-image's 9 colour
+A closed-loop load generator (benchmarks/_loadgen.py) posts the bench photos (scikit-image's 9 colour
 photos, as 640x480 and 4032x3024 JPEGs at quality 90, and at 4032x3024 with sensor-like grain at quality
 92, which makes them 2-3 MB like a phone's photos) at each concurrency.
 
@@ -24,7 +24,7 @@ over rounds, p50/p99 are over all requests of a cell. Load is bounded in request
     pip install -e ".[test,bench]"
     mvit demo-models models/ --width 1.0 --task classification
     mvit export models/mobilevitv2-1.0-imagenet1k-256-random
-    python -m scripts.bench models/mobilevitv2-1.0-imagenet1k-256-random
+    python -m benchmarks.bench models/mobilevitv2-1.0-imagenet1k-256-random
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ import httpx
 import numpy as np
 
 from app.api.oip_body import serialize_bytes
-from scripts._common import BENCH_SETS, bench_set, command_line, start_listening, start_server
-from scripts._loadgen import LoadResult, closed_loop
+from benchmarks._common import BENCH_SETS, bench_set, command_line, start_listening, start_server
+from benchmarks._loadgen import LoadResult, closed_loop
 
 if TYPE_CHECKING:
     from app.runtime.models import ServedModel
@@ -77,14 +77,14 @@ class Cell:
 
 
 def start_naive(model: str) -> tuple[subprocess.Popen[bytes], str]:
-    """scripts/naive_server.py in the environment a user would give it: none of our tuning."""
+    """benchmarks/naive_server.py in the environment a user would give it: none of our tuning."""
     script = Path(__file__).with_name("naive_server.py")
     plain = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MVIT_"))}
     return start_listening([sys.executable, str(script), model], "/health", plain, timeout=180)
 
 
 def start_peer(model: str) -> tuple[subprocess.Popen[bytes], str]:
-    """scripts/litserve_peer.py with LitServe's and ONNX Runtime's own defaults, as a user would run it."""
+    """benchmarks/litserve_peer.py with LitServe's and ONNX Runtime's own defaults, as a user would run it."""
     script = Path(__file__).with_name("litserve_peer.py")
     plain = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MVIT_"))}
     return start_listening([sys.executable, str(script), model], "/health", plain, timeout=180)
@@ -189,11 +189,12 @@ def main() -> None:
     # The same thread budget everywhere: torch's OpenMP threads must not spin beside the decode pool.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-    from app.config import Settings
+    from app.api.routes import TASK_ROUTES
+    from app.config import ServerSettings
     from app.cpus import available_cpus, cpu_model
     from app.intake.decode import decode
     from app.intake.preprocess import preprocess
-    from app.runtime.models import load_model
+    from app.runtime.models import load_source
 
     print(f"$ {command_line()}")
     print(
@@ -204,8 +205,8 @@ def main() -> None:
     for name, bodies in images.items():
         print(f"images {name}: {len(bodies)} JPEGs, mean {statistics.mean(map(len, bodies)) / 1e6:.2f} MB")
 
-    settings = Settings(models=[args.model], backend=args.backend, onnx_auto_export=False)
-    model = load_model(args.model, settings)
+    settings = ServerSettings(models=[args.model], backend=args.backend, onnx_auto_export=False)
+    model = load_source(args.model, settings)
     tensors = [
         preprocess(d.image, model.preprocessing, d.size)
         for d in (decode(b, 10**8) for b in images[args.images[0]])
@@ -237,7 +238,7 @@ def main() -> None:
             f"max_batch_size {served['max_batch_size']}, instances {served['instances']}, "
             f"{'tuned' if served['tuning']['tuned'] else 'not tuned'}"
         )
-    route = model.task.route
+    route = TASK_ROUTES[model.task.name]
     classifier = route == "/classify"
     if not classifier:
         print(f"{route}: the naive server and the LitServe peer are classifiers; comparing with raw only")

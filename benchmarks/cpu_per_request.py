@@ -6,7 +6,7 @@ service names its threads ("decode_N", "infer-<model>_N"); the event loop is "py
 own pool threads keep the name of the thread that made them. The model-alone figure is the CPU time of
 one instance call on a preprocessed photo in this process, for comparison.
 
-    python -m scripts.cpu_per_request models/mobilevitv2-1.0-imagenet1k-256-random --concurrency 8
+    python -m benchmarks.cpu_per_request models/mobilevitv2-1.0-imagenet1k-256-random --concurrency 8
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import statistics
 import time
 from pathlib import Path
 
-from scripts._common import bench_set, command_line, start_server
-from scripts._loadgen import closed_loop
+from benchmarks._common import bench_set, command_line, start_server
+from benchmarks._loadgen import closed_loop
 
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
@@ -49,15 +49,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=15.0)
     args = parser.parse_args()
-    from app.config import Settings
+    from app.config import ServerSettings
     from app.intake.decode import decode
     from app.intake.preprocess import preprocess
-    from app.runtime.models import load_model
+    from app.runtime.models import load_source
 
     print(f"$ {command_line()}")
     bodies = bench_set("640x480")
-    model = load_model(
-        args.model, Settings(models=[args.model], backend=args.backend, onnx_auto_export=False)
+    model = load_source(
+        args.model, ServerSettings(models=[args.model], backend=args.backend, onnx_auto_export=False)
     )
     decoded = decode(bodies[0], 10**8)
     batch = preprocess(decoded.image, model.preprocessing, decoded.size)[None]

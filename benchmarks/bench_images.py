@@ -1,7 +1,7 @@
 """Write the bench image sets as JPEG files: the 9 scikit-image photos at 640x480 and at 4032x3024 (12 MP),
 quality 90, and at 12 MP encoded like phone photos (grain, quality 92, 2-3 MB).
 
-    python -m scripts.bench_images bench-images/
+    python -m benchmarks.bench_images bench-images/
     mvit export models/mobilevitv2-1.0-imagenet1k-256-random --quantize int8 --calibration bench-images/640x480
 
 They also serve as INT8 calibration images for the demo models (real deployments should calibrate on
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scripts._common import BENCH_SETS, bench_set
+from benchmarks._common import BENCH_SETS, bench_set
 
 
 def main() -> None:

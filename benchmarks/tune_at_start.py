@@ -5,7 +5,7 @@ without its tuning.json, for each budget, `--repeats` times, interleaved; prints
 taken, and every configuration's figures. Compare the choices with `mvit tune FOLDER --rounds 3` run on
 the same machine.
 
-    python -m scripts.tune_at_start models/mobilevitv2-1.0-imagenet1k-256-random --budgets 15 30 --repeats 3
+    python -m benchmarks.tune_at_start models/mobilevitv2-1.0-imagenet1k-256-random --budgets 15 30 --repeats 3
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.config import Settings
+from app.config import ServerSettings
 from app.cpus import cpu_model
 from app.intake.preprocess import Preprocessing
 from app.repository import read_model_dir
 from app.repository.tuning import TUNING_FILE
 from app.runtime.measure_tuning import tune_at_start
-from scripts._common import command_line
+from benchmarks._common import command_line
 
 
 def main() -> None:
@@ -45,9 +45,9 @@ def main() -> None:
                 model_dir = read_model_dir(copy)
                 input_size = Preprocessing.from_hf_config(model_dir.preprocessor_config).fixed_input_size
                 assert input_size is not None
-                settings = Settings(models=[str(copy)], backend=args.backend, tune_at_start_s=budget)
+                settings = ServerSettings(models=[str(copy)], backend=args.backend, tune_at_start_s=budget)
                 started = time.perf_counter()
-                _, tuning = tune_at_start(model_dir, settings, input_size)
+                _, tuning = tune_at_start(model_dir, settings.model_options(), input_size)
                 took = time.perf_counter() - started
                 assert tuning.record is not None
                 rows = ", ".join(

@@ -10,10 +10,9 @@ import pytest
 import yaml
 
 from app.config import ServerSettings
-from app.metrics import Metrics
 from app.repository.tuning import TUNED_SETTINGS
 from scripts._dockerfile import read_stages
-from tests.support import ROOT
+from tests.support import ROOT, exported_metric_names
 
 STAGES = read_stages(ROOT / "Dockerfile")
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -133,17 +132,6 @@ def test_prometheus_scrapes_the_service_port_and_metrics_path() -> None:
     assert "mvit:8000" in targets and set(targets) <= {f"{name}:8000" for name in COMPOSE["services"]}
     mount = COMPOSE["services"]["prometheus"]["volumes"][0]
     assert mount.startswith("./deploy/prometheus/prometheus.yml:")
-
-
-def exported_metric_names() -> set[str]:
-    names = set()
-    for metric in Metrics().registry.collect():
-        names.add(metric.name)
-        if metric.type == "histogram":
-            names |= {f"{metric.name}_{suffix}" for suffix in ("bucket", "count", "sum")}
-        if metric.type == "counter":
-            names.add(f"{metric.name}_total")
-    return names
 
 
 def test_dashboard_covers_the_asked_panels_with_metrics_the_service_exports() -> None:

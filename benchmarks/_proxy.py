@@ -1,5 +1,6 @@
-"""What the trained proxies (scripts/train_proxy.py, scripts/train_proxy_detector.py) share: their command
-line, the deterministic torch set-up, the model folder they write, and the INT8 export they evaluate."""
+"""What the trained proxies (benchmarks/train_proxy.py, benchmarks/train_proxy_detector.py) share: their command
+line, the deterministic torch set-up, the training loop, the model folder they write, and the INT8 export
+they evaluate."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.backends.onnx_files import QUANTIZERS
+
+if TYPE_CHECKING:
+    import torch
 
 
 def proxy_parser(description: str, image_size: int) -> argparse.ArgumentParser:
@@ -59,6 +64,33 @@ def deterministic_torch(threads: int) -> None:
     torch.use_deterministic_algorithms(True)
 
 
+def train(
+    model: torch.nn.Module,
+    loss_of: Callable[[int], torch.Tensor],
+    steps: int,
+    max_lr: float,
+    warm_up: float,
+    after_step: Callable[[int], None],
+) -> None:
+    """`steps` steps of AdamW (weight decay 0.05) under a one-cycle learning rate that peaks at `max_lr`
+    after the `warm_up` share of the steps. `loss_of(step)` is that step's loss, computed in training mode;
+    `after_step(step)` reports, and may evaluate the model."""
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=max_lr, weight_decay=0.05)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=steps, pct_start=warm_up
+    )
+    for step in range(steps):
+        model.train()  # again after an evaluation
+        loss = loss_of(step)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        after_step(step)
+
+
 def write_proxy(
     directory: Path,
     name: str,
@@ -81,9 +113,9 @@ def write_proxy(
         "random_weights": False,
         "trained_on": trained_on,
         **held_out,
-        "generated_by": f"python -m scripts.{script}",
+        "generated_by": f"python -m benchmarks.{script}",
         # Trained on exactly what preprocessor_config.json gives, so that is its trained preprocessing.
-        "training_pipeline": f"scripts/{script}.py",
+        "training_pipeline": f"benchmarks/{script}.py",
         "preprocessing_profile": "hf",
     }
     return write_model_folder(directory / name, config, preprocessing.to_hf_config(), manifest, state_dict)

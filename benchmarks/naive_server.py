@@ -1,9 +1,9 @@
-"""The baseline for scripts/bench.py: the image-classification server most people write first.
+"""The baseline for benchmarks/bench.py: the image-classification server most people write first.
 
 FastAPI + `transformers.pipeline("image-classification")` over the same checkpoint, PyTorch on CPU,
 one image per call. Not part of the service.
 
-    python -m scripts.naive_server MODEL_FOLDER --port 8001
+    python -m benchmarks.naive_server MODEL_FOLDER --port 8001
 """
 
 from __future__ import annotations

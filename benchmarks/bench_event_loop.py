@@ -6,7 +6,7 @@ the figures are the probe's latencies. Each `--checkout` is a source tree whose 
 change can be measured against the code before it, interleaved in the same run:
 
     git worktree add /tmp/before BASE_COMMIT
-    python -m scripts.bench_event_loop models/mobilevitv2-0.5-imagenet1k-256-random \\
+    python -m benchmarks.bench_event_loop models/mobilevitv2-0.5-imagenet1k-256-random \\
         --checkout /tmp/before --checkout . --rounds 3
 """
 
@@ -30,8 +30,8 @@ import numpy as np
 from PIL import Image
 
 from app.cpus import cpu_model
-from scripts._common import command_line, start_listening
-from scripts._loadgen import closed_loop
+from benchmarks._common import command_line, start_listening
+from benchmarks._loadgen import closed_loop
 
 PROBE_PERIOD_S = 0.01
 

@@ -2,7 +2,7 @@
 candidates, as a trained detector's outputs make it: objects covered by many overlapping anchors of their
 class and a few of two other classes, the rest of the anchors near zero. No model involved.
 
-    python -m scripts.bench_detection_postprocess
+    python -m benchmarks.bench_detection_postprocess
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 
 from app.cpus import cpu_model
 from app.tasks.detection import postprocess
-from scripts._common import command_line
+from benchmarks._common import command_line
 
 ANCHORS, CLASSES, OBJECTS = 3232, 81, 20  # SSDLite at 320 px, COCO
 

@@ -6,7 +6,7 @@ resize and center crop in uint8, then the float pass (rescale, normalisation, ch
 The float pass is what moving preprocessing into the exported graph would take off the decode threads.
 
     pip install -e ".[bench]"
-    python -m scripts.bench_intake models/mobilevitv2-1.0-imagenet1k-256-random \\
+    python -m benchmarks.bench_intake models/mobilevitv2-1.0-imagenet1k-256-random \\
         models/mobilevitv2-1.0-coco-ssdlite-320-random models/mobilevitv2-1.0-voc-deeplabv3-512-random
 """
 
@@ -17,7 +17,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from scripts._common import BENCH_SETS, bench_set, command_line
+from benchmarks._common import BENCH_SETS, bench_set, command_line
 
 
 def per_call_ms(call: Callable[[], object], repeats: int) -> float:
@@ -41,18 +41,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per photo and stage")
     args = parser.parse_args()
 
-    from app.config import Settings
+    from app.config import ServerSettings
     from app.cpus import cpu_model
     from app.intake.decode import decode
     from app.intake.preprocess import resize_and_crop, to_model_input
-    from app.runtime.models import load_model
+    from app.runtime.models import load_source
 
     print(f"$ {command_line()}")
     print(f"{time.strftime('%Y-%m-%d')}; {cpu_model()}; one thread; medians over photos of per-photo medians")
     print("| model input | images | decode ms | resize + crop ms | float pass ms | float pass share |")
     print("|---|---|---:|---:|---:|---:|")
     for folder in args.models:
-        model = load_model(folder, Settings(models=[folder], backend="onnx", onnx_auto_export=False))
+        model = load_source(folder, ServerSettings(models=[folder], backend="onnx", onnx_auto_export=False))
         spec = model.preprocessing
         for image_set in args.images:
             stages: dict[str, list[float]] = {"decode": [], "resize": [], "float": []}

@@ -7,14 +7,14 @@ interleaved round by round so machine noise hits them alike; medians are reporte
     pip install -e ".[export,bench]"
     mvit demo-models models/ --width 1.0 --task classification --task segmentation --task detection
     mvit export models/mobilevitv2-1.0-*-random
-    python -m scripts.bench_backends models/mobilevitv2-1.0-*-random --rounds 20
+    python -m benchmarks.bench_backends models/mobilevitv2-1.0-*-random --rounds 20
 
 `onnx-int8` and `openvino-int8` are measured for folders that have model.int8.onnx (`mvit export
 --quantize int8`); `openvino-bf16` and `torch-bf16` on CPUs with bfloat16 support, `torch-fp16` on GPUs
 (`--device cuda`, which applies to torch). For example:
 
-    python -m scripts.bench_backends MODEL --backends onnx onnx-int8 openvino openvino-bf16 openvino-int8
-    python -m scripts.bench_backends MODEL --backends torch torch-bf16 torch-fp16 --device cuda --batch-sizes 1 8 32
+    python -m benchmarks.bench_backends MODEL --backends onnx onnx-int8 openvino openvino-bf16 openvino-int8
+    python -m benchmarks.bench_backends MODEL --backends torch torch-bf16 torch-fp16 --device cuda --batch-sizes 1 8 32
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scripts._common import command_line
+from benchmarks._common import command_line
 
 if TYPE_CHECKING:
     from app.runtime.models import ServedModel
@@ -51,12 +51,13 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE" if args.spin else "PASSIVE")  # before torch loads
     import numpy as np
 
-    from app.config import Settings
+    from app.config import ServerSettings
     from app.cpus import available_cpus, cpu_model
     from app.intake.preprocess import preprocess
     from app.repository import ONNX_FILES
-    from app.runtime.models import load_model
-    from scripts._common import bench_photos
+    from app.runtime.measure_tuning import timed_calls
+    from app.runtime.models import load_source
+    from benchmarks._common import bench_photos
 
     threads = args.threads or available_cpus()
     print(f"$ {command_line()}")
@@ -88,7 +89,7 @@ def main() -> None:
             file_precision = "int8" if precision == "int8" else "fp32"
             if not (Path(source) / ONNX_FILES[file_precision]).is_file() and backend != "torch":
                 continue
-            settings = Settings(
+            settings = ServerSettings(
                 models=[source],
                 backend=backend,
                 device=args.device if backend == "torch" else "cpu",
@@ -99,7 +100,7 @@ def main() -> None:
                 onnx_allow_spinning=args.spin,
                 onnx_auto_export=False,
             )
-            model = load_model(source, settings)
+            model = load_source(source, settings)
             tensors = np.stack([preprocess(p, model.preprocessing) for p in photos])
             runs[(Path(source).name, name)] = (model, tensors)
     for batch_size in args.batch_sizes:
@@ -111,10 +112,8 @@ def main() -> None:
         for key, (model, _) in runs.items():  # warm-up at this shape
             model.backend.infer(batches[key])
         for _ in range(args.rounds):
-            for key, (model, _) in runs.items():
-                started = time.perf_counter()
-                model.backend.infer(batches[key])
-                times[key].append(time.perf_counter() - started)
+            for key, (model, _) in runs.items():  # one timed call each, as `mvit tune` times a lone call
+                times[key].append(timed_calls(model.backend, batches[key], 1, seconds=0, min_calls=1)[1])
         for (folder, name), samples in times.items():
             p50 = statistics.median(samples)
             print(f"{folder:<42} {name:<14} {batch_size:>5} {p50 * 1000:>9.1f} {batch_size / p50:>8.1f}")
