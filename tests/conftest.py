@@ -14,7 +14,7 @@ tests/images  the images built and run with podman (MVIT_IMAGES=1)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -35,16 +35,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.quick)
 
 
-@pytest.fixture(scope="session")
-def demo_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One width-0.5 demo model of each task, seeded 0, 1, 2 (the golden set's), written once per run: a
-    test that changes a folder works on a copy (`tests.support.copy_model`)."""
-    root = tmp_path_factory.mktemp("models")
-    return {task: write_demo_model(root, task, width=0.5, seed=seed) for seed, task in enumerate(TASKS)}
+class DemoModels(Mapping[str, Path]):
+    """The session's demo models by task, each written on first use: width 0.5, seeded 0, 1, 2 in the order
+    of TASKS (the golden set's). A test that changes a folder works on a copy (`tests.support.copy_model`)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.written: dict[str, Path] = {}
+
+    def __getitem__(self, task: str) -> Path:
+        if task not in self.written:
+            self.written[task] = write_demo_model(self.root, task, width=0.5, seed=TASKS.index(task))
+        return self.written[task]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(TASKS)
+
+    def __len__(self) -> int:
+        return len(TASKS)
 
 
 @pytest.fixture(scope="session")
-def model_dir(demo_models: dict[str, Path]) -> Path:
+def demo_models(tmp_path_factory: pytest.TempPathFactory) -> DemoModels:
+    return DemoModels(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def model_dir(demo_models: DemoModels) -> Path:
     """The smallest real MobileViTv2 classifier (width 0.5, 256 px) with seeded random weights."""
     return demo_models["image-classification"]
 
@@ -61,19 +78,19 @@ def client(model_dir: Path) -> Iterator[TestClient]:
 
 
 @pytest.fixture(scope="session")
-def seg_model_dir(demo_models: dict[str, Path]) -> Path:
+def seg_model_dir(demo_models: DemoModels) -> Path:
     """A real-architecture MobileViTv2-0.5 + DeepLabV3 (VOC, 512 px) with seeded random weights."""
     return demo_models["image-segmentation"]
 
 
 @pytest.fixture(scope="session")
-def det_model_dir(demo_models: dict[str, Path]) -> Path:
+def det_model_dir(demo_models: DemoModels) -> Path:
     """A real-architecture SSDLite-MobileViTv2-0.5 (COCO, 320 px) with seeded random weights."""
     return demo_models["object-detection"]
 
 
 @pytest.fixture(scope="session")
-def exported(demo_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def exported(demo_models: DemoModels, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Copies of the demo models, exported to model.onnx (for ONNX Runtime, OpenVINO and torch-free runs)."""
     from app.backends.onnx_export import export_onnx
     from app.repository import read_model_dir

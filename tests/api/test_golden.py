@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,9 @@ import pytest
 
 from tests.golden.cases import GOLDEN_FILE, differences, record_all
 
-pytestmark = pytest.mark.quick
-
 
 @pytest.fixture(scope="module")
-def played(tmp_path_factory: pytest.TempPathFactory, demo_models: dict[str, Path]) -> dict[str, Any]:
+def played(tmp_path_factory: pytest.TempPathFactory, demo_models: Mapping[str, Path]) -> dict[str, Any]:
     return record_all(tmp_path_factory.mktemp("golden-models"), demo_models)
 
 

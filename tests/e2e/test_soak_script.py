@@ -8,17 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support import ROOT, start_server, wait_until_ready
+from tests.support import ROOT, copy_model, start_server, wait_until_ready
 
 
-def test_soak_script_smoke(model_dir: Path, seg_model_dir: Path, det_model_dir: Path) -> None:
+def test_soak_script_smoke(exported: dict[str, Path], tmp_path: Path) -> None:
+    folders = [copy_model(folder, tmp_path) for folder in exported.values()]  # the server writes its cache
     process, url = start_server(
-        "--model",
-        str(model_dir),
-        "--model",
-        str(seg_model_dir),
-        "--model",
-        str(det_model_dir),
+        *(arg for folder in folders for arg in ("--model", str(folder))),
         "--backend",
         "onnx",
         "--log-level",

@@ -14,7 +14,7 @@ import hashlib
 import io
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -426,7 +426,7 @@ GROUP_BY_TASK = {
 }
 
 
-def record_all(folder: Path, demo_models: dict[str, Path] | None = None) -> dict[str, Any]:
+def record_all(folder: Path, demo_models: Mapping[str, Path] | None = None) -> dict[str, Any]:
     """Serve the three demo models (and an app with auth and CORS) and play every case. The models are
     width 0.5 and seeded 0, 1, 2 in the order of GROUP_BY_TASK: written into `folder`, or copied there from
     `demo_models`, which must be those (the tests' session fixture is)."""

@@ -165,6 +165,7 @@ def test_no_reduction_when_it_cannot_help(size: tuple[int, int], fmt: str, expec
     assert decoded.image.size == expected and decoded.size == size
 
 
+@pytest.mark.slow
 def test_reduced_decoding_stays_close_to_full_decoding() -> None:
     spec = Preprocessing(resize_shortest_edge=288, crop_height_width=(256, 256))
     data = encode(photo_like(4032, 3024, seed=7), "JPEG", quality=92)

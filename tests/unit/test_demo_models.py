@@ -17,6 +17,9 @@ from app.tools.demo_models import write_demo_model
 from benchmarks.demo_model_stats import detections, foreground_overlap, region_stats
 from tests.support import encode, load_served, photo_like
 
+# Each writes or loads demo models of all three tasks (about 25 s on 2 cores the first time).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def logits(model_dir: Path) -> np.ndarray:

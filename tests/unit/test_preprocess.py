@@ -91,7 +91,17 @@ def test_the_resize_target_follows_the_full_size_of_a_reduced_image() -> None:
 
 
 @pytest.mark.parametrize("resample", [1, 2, 3, 4, 5])  # lanczos, bilinear, bicubic, box, hamming
-@pytest.mark.parametrize("size", [(640, 480), (480, 640), (4032, 3024), (301, 999), (288, 500), (1000, 288)])
+@pytest.mark.parametrize(
+    "size",
+    [
+        (640, 480),
+        (480, 640),
+        pytest.param((4032, 3024), marks=pytest.mark.slow),
+        (301, 999),
+        (288, 500),
+        (1000, 288),
+    ],
+)
 def test_skipping_the_cropped_columns_gives_the_one_call_resize_exactly(
     resample: int, size: tuple[int, int]
 ) -> None:
