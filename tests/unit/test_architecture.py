@@ -55,3 +55,15 @@ def test_the_layering_diagram_is_the_contract_ci_checks() -> None:
         return {name.strip().removeprefix("app.") for name in re.split(r"[|,]", layer)}
 
     assert [names(layer) for layer in drawn] == [names(layer) for layer in layers]
+
+
+def test_no_test_module_imports_another() -> None:
+    """What tests share lives in helper modules (tests/support.py, tests/images/lane.py), as
+    docs/development.md says."""
+    importing = [
+        f"{path.relative_to(ROOT)}: {line.strip()}"
+        for path in (ROOT / "tests").rglob("test_*.py")
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if re.match(r"\s*(from|import) tests(\.\w+)*\.test_\w+", line)
+    ]
+    assert importing == []
