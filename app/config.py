@@ -205,6 +205,12 @@ class ServerSettings(ModelOptions, BaseSettings):
         ge=1,
         description="Decode/preprocess threads; default: the CPUs this process may use.",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Server processes sharing the port, each with its own models; the inference and decode "
+        "threads are divided among them. A dead worker is replaced; /metrics sums them all.",
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="How much to log."
     )

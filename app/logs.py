@@ -19,12 +19,17 @@ _OWN_HANDLERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "huggingface_hub"
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": LOGGER_NAMES.get(record.name, record.name),
+            **({"worker": self.worker} if self.worker is not None else {}),
             "msg": record.getMessage(),
         }
         line.update(getattr(record, "access", {}))
@@ -34,8 +39,9 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(logger)s: %(message)s")
+    def __init__(self, worker: int | None = None) -> None:
+        tag = f" [worker {worker}]" if worker is not None else ""
+        super().__init__(f"%(asctime)s %(levelname)s{tag} %(logger)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         record.logger = LOGGER_NAMES.get(record.name, record.name)
@@ -46,10 +52,11 @@ class TextFormatter(logging.Formatter):
         return text
 
 
-def configure_logging(level: str, fmt: str) -> None:
-    """One stderr handler on the root logger; uvicorn's loggers propagate to it (its own config is off)."""
+def configure_logging(level: str, fmt: str, worker: int | None = None) -> None:
+    """One stderr handler on the root logger; uvicorn's loggers propagate to it (its own config is off).
+    A worker of several (`mvit serve --workers N`) tags its lines with its number."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter(worker) if fmt == "json" else TextFormatter(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -16,10 +16,12 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 
 import uvicorn
+from fastapi import FastAPI
 
 from app.api.app import create_app
 from app.config import ServerSettings
@@ -38,9 +40,8 @@ def run_server(settings: ServerSettings) -> int:
         return runner.run(serve(settings))
 
 
-async def serve(settings: ServerSettings) -> int:
-    app = create_app(settings)
-    config = uvicorn.Config(
+def uvicorn_config(app: FastAPI, settings: ServerSettings) -> uvicorn.Config:
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -49,7 +50,11 @@ async def serve(settings: ServerSettings) -> int:
         access_log=False,  # the app writes its own access lines (request id, model, phases)
         timeout_graceful_shutdown=AFTER_DRAIN_S,
     )
-    server = DrainingServer(config, app.state.lifecycle, settings.drain_timeout_s)
+
+
+async def serve(settings: ServerSettings) -> int:
+    app = create_app(settings)
+    server = DrainingServer(uvicorn_config(app, settings), app.state.lifecycle, settings.drain_timeout_s)
     manager = app.state.manager
     serving = asyncio.create_task(server.serve())
     loaded = asyncio.create_task(manager.loaded.wait())
@@ -60,6 +65,21 @@ async def serve(settings: ServerSettings) -> int:
         server.should_exit = True
     await serving
     return 1 if manager.error else 0
+
+
+async def serve_loaded(settings: ServerSettings, sock: socket.socket, on_ready: Callable[[], None]) -> int:
+    """One worker of several (app/api/workers.py): its models loaded before it accepts on the shared
+    socket, so that the workers already serving answer meanwhile. 1 when a model cannot be loaded."""
+    app = create_app(settings)
+    manager = app.state.manager
+    await manager.load_all()
+    if manager.error:
+        log.error("mvit: stopping, a model could not be loaded: %s", manager.error)
+        return 1
+    on_ready()
+    server = DrainingServer(uvicorn_config(app, settings), app.state.lifecycle, settings.drain_timeout_s)
+    await server.serve(sockets=[sock])
+    return 0
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

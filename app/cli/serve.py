@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 from app.cli._common import (
@@ -53,11 +54,15 @@ def register(sub: Subcommands) -> None:
 def run(args: argparse.Namespace) -> int:
     # Spinning OpenMP threads steal the cores that decode threads need; sleep when idle instead.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    settings = settings_from(args)
+    ray_options = ray_options_from(args)
+    if settings.workers > 1:
+        if ray_options is not None:
+            args.command_parser.error("--workers and --ray: Ray runs replicas (--replicas) instead")
+        share_metrics_between_processes()
     from app.api.auth import TokenFileError, configured_tokens
     from app.logs import configure_logging
 
-    settings = settings_from(args)
-    ray_options = ray_options_from(args)
     configure_logging(settings.log_level, settings.log_format)
     try:  # what can be checked before the port is bound fails here, in one line
         configured_tokens(settings)
@@ -68,9 +73,29 @@ def run(args: argparse.Namespace) -> int:
         from app.ray_serve import serve_until_stopped
 
         return serve_until_stopped(settings, ray_options, args.ray_address)
+    if settings.workers > 1:
+        from app.api.workers import run_workers
+
+        return run_workers(settings)
     from app.api.server import run_server
 
     return run_server(settings)
+
+
+def share_metrics_between_processes() -> None:
+    """prometheus_client chooses where its values live when it is first imported: with workers, files in a
+    folder they all write and every /metrics reads (PROMETHEUS_MULTIPROC_DIR), removed at exit."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if "prometheus_client" in sys.modules:
+        raise CommandError(
+            "internal: prometheus_client was imported before the workers' metrics folder was set"
+        )
+    folder = tempfile.mkdtemp(prefix="mvit-metrics-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
 
 
 def ray_options_from(args: argparse.Namespace) -> RayOptions | None:

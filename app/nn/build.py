@@ -27,9 +27,13 @@ class ModelFolder(Protocol):
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read weights without ever unpickling arbitrary objects."""
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as exc:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -68,6 +68,7 @@ class Batcher:
         instances: int = 1,
         infer_on_instance: InferFn | None = None,
         on_death: Callable[[BaseException], None] | None = None,
+        on_pending: Callable[[int], None] | None = None,
     ) -> None:
         self.name = name
         self._infer = infer
@@ -76,6 +77,7 @@ class Batcher:
         self.max_queue_size = max_queue_size
         self._on_batch = on_batch
         self._on_death = on_death
+        self._on_pending = on_pending
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self.instances = instances if infer_on_instance is not None else 1
         self._infer_on_instance = infer_on_instance or infer
@@ -111,11 +113,16 @@ class Batcher:
         """Hold `places` of the model's `max_queue_size` places (one per image) for the rest of a request,
         or raise QueueFull."""
         self.refuse_if_full(places)
-        self._admitted += places
+        self._count_admitted(places)
         try:
             yield
         finally:
-            self._admitted -= places
+            self._count_admitted(-places)
+
+    def _count_admitted(self, change: int) -> None:
+        self._admitted += change
+        if self._on_pending is not None:
+            self._on_pending(self._admitted)
 
     @property
     def running(self) -> bool:

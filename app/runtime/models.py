@@ -144,6 +144,7 @@ def load_model(
         max_queue_size=options.max_queue_size,
         on_batch=metrics.batch_size.labels(model_dir.model_id).observe if metrics else None,
         on_death=(lambda _: metrics.batcher_failures.labels(model_dir.model_id).inc()) if metrics else None,
+        on_pending=metrics.pending.labels(model_dir.model_id).set if metrics else None,
         instances=backend.instances,
         infer_on_instance=backend.infer_on_instance,
     )
@@ -246,7 +247,7 @@ class ModelManager:
                 model = await asyncio.to_thread(self._load, entry)
                 if model.id in self.models:
                     raise CheckpointError(f"two configured models have the id {model.id!r}")
-                self.metrics.pending.labels(model.id).set_function(lambda b=model.batcher: b.pending)
+                self.metrics.pending.labels(model.id).set(0)
                 self.metrics.batcher_failures.labels(model.id)  # a 0 sample from the start, for increase()
                 model.batcher.start()
                 self.models[model.id] = model

@@ -1,0 +1,201 @@
+"""`mvit serve --workers N`: N server processes on one port, each with its own models, under a supervisor.
+
+One Python process cannot keep a many-core CPU or a GPU busy: the GIL holds HTTP, decoding and
+post-processing to about one core. The supervisor binds the port once and starts N workers (spawned, so
+nothing of its state is shared) that accept on that one listening socket: the kernel hands each new
+connection to a worker that is waiting in accept. Each worker loads its models before it accepts, so a
+replaced worker never answers "loading" while the others can serve.
+
+- The inference and decode threads are divided among the workers, so that N of them never ask for
+  more cores than one would.
+- A worker that dies is logged once, counted (`mvit_worker_restarts_total`) and replaced. Requests it
+  held fail with a reset connection; the other workers' requests are untouched.
+- A worker that fails before it has served (a model that cannot load) stops them all: exit status 1.
+- SIGTERM or SIGINT: every worker drains as a single server does, then the supervisor exits 0.
+- /metrics, from any worker, sums all of them (app/metrics.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from multiprocessing.context import SpawnProcess
+from multiprocessing.synchronize import Event
+from typing import TYPE_CHECKING
+
+from app.config import ServerSettings
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+log = logging.getLogger(__name__)
+
+# After the drain timeout, how long a stopping worker may take to close before it is killed.
+STOP_MARGIN_S = 10.0
+
+
+def worker_settings(settings: ServerSettings) -> ServerSettings:
+    """One worker's settings: its share of the inference and decode threads, at least one of each."""
+    count = settings.workers
+    return settings.model_copy(
+        update={
+            "inference_threads": max(1, settings.inference_threads // count),
+            "decode_threads": max(1, settings.decode_threads // count),
+        }
+    )
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_worker(settings: ServerSettings, sock: socket.socket, number: int, ready: Event) -> None:
+    """A worker process: the server on the shared socket, once its models are loaded."""
+    import asyncio
+
+    from app.api.server import event_loop_factory, serve_loaded
+    from app.logs import configure_logging
+
+    # Only the supervisor gets a terminal's Ctrl-C, and stops each worker once (a second signal would cut
+    # its drain short); a worker whose supervisor is killed is sent SIGTERM (Linux).
+    os.setpgrp()
+    stop_with_parent()
+    configure_logging(settings.log_level, settings.log_format, worker=number)
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        raise SystemExit(runner.run(serve_loaded(settings, sock, ready.set)))
+
+
+def stop_with_parent() -> None:
+    """prctl(PR_SET_PDEATHSIG, SIGTERM) where the C library has it."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    prctl = getattr(ctypes.CDLL(name), "prctl", None) if name else None
+    if prctl is not None:
+        prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
+@dataclass
+class Worker:
+    number: int
+    process: SpawnProcess
+    ready: Event
+
+
+class Supervisor:
+    def __init__(self, settings: ServerSettings, sock: socket.socket) -> None:
+        self.settings = settings
+        self.each = worker_settings(settings)
+        self.sock = sock
+        self.context = multiprocessing.get_context("spawn")
+        self.workers: dict[int, Worker] = {}
+        self.stopping = False
+        self.failed = False
+
+    def start(self, number: int) -> None:
+        ready = self.context.Event()
+        process = self.context.Process(
+            target=run_worker, args=(self.each, self.sock, number, ready), name=f"mvit-worker-{number}"
+        )
+        process.start()
+        self.workers[number] = Worker(number, process, ready)
+        if self.stopping and process.pid is not None:  # a stop that came while it was starting
+            os.kill(process.pid, signal.SIGTERM)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        self.stopping = True
+        for worker in self.workers.values():
+            if worker.process.is_alive() and worker.process.pid is not None:
+                os.kill(worker.process.pid, sig)
+
+    def supervise(self) -> int:
+        """Until every worker has exited after a stop; replaces the ones that die on their own."""
+        from prometheus_client import Counter
+        from prometheus_client.multiprocess import mark_process_dead
+
+        restarts = Counter(
+            "mvit_worker_restarts",
+            "Workers (mvit serve --workers) that died and were replaced.",
+            registry=None,
+        )
+        for number in range(self.settings.workers):
+            self.start(number)
+        deadline: float | None = None
+        while self.workers:
+            if self.stopping and deadline is None:
+                deadline = time.monotonic() + self.settings.drain_timeout_s + STOP_MARGIN_S
+            sentinels = {worker.process.sentinel: worker for worker in self.workers.values()}
+            for sentinel in wait(list(sentinels), timeout=0.5):
+                worker = sentinels[sentinel]  # type: ignore[index]
+                del self.workers[worker.number]
+                worker.process.join()
+                if worker.process.pid is not None:
+                    mark_process_dead(worker.process.pid)
+                self.ended(worker, restarts)
+            if deadline is not None and time.monotonic() > deadline:
+                log.error("workers still running %g s after the drain timeout: killing them", STOP_MARGIN_S)
+                self.stop(signal.SIGKILL)
+                deadline = float("inf")
+        return 1 if self.failed else 0
+
+    def ended(self, worker: Worker, restarts: Counter) -> None:
+        code = worker.process.exitcode
+        if self.stopping:
+            if code not in (0, -signal.SIGTERM):  # stopped while loading: nothing was accepted yet
+                log.warning(
+                    "worker %d (pid %s) exited with status %s", worker.number, worker.process.pid, code
+                )
+                self.failed = True
+            return
+        if not worker.ready.is_set():
+            log.error(
+                "worker %d (pid %s) exited with status %s before it served: stopping",
+                worker.number,
+                worker.process.pid,
+                code,
+            )
+            self.failed = True
+            self.stop()
+            return
+        log.error(
+            "worker %d (pid %s) died (exit status %s): starting another; its requests in flight were cut off",
+            worker.number,
+            worker.process.pid,
+            code,
+        )
+        restarts.inc()
+        self.start(worker.number)
+
+
+def run_workers(settings: ServerSettings) -> int:
+    """Serve with `settings.workers` processes until SIGTERM or SIGINT (0 after every worker has drained),
+    or until one fails before serving (1)."""
+    sock = listening_socket(settings.host, settings.port)
+    supervisor = Supervisor(settings, sock)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: supervisor.stop())
+    log.info(
+        "mvit: %d workers on http://%s:%d, %d inference and %d decode threads each",
+        settings.workers,
+        settings.host,
+        settings.port,
+        supervisor.each.inference_threads,
+        supervisor.each.decode_threads,
+    )
+    try:
+        return supervisor.supervise()
+    finally:
+        sock.close()

@@ -1,0 +1,127 @@
+"""`mvit serve --workers N`: N processes on one port, answering as one server does; a killed worker is
+replaced while the others keep answering; /metrics sums every worker; SIGTERM drains them all and exits 0;
+a model that cannot load stops them all with status 1."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.api.workers import worker_settings
+from app.config import ServerSettings
+from benchmarks.stop_time import alive, descendants
+from tests.support import copy_model, mvit, serving, start_server, wait_for, wait_until_ready
+
+WORKER = re.compile(r"\[worker (\d+)\] mvit\.access: POST /classify 200")
+
+
+def workers_of(server: int) -> set[int]:
+    """The worker processes below the supervisor (not multiprocessing's resource tracker)."""
+    found = set()
+    for pid in descendants(server):
+        try:
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.add(pid)
+        except OSError:
+            pass
+    return found
+
+
+def count(metrics: str, line_start: str) -> float:
+    [value] = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(line_start)]
+    return value
+
+
+CLASSIFY_200 = 'mvit_request_duration_seconds_count{endpoint="/classify",model="mobilevitv2-0.5-imagenet1k-256-random",status="200"}'
+
+
+def test_two_workers_share_the_port_answer_as_one_server_and_sum_their_metrics(
+    model_dir: Path, jpeg_bytes: bytes
+) -> None:
+    with serving(model_dir) as client:
+        expected = client.post("/classify", content=jpeg_bytes).json()
+    process, url = start_server("--model", str(model_dir), "--workers", "2", "--log-format", "text")
+    try:
+        wait_until_ready(process, url, timeout=120)
+        assert len(workers_of(process.pid)) == 2
+        answers = [httpx.post(f"{url}/classify", content=jpeg_bytes, timeout=30) for _ in range(24)]
+        metrics = httpx.get(f"{url}/metrics").text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert {answer.status_code for answer in answers} == {200}
+    for answer in answers:  # the same model, one inference thread per worker instead of two
+        got = answer.json()
+        assert [item["label"] for item in got] == [item["label"] for item in expected]
+        assert [item["score"] for item in got] == pytest.approx(
+            [item["score"] for item in expected], rel=1e-4
+        )
+    served_by = [int(number) for number in WORKER.findall(output)]
+    assert len(served_by) == 24 and set(served_by) == {0, 1}, served_by  # both answered
+    assert count(metrics, CLASSIFY_200) == 24  # from whichever worker answered /metrics: the sum
+    assert count(metrics, "mvit_models_ready ") == 1 and count(metrics, "mvit_worker_restarts_total ") == 0
+    assert "drained in" in output and not workers_of(process.pid)
+
+
+def test_a_killed_worker_is_replaced_while_the_other_serves(model_dir: Path, jpeg_bytes: bytes) -> None:
+    process, url = start_server("--model", str(model_dir), "--workers", "2", "--log-level", "warning")
+    try:
+        wait_until_ready(process, url, timeout=120)
+        first = httpx.post(f"{url}/classify", content=jpeg_bytes, timeout=30)
+        wait_for(lambda: count(httpx.get(f"{url}/metrics").text, "mvit_models_ready ") == 1, "both workers")
+        victim, survivor = sorted(workers_of(process.pid))
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: not alive(victim), "the killed worker to be gone")  # what it held is reset
+        # The survivor answers every request meanwhile: nothing is accepted by a worker still loading.
+        statuses = []
+        deadline = time.monotonic() + 60
+        while len(workers_of(process.pid) - {survivor}) < 1 and time.monotonic() < deadline:
+            statuses.append(httpx.post(f"{url}/classify", content=jpeg_bytes, timeout=30).status_code)
+        wait_for(lambda: len(workers_of(process.pid)) == 2, "a replacement worker", timeout=60)
+        assert survivor in workers_of(process.pid) and victim not in workers_of(process.pid)
+        time.sleep(3)  # the replacement loads its model before it accepts
+        statuses += [
+            httpx.post(f"{url}/classify", content=jpeg_bytes, timeout=30).status_code for _ in range(8)
+        ]
+        metrics = httpx.get(f"{url}/metrics").text
+        workers = workers_of(process.pid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert first.status_code == 200 and set(statuses) == {200}, statuses
+    assert count(metrics, "mvit_worker_restarts_total ") == 1
+    assert count(metrics, CLASSIFY_200) == 1 + len(statuses)  # the dead worker's counts are kept
+    assert output.count("died (exit status -9): starting another") == 1, output
+    assert process.returncode == 0 and not any(alive(pid) for pid in workers)
+
+
+def test_a_model_that_cannot_load_stops_every_worker(model_dir: Path, tmp_path: Path) -> None:
+    broken = copy_model(model_dir, tmp_path)  # a model folder as far as `mvit serve` checks before loading
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    process, _ = start_server("--model", str(broken), "--workers", "2")
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 1 and "Traceback" not in output, output
+    assert "is not a readable safetensors file" in output and "before it served: stopping" in output
+
+
+def test_threads_are_divided_among_the_workers() -> None:
+    each = worker_settings(ServerSettings(models=[], workers=3, inference_threads=16, decode_threads=8))
+    assert (each.inference_threads, each.decode_threads) == (5, 2)
+    assert (
+        worker_settings(
+            ServerSettings(models=[], workers=4, inference_threads=2, decode_threads=2)
+        ).inference_threads
+        == 1
+    )
+
+
+def test_workers_and_ray_are_a_usage_error() -> None:
+    result = mvit("serve", "--model", "m", "--workers", "2", "--ray")
+    assert result.returncode == 2 and "--workers and --ray" in result.stderr
