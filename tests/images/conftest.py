@@ -16,7 +16,7 @@ import pytest
 
 from app.tools.demo_models import write_demo_model
 from tests.images.lane import REPORT, Build, Engine, missing, requested
-from tests.support import TASKS, mvit
+from tests.support import TASKS, mvit_process
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -81,7 +81,7 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
     folder = tmp_path_factory.mktemp("image-models")
     names = [write_demo_model(folder, task, width=0.5, seed=seed).name for seed, task in enumerate(TASKS)]
     (folder / "models.yaml").write_text("models:\n" + "".join(f"  - name: {name}\n" for name in names))
-    result = mvit("export", "--model-repository", str(folder), "--all")
+    result = mvit_process("export", "--model-repository", str(folder), "--all")
     assert result.returncode == 0, result.stderr[-2000:]
     subprocess.run(["chmod", "-R", "a+rX", str(folder.parent), str(folder)], check=True)
     yield folder
