@@ -211,6 +211,12 @@ class ServerSettings(ModelOptions, BaseSettings):
         description="Server processes sharing the port, each with its own models; the inference and decode "
         "threads are divided among them. A dead worker is replaced; /metrics sums them all.",
     )
+    worker_heartbeat_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="With workers: one whose event loop has not run for this long (hung, or stopped) is "
+        "killed and replaced.",
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="How much to log."
     )

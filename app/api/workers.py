@@ -10,6 +10,7 @@ replaced worker never answers "loading" while the others can serve.
   more cores than one would.
 - A worker that dies is logged once, counted (`mvit_worker_restarts_total`) and replaced. Requests it
   held fail with a reset connection; the other workers' requests are untouched.
+- A worker whose event loop stops marking its heartbeat (hung, or stopped) is killed, then replaced.
 - A worker that fails before it has served (a model that cannot load) stops them all: exit status 1.
 - SIGTERM or SIGINT: every worker drains as a single server does, then the supervisor exits 0.
 - /metrics, from any worker, sums all of them (app/metrics.py).
@@ -17,6 +18,7 @@ replaced worker never answers "loading" while the others can serve.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 
 # After the drain timeout, how long a stopping worker may take to close before it is killed.
 STOP_MARGIN_S = 10.0
+# How often a worker's event loop marks its heartbeat.
+HEARTBEAT_S = 1.0
 
 
 def worker_settings(settings: ServerSettings) -> ServerSettings:
@@ -61,8 +65,11 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_worker(settings: ServerSettings, sock: socket.socket, number: int, ready: Event) -> None:
-    """A worker process: the server on the shared socket, once its models are loaded."""
+def run_worker(
+    settings: ServerSettings, sock: socket.socket, number: int, ready: Event, heartbeat: ctypes.c_double
+) -> None:
+    """A worker process: the server on the shared socket, once its models are loaded, and a heartbeat
+    from its event loop (loading runs in a thread: a loop that stops beating is stuck)."""
     import asyncio
 
     from app.api.server import event_loop_factory, serve_loaded
@@ -73,13 +80,25 @@ def run_worker(settings: ServerSettings, sock: socket.socket, number: int, ready
     os.setpgrp()
     stop_with_parent()
     configure_logging(settings.log_level, settings.log_format, worker=number)
+
+    async def beat() -> None:
+        while True:
+            heartbeat.value = time.monotonic()
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def main() -> int:
+        beating = asyncio.create_task(beat())
+        try:
+            return await serve_loaded(settings, sock, ready.set)
+        finally:
+            beating.cancel()
+
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        raise SystemExit(runner.run(serve_loaded(settings, sock, ready.set)))
+        raise SystemExit(runner.run(main()))
 
 
 def stop_with_parent() -> None:
     """prctl(PR_SET_PDEATHSIG, SIGTERM) where the C library has it."""
-    import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
@@ -93,6 +112,8 @@ class Worker:
     number: int
     process: SpawnProcess
     ready: Event
+    # time.monotonic() of its loop's last beat (one clock for all processes); 0 until its loop runs
+    heartbeat: ctypes.c_double
 
 
 class Supervisor:
@@ -107,11 +128,14 @@ class Supervisor:
 
     def start(self, number: int) -> None:
         ready = self.context.Event()
+        heartbeat = self.context.Value("d", 0.0, lock=False)
         process = self.context.Process(
-            target=run_worker, args=(self.each, self.sock, number, ready), name=f"mvit-worker-{number}"
+            target=run_worker,
+            args=(self.each, self.sock, number, ready, heartbeat),
+            name=f"mvit-worker-{number}",
         )
         process.start()
-        self.workers[number] = Worker(number, process, ready)
+        self.workers[number] = Worker(number, process, ready, heartbeat)
         if self.stopping and process.pid is not None:  # a stop that came while it was starting
             os.kill(process.pid, signal.SIGTERM)
 
@@ -145,11 +169,31 @@ class Supervisor:
                 if worker.process.pid is not None:
                     mark_process_dead(worker.process.pid)
                 self.ended(worker, restarts)
+            if not self.stopping:
+                self.kill_the_stuck()
             if deadline is not None and time.monotonic() > deadline:
                 log.error("workers still running %g s after the drain timeout: killing them", STOP_MARGIN_S)
                 self.stop(signal.SIGKILL)
                 deadline = float("inf")
         return 1 if self.failed else 0
+
+    def kill_the_stuck(self) -> None:
+        """SIGKILL a worker whose loop has not beaten for `worker_heartbeat_timeout_s`: its death is then
+        handled as any other."""
+        limit = self.settings.worker_heartbeat_timeout_s
+        for worker in self.workers.values():
+            if not worker.heartbeat.value:  # still starting: its loop has not run yet
+                continue
+            silent = time.monotonic() - worker.heartbeat.value
+            if silent > limit and worker.process.pid is not None and worker.process.is_alive():
+                log.error(
+                    "worker %d (pid %s) stopped answering (no heartbeat for %.1f s): killing it",
+                    worker.number,
+                    worker.process.pid,
+                    silent,
+                )
+                os.kill(worker.process.pid, signal.SIGKILL)
+                worker.heartbeat.value = float("inf")  # once
 
     def ended(self, worker: Worker, restarts: Counter) -> None:
         code = worker.process.exitcode

@@ -102,6 +102,38 @@ def test_a_killed_worker_is_replaced_while_the_other_serves(model_dir: Path, jpe
     assert process.returncode == 0 and not any(alive(pid) for pid in workers)
 
 
+def test_a_stuck_worker_is_killed_and_replaced(model_dir: Path, jpeg_bytes: bytes) -> None:
+    process, url = start_server(
+        "--model",
+        str(model_dir),
+        "--workers",
+        "2",
+        "--worker-heartbeat-timeout-s",
+        "2",
+        "--log-level",
+        "warning",
+    )
+    try:
+        wait_until_ready(process, url, timeout=120)
+        wait_for(lambda: count(httpx.get(f"{url}/metrics").text, "mvit_models_ready ") == 1, "both workers")
+        victim = min(workers_of(process.pid))
+        os.kill(victim, signal.SIGSTOP)  # alive, holding the port, answering nothing
+        wait_for(lambda: not alive(victim), "the stuck worker to be killed", timeout=30)
+        wait_for(lambda: len(workers_of(process.pid)) == 2, "a replacement worker", timeout=60)
+        statuses = {
+            httpx.post(f"{url}/classify", content=jpeg_bytes, timeout=30).status_code for _ in range(4)
+        }
+        restarts = count(httpx.get(f"{url}/metrics").text, "mvit_worker_restarts_total ")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert statuses == {200} and restarts == 1
+    assert re.search(
+        rf"worker \d \(pid {victim}\) stopped answering \(no heartbeat for [\d.]+ s\): killing it", output
+    )
+    assert process.returncode == 0, output
+
+
 def test_a_model_that_cannot_load_stops_every_worker(model_dir: Path, tmp_path: Path) -> None:
     broken = copy_model(model_dir, tmp_path)  # a model folder as far as `mvit serve` checks before loading
     (broken / "model.safetensors").write_bytes(b"not safetensors")
