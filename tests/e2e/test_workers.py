@@ -49,7 +49,10 @@ def test_two_workers_share_the_port_answer_as_one_server_and_sum_their_metrics(
     process, url = start_server("--model", str(model_dir), "--workers", "2", "--log-format", "text")
     try:
         wait_until_ready(process, url, timeout=120)
-        assert len(workers_of(process.pid)) == 2
+        workers = workers_of(process.pid)
+        # Each in a process group of its own: a terminal's Ctrl-C reaches the supervisor alone, which stops
+        # each worker once (a second signal would cut its drain short).
+        assert len(workers) == 2 and all(os.getpgid(pid) == pid for pid in workers)
         answers = [httpx.post(f"{url}/classify", content=jpeg_bytes, timeout=30) for _ in range(24)]
         metrics = httpx.get(f"{url}/metrics").text
     finally:
