@@ -90,9 +90,7 @@ def share_metrics_between_processes() -> None:
     import tempfile
 
     if "prometheus_client" in sys.modules:
-        raise CommandError(
-            "internal: prometheus_client was imported before the workers' metrics folder was set"
-        )
+        raise RuntimeError("prometheus_client was imported before the workers' metrics folder was set")
     folder = tempfile.mkdtemp(prefix="mvit-metrics-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder

@@ -126,15 +126,15 @@ def compare(
     one line per backend (and per profile, for a labelled folder of a classifier)."""
     from app.config import ServerSettings
     from app.repository import resolve
-    from app.runtime.models import load_source
+    from app.runtime.models import load_model
 
-    resolve(model, ServerSettings(models=[model]).model_repository)  # a folder that is not one: one error
+    settings = ServerSettings(models=[model], onnx_auto_export=False)
+    model_dir = resolve(model, settings.model_repository)  # a folder that is not one: one error
+    options = settings.model_options()
     models = {}
     for name in (name for name in BACKENDS if name in backends):
         try:
-            models[name] = load_source(
-                model, ServerSettings(models=[model], onnx_auto_export=False, **BACKENDS[name])
-            )
+            models[name] = load_model(model_dir, options.model_copy(update=BACKENDS[name]))
         except Exception as exc:  # a backend that is not installed, or an export that does not exist
             out(f"{name}: not compared ({exc})")
     if not models:
@@ -209,16 +209,10 @@ def profile_lines(
 ) -> Iterator[str]:
     """Top-1 of `model` on `paths` under each preprocessing profile, side by side."""
     from app.intake.decode import decode_image
-    from app.intake.preprocess import Preprocessing, preprocess
-    from app.intake.profiles import choose
+    from app.intake.preprocess import preprocess
+    from app.runtime.models import preprocessing_for
 
-    model_dir = model.model_dir
-    hf = Preprocessing.from_hf_config(model_dir.preprocessor_config)
-    assert hf.fixed_input_size is not None  # load_model refuses folders without one
-    chosen = {
-        profile: choose(profile, hf, hf.fixed_input_size, model_dir.task, model_dir.training_pipeline)  # type: ignore[arg-type]
-        for profile in profiles
-    }
+    chosen = {profile: preprocessing_for(model.model_dir, profile) for profile in profiles}  # type: ignore[arg-type]
     winners: dict[str, list[int]] = {profile: [] for profile in profiles}
     for path in paths:  # each image decoded once, preprocessed per profile
         image = decode_image(path.read_bytes(), MAX_IMAGE_PIXELS)

@@ -66,7 +66,7 @@ def write_demo_model(
         config.update(architecture.head_config().to_dict())
     model = create_network(architecture, config, len(labels)).eval()
     randomize_weights(model, seed, head_names=architecture.head_names)
-    calibrate_demo(model, architecture, config, preprocessing, len(labels), seed)
+    calibrate_demo(model, architecture, config, preprocessing, size, len(labels), seed)
     kind = "-".join(part for part in (architecture.dataset, architecture.head) if part)
     name = f"mobilevitv2-{width}-{kind}-{size}-random"
     manifest = {
@@ -86,6 +86,7 @@ def calibrate_demo(
     architecture: Architecture,
     config: dict[str, Any],
     preprocessing: Preprocessing,
+    size: int,
     num_labels: int,
     seed: int,
 ) -> None:
@@ -100,7 +101,6 @@ def calibrate_demo(
         procedural_scenes,
     )
 
-    size = preprocessing.fixed_input_size[0] if preprocessing.fixed_input_size else 0
     if architecture.demo_calibration == "whiten":
         photos = [preprocess(photo, preprocessing) for photo in procedural_photos(CALIBRATION_PHOTOS, seed)]
         calibrate(model, architecture, torch.from_numpy(np.stack(photos)), seed)
