@@ -19,6 +19,7 @@ from app.api.middleware import RequestContextMiddleware
 from app.api.oip import OipRoutes
 from app.api.openapi import EXPOSED_HEADERS, document_bearer_auth
 from app.api.ops import add_ops_routes
+from app.api.peers import Peers
 from app.config import ServerSettings
 from app.metrics import Metrics
 from app.runtime.lifecycle import Lifecycle
@@ -27,8 +28,11 @@ from app.runtime.pipeline import Pipeline
 from app.runtime.threads import name_os_thread
 
 
-def create_app(settings: ServerSettings, manager: ModelManager | None = None) -> FastAPI:
-    """The service. Raises TokenFileError when the configured API token file cannot be used."""
+def create_app(
+    settings: ServerSettings, manager: ModelManager | None = None, peers: Peers | None = None
+) -> FastAPI:
+    """The service (one worker of several, with `peers`). Raises TokenFileError when the configured API
+    token file cannot be used."""
     tokens = configured_tokens(settings)
     metrics = manager.metrics if manager is not None else Metrics()
     manager = manager or ModelManager(settings, metrics)
@@ -64,8 +68,8 @@ def create_app(settings: ServerSettings, manager: ModelManager | None = None) ->
     add_error_handlers(app)
     admission = Admission(settings, lifecycle, metrics)
     InferenceRoutes(settings, manager, pipeline, lifecycle, admission).add_to(app)
-    OipRoutes(manager, pipeline, lifecycle, admission, settings.max_body_bytes).add_to(app)
-    add_ops_routes(app, manager, lifecycle, metrics)
+    OipRoutes(manager, pipeline, lifecycle, admission, settings.max_body_bytes, peers).add_to(app)
+    add_ops_routes(app, manager, lifecycle, metrics, peers)
 
     # Outermost last: request context (ids, metrics, access log) > CORS (preflights answer without a
     # token, and 401s carry CORS headers so browser code can read them) > bearer auth > routes.

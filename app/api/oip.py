@@ -38,6 +38,7 @@ from app.api.openapi import (
     SIDE_RESPONSES,
 )
 from app.api.ops import liveness, readiness
+from app.api.peers import Peers
 from app.errors import InvalidInput, ModelNotFound, ShuttingDown, TooLarge, shown
 from app.runtime.lifecycle import RETRY_AFTER_DRAINING_S, Lifecycle
 from app.runtime.models import ModelManager, ServedModel
@@ -56,8 +57,10 @@ class OipRoutes:
         lifecycle: Lifecycle,
         admission: Admission,
         max_body_bytes: int,
+        peers: Peers | None = None,
     ) -> None:
         self.manager = manager
+        self.peers = peers
         self.pipeline = pipeline
         self.lifecycle = lifecycle
         self.admission = admission
@@ -85,7 +88,7 @@ class OipRoutes:
             responses=OIP_READY_RESPONSES,
         )
         async def ready() -> JSONResponse:
-            status, fields, headers = readiness(self.manager, self.lifecycle)
+            status, fields, headers = readiness(self.manager, self.lifecycle, self.peers)
             return health_answer("ready", status, fields, headers)
 
     def _add_model_routes(self, app: FastAPI) -> None:

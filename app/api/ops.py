@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.openapi import LIVENESS_RESPONSES
+from app.api.peers import HEARTBEAT_S, Peers
 from app.api.routes import description
 from app.metrics import Metrics
 from app.runtime.lifecycle import RETRY_AFTER_DRAINING_S, Lifecycle
@@ -35,8 +36,25 @@ def liveness(manager: ModelManager) -> tuple[int, dict[str, Any]]:
     return 200, {"status": "ok"}
 
 
-def readiness(manager: ModelManager, lifecycle: Lifecycle) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """(status, body, headers) of `/ready`; the Open Inference Protocol's `/v2/health/ready` says the same."""
+def readiness(
+    manager: ModelManager, lifecycle: Lifecycle, peers: Peers | None = None
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, body, headers) of `/ready`; the Open Inference Protocol's `/v2/health/ready` says the same.
+    With workers (`peers`), ready only when every worker is."""
+    status, body, headers = own_readiness(manager, lifecycle)
+    if status != 200 or peers is None:
+        return status, body, headers
+    waiting = peers.not_ready()
+    if waiting:
+        listed = ", ".join(str(number) for number in waiting)
+        error = f"{len(waiting)} of {peers.count} workers not ready (worker {listed}: starting, loading or replaced)"
+        body = {"status": "loading", "error": error, "workers_ready": peers.count - len(waiting)}
+        return 503, body, {"Retry-After": str(round(HEARTBEAT_S))}
+    return status, {**body, "workers_ready": peers.count}, headers
+
+
+def own_readiness(manager: ModelManager, lifecycle: Lifecycle) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """This process's readiness alone."""
     status, body = liveness(manager)
     if status != 200:
         return status, body, {}
@@ -52,7 +70,9 @@ def readiness(manager: ModelManager, lifecycle: Lifecycle) -> tuple[int, dict[st
     return 503, {"status": "failed", "error": f"Model loading failed: {manager.error}"}, {}
 
 
-def add_ops_routes(app: FastAPI, manager: ModelManager, lifecycle: Lifecycle, metrics: Metrics) -> None:
+def add_ops_routes(
+    app: FastAPI, manager: ModelManager, lifecycle: Lifecycle, metrics: Metrics, peers: Peers | None
+) -> None:
     demo_page = (resources.files("app") / "static" / "index.html").read_bytes()
 
     @app.get("/", include_in_schema=False)
@@ -75,7 +95,7 @@ def add_ops_routes(app: FastAPI, manager: ModelManager, lifecycle: Lifecycle, me
         responses={503: {"description": "Loading, failed, or draining (status says which); Retry-After"}},
     )
     async def ready() -> JSONResponse:
-        status, fields, headers = readiness(manager, lifecycle)
+        status, fields, headers = readiness(manager, lifecycle, peers)
         return JSONResponse(fields, status, headers)
 
     @app.get("/models", summary="The served models")

@@ -67,10 +67,12 @@ async def serve(settings: ServerSettings) -> int:
     return 1 if manager.error else 0
 
 
-async def serve_loaded(settings: ServerSettings, sock: socket.socket, on_ready: Callable[[], None]) -> int:
+async def serve_loaded(
+    app: FastAPI, settings: ServerSettings, sock: socket.socket, on_ready: Callable[[], None]
+) -> int:
     """One worker of several (app/api/workers.py): its models loaded before it accepts on the shared
-    socket, so that the workers already serving answer meanwhile. 1 when a model cannot be loaded."""
-    app = create_app(settings)
+    socket, so that the workers already serving answer meanwhile. 1 when a model cannot be loaded, or when
+    a batcher died (the worker stopped so as to be replaced)."""
     manager = app.state.manager
     await manager.load_all()
     if manager.error:
@@ -79,7 +81,7 @@ async def serve_loaded(settings: ServerSettings, sock: socket.socket, on_ready: 
     on_ready()
     server = DrainingServer(uvicorn_config(app, settings), app.state.lifecycle, settings.drain_timeout_s)
     await server.serve(sockets=[sock])
-    return 0
+    return 1 if manager.failures() else 0
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

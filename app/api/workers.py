@@ -18,30 +18,30 @@ replaced worker never answers "loading" while the others can serve.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing
 import os
 import signal
 import socket
 import time
+from collections.abc import MutableSequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event
 from typing import TYPE_CHECKING
 
+from app.api.peers import HEARTBEAT_S, Peers
 from app.config import ServerSettings
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
     from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
 
 # After the drain timeout, how long a stopping worker may take to close before it is killed.
 STOP_MARGIN_S = 10.0
-# How often a worker's event loop marks its heartbeat.
-HEARTBEAT_S = 1.0
 
 
 def worker_settings(settings: ServerSettings) -> ServerSettings:
@@ -65,13 +65,11 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_worker(
-    settings: ServerSettings, sock: socket.socket, number: int, ready: Event, heartbeat: ctypes.c_double
-) -> None:
-    """A worker process: the server on the shared socket, once its models are loaded, and a heartbeat
-    from its event loop (loading runs in a thread: a loop that stops beating is stuck)."""
+def run_worker(settings: ServerSettings, sock: socket.socket, slot: Slot) -> None:
+    """A worker process: the server on the shared socket, once its models are loaded."""
     import asyncio
 
+    from app.api.app import create_app
     from app.api.server import event_loop_factory, serve_loaded
     from app.logs import configure_logging
 
@@ -79,22 +77,37 @@ def run_worker(
     # its drain short); a worker whose supervisor is killed is sent SIGTERM (Linux).
     os.setpgrp()
     stop_with_parent()
-    configure_logging(settings.log_level, settings.log_format, worker=number)
-
-    async def beat() -> None:
-        while True:
-            heartbeat.value = time.monotonic()
-            await asyncio.sleep(HEARTBEAT_S)
+    configure_logging(settings.log_level, settings.log_format, worker=slot.number)
+    peers = Peers(slot.number, slot.ready, slot.heartbeats)
 
     async def main() -> int:
-        beating = asyncio.create_task(beat())
+        app = create_app(settings, peers=peers)
+        beating = asyncio.create_task(beat(app, peers))
         try:
-            return await serve_loaded(settings, sock, ready.set)
+            return await serve_loaded(app, settings, sock, slot.served.set)
         finally:
             beating.cancel()
 
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         raise SystemExit(runner.run(main()))
+
+
+async def beat(app: FastAPI, peers: Peers) -> None:
+    """From the worker's event loop, once a second: its heartbeat and its own readiness (loading runs in a
+    thread, so a loop that stops beating is stuck). A worker whose batcher died cannot recover: it drains
+    and exits, to be replaced."""
+    import asyncio
+
+    from app.api.ops import own_readiness
+
+    manager, lifecycle = app.state.manager, app.state.lifecycle
+    while True:
+        status, _, _ = own_readiness(manager, lifecycle)
+        peers.mark(status == 200)
+        if manager.failures() and not lifecycle.draining:
+            log.error("a batcher died (%s): this worker stops and is replaced", manager.failures())
+            os.kill(os.getpid(), signal.SIGTERM)  # the drain a stop runs; the exit status says it failed
+        await asyncio.sleep(HEARTBEAT_S)
 
 
 def stop_with_parent() -> None:
@@ -107,13 +120,28 @@ def stop_with_parent() -> None:
         prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
+@dataclass(frozen=True)
+class Slot:
+    """What a worker shares with the supervisor and the other workers."""
+
+    number: int
+    served: Event  # set once its models are loaded and it accepts
+    ready: MutableSequence[int]  # app/api/peers.py: every worker's readiness
+    heartbeats: MutableSequence[float]  # and time.monotonic() of its loop's last beat (one clock for all)
+
+
 @dataclass
 class Worker:
-    number: int
+    slot: Slot
     process: SpawnProcess
-    ready: Event
-    # time.monotonic() of its loop's last beat (one clock for all processes); 0 until its loop runs
-    heartbeat: ctypes.c_double
+
+    @property
+    def number(self) -> int:
+        return self.slot.number
+
+    @property
+    def heartbeat(self) -> float:
+        return self.slot.heartbeats[self.number]
 
 
 class Supervisor:
@@ -123,19 +151,20 @@ class Supervisor:
         self.sock = sock
         self.context = multiprocessing.get_context("spawn")
         self.workers: dict[int, Worker] = {}
+        # One place per worker, shared with all of them (written without a lock: one writer per place).
+        self.ready = self.context.Array("b", settings.workers, lock=False)
+        self.heartbeats = self.context.Array("d", settings.workers, lock=False)
         self.stopping = False
         self.failed = False
 
     def start(self, number: int) -> None:
-        ready = self.context.Event()
-        heartbeat = self.context.Value("d", 0.0, lock=False)
+        self.ready[number], self.heartbeats[number] = 0, 0.0
+        slot = Slot(number, self.context.Event(), self.ready, self.heartbeats)
         process = self.context.Process(
-            target=run_worker,
-            args=(self.each, self.sock, number, ready, heartbeat),
-            name=f"mvit-worker-{number}",
+            target=run_worker, args=(self.each, self.sock, slot), name=f"mvit-worker-{number}"
         )
         process.start()
-        self.workers[number] = Worker(number, process, ready, heartbeat)
+        self.workers[number] = Worker(slot, process)
         if self.stopping and process.pid is not None:  # a stop that came while it was starting
             os.kill(process.pid, signal.SIGTERM)
 
@@ -165,6 +194,7 @@ class Supervisor:
             for sentinel in wait(list(sentinels), timeout=0.5):
                 worker = sentinels[sentinel]  # type: ignore[index]
                 del self.workers[worker.number]
+                self.ready[worker.number] = 0
                 worker.process.join()
                 if worker.process.pid is not None:
                     mark_process_dead(worker.process.pid)
@@ -182,9 +212,9 @@ class Supervisor:
         handled as any other."""
         limit = self.settings.worker_heartbeat_timeout_s
         for worker in self.workers.values():
-            if not worker.heartbeat.value:  # still starting: its loop has not run yet
+            if not worker.heartbeat:  # still starting: its loop has not run yet
                 continue
-            silent = time.monotonic() - worker.heartbeat.value
+            silent = time.monotonic() - worker.heartbeat
             if silent > limit and worker.process.pid is not None and worker.process.is_alive():
                 log.error(
                     "worker %d (pid %s) stopped answering (no heartbeat for %.1f s): killing it",
@@ -193,7 +223,7 @@ class Supervisor:
                     silent,
                 )
                 os.kill(worker.process.pid, signal.SIGKILL)
-                worker.heartbeat.value = float("inf")  # once
+                self.heartbeats[worker.number] = float("inf")  # once
 
     def ended(self, worker: Worker, restarts: Counter) -> None:
         code = worker.process.exitcode
@@ -204,7 +234,7 @@ class Supervisor:
                 )
                 self.failed = True
             return
-        if not worker.ready.is_set():
+        if not worker.slot.served.is_set():
             log.error(
                 "worker %d (pid %s) exited with status %s before it served: stopping",
                 worker.number,
@@ -214,12 +244,11 @@ class Supervisor:
             self.failed = True
             self.stop()
             return
-        log.error(
-            "worker %d (pid %s) died (exit status %s): starting another; its requests in flight were cut off",
-            worker.number,
-            worker.process.pid,
-            code,
-        )
+        if code is not None and code < 0:  # killed by a signal: no drain
+            how = "died (exit status %s): starting another; its requests in flight were cut off"
+        else:  # it stopped itself after a drain (a batcher died)
+            how = "stopped (exit status %s): starting another"
+        log.error("worker %d (pid %s) " + how, worker.number, worker.process.pid, code)
         restarts.inc()
         self.start(worker.number)
 

@@ -82,14 +82,20 @@ def test_a_killed_worker_is_replaced_while_the_other_serves(model_dir: Path, jpe
         victim, survivor = sorted(workers_of(process.pid))
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: not alive(victim), "the killed worker to be gone")  # what it held is reset
-        # The survivor answers every request meanwhile: nothing is accepted by a worker still loading.
-        statuses = []
+        # Until the replacement is ready, /ready says so (whichever worker answers), and the survivor
+        # answers every request: nothing is accepted by a worker still loading.
+        readiness, statuses = [], []
         deadline = time.monotonic() + 60
-        while len(workers_of(process.pid) - {survivor}) < 1 and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            readiness.append(httpx.get(f"{url}/ready", timeout=30))
+            if readiness[-1].status_code == 200:
+                break
             statuses.append(httpx.post(f"{url}/classify", content=jpeg_bytes, timeout=30).status_code)
-        wait_for(lambda: len(workers_of(process.pid)) == 2, "a replacement worker", timeout=60)
         assert survivor in workers_of(process.pid) and victim not in workers_of(process.pid)
-        time.sleep(3)  # the replacement loads its model before it accepts
+        assert len(workers_of(process.pid)) == 2
+        assert readiness[0].status_code == 503 and readiness[-1].status_code == 200
+        assert readiness[0].json()["error"].startswith("1 of 2 workers not ready")
+        assert readiness[-1].json()["workers_ready"] == 2
         statuses += [
             httpx.post(f"{url}/classify", content=jpeg_bytes, timeout=30).status_code for _ in range(8)
         ]
