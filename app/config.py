@@ -205,11 +205,11 @@ class ServerSettings(ModelOptions, BaseSettings):
         ge=1,
         description="Decode/preprocess threads; default: the CPUs this process may use.",
     )
-    workers: int = Field(
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         1,
-        ge=1,
         description="Server processes sharing the port, each with its own models; the inference and decode "
-        "threads are divided among them. A dead worker is replaced; /metrics sums them all.",
+        "threads are divided among them. A dead worker is replaced; /metrics sums them all. auto: what "
+        "`mvit tune --workers` measured best here, else one per 4 CPUs.",
     )
     worker_heartbeat_timeout_s: float = Field(
         30.0,
@@ -227,6 +227,16 @@ class ServerSettings(ModelOptions, BaseSettings):
     @classmethod
     def _lower_case_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _count_or_auto(cls, value: object) -> object:
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if not text.isdigit() or int(text) < 1:
+            raise ValueError(f"give a number of processes (1 or more) or auto, not {value!r}")
+        return int(text)
 
     @field_validator("models", "api_tokens", "cors_origins", mode="before")
     @classmethod

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scripts.serving import LOOPBACK, NotReady, free_port, loopback_url, wait_ready
+from app.tools.serving import LOOPBACK, NotReady, free_port, loopback_url, wait_ready
 
 
 def bench_photos(width: int = 640, height: int = 480) -> list[Image.Image]:

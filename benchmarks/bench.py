@@ -11,7 +11,7 @@ In one run, on loopback ports, with the same model folder:
   * oip:   with --oip, the first mvit server again, over the Open Inference Protocol
     (/v2/models/{id}/infer, one image per request as tritonclient sends it: binary tensor data);
   * raw:   the same backend in this process on preprocessed tensors, batch 1/2/4/8, no HTTP, no decode.
-A closed-loop load generator (benchmarks/_loadgen.py) posts the bench photos (scikit-image's 9 colour
+A closed-loop load generator (app/tools/load.py) posts the bench photos (scikit-image's 9 colour
 photos, as 640x480 and 4032x3024 JPEGs at quality 90, and at 4032x3024 with sensor-like grain at quality
 92, which makes them 2-3 MB like a phone's photos) at each concurrency.
 
@@ -48,7 +48,7 @@ import numpy as np
 
 from app.api.oip_body import serialize_bytes
 from benchmarks._common import BENCH_SETS, bench_set, command_line, start_listening, start_server
-from benchmarks._loadgen import LoadResult, closed_loop
+from app.tools.load import LoadResult, closed_loop
 
 if TYPE_CHECKING:
     from app.runtime.models import ServedModel

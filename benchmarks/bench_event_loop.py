@@ -31,7 +31,7 @@ from PIL import Image
 
 from app.cpus import cpu_model
 from benchmarks._common import command_line, start_listening
-from benchmarks._loadgen import closed_loop
+from app.tools.load import closed_loop
 
 PROBE_PERIOD_S = 0.01
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks._common import bench_set, command_line, start_server
-from benchmarks._loadgen import closed_loop
+from app.tools.load import closed_loop
 
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:

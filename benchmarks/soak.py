@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from benchmarks._common import command_line, photo_jpeg
-from benchmarks._loadgen import check_loopback, http_request, read_response
+from app.tools.load import check_loopback, http_request, read_response
 from benchmarks.hostile_images import hostile_corpus
 
 ROUTES = {
@@ -235,7 +235,10 @@ def main() -> int:
     print(f"$ {command_line()}")
     url = urlsplit(args.url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
-    check_loopback(host)
+    try:
+        check_loopback(host)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     served = httpx.get(f"{args.url}/models", headers=headers, timeout=10).raise_for_status().json()
     routes = sorted({ROUTES[model["task"]] for model in served})

@@ -30,8 +30,8 @@ from app.intake.preprocess import preprocess
 from app.metrics import Metrics
 from app.repository import ModelDir, read_model_dir
 from app.runtime.models import ModelManager, ServedModel, load_backend, load_model
-from scripts import serving as spawned
-from scripts.serving import free_port
+from app.tools import serving as spawned
+from app.tools.serving import free_port
 
 if TYPE_CHECKING:
     import torch

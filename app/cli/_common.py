@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Iterable
 from enum import Enum
 from types import UnionType
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, Union, get_args, get_origin
 
 if TYPE_CHECKING:  # the commands import what they need when they run: `mvit --help` stays fast
     from app.config import ServerSettings
@@ -97,6 +97,14 @@ def prepare_models(settings: ServerSettings) -> list[ModelEntry]:
     return entries
 
 
+def metavar_of(kind: object) -> str:
+    if get_origin(kind) is Literal:
+        return "|".join(str(value) for value in get_args(kind))
+    return (
+        "N" if get_origin(kind) is Annotated or kind is int else getattr(kind, "__name__", str(kind)).upper()
+    )
+
+
 def add_setting_flags(parser: argparse._ActionsContainer, names: Iterable[str]) -> None:
     """One flag per setting, its help and choices taken from the setting's field (app/config.py)."""
     from pydantic_core import PydanticUndefined
@@ -108,8 +116,13 @@ def add_setting_flags(parser: argparse._ActionsContainer, names: Iterable[str]) 
             continue
         field = ServerSettings.model_fields[name]
         annotation = field.annotation
-        if get_origin(annotation) in (Union, UnionType):  # X | None
-            annotation = next(a for a in get_args(annotation) if a is not type(None))
+        metavar = None
+        if get_origin(annotation) in (Union, UnionType):
+            kinds = [a for a in get_args(annotation) if a is not type(None)]
+            if len(kinds) == 1:  # X | None
+                annotation = kinds[0]
+            else:  # e.g. N|auto: passed on as text, for the settings to validate
+                annotation, metavar = str, "|".join(metavar_of(kind) for kind in kinds)
         help_text = (field.description or "").rstrip(".")
         if field.default is not PydanticUndefined and field.default not in (None, [], ""):
             default = field.default.value if isinstance(field.default, Enum) else field.default
@@ -117,6 +130,8 @@ def add_setting_flags(parser: argparse._ActionsContainer, names: Iterable[str]) 
         help_text += f"; env MVIT_{name.upper()}"
         flag = REPEATED_FLAGS.get(name, "--" + name.replace("_", "-"))
         options: dict[str, Any] = {"dest": name, "help": help_text.replace("%", "%%")}
+        if metavar:
+            options["metavar"] = metavar
         if annotation is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif get_origin(annotation) is list:

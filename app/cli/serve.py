@@ -17,6 +17,7 @@ from app.cli._common import (
 )
 
 if TYPE_CHECKING:
+    from app.config import ServerSettings
     from app.ray_serve import RayOptions
 
 
@@ -56,14 +57,17 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     settings = settings_from(args)
     ray_options = ray_options_from(args)
-    if settings.workers > 1:
-        if ray_options is not None:
-            args.command_parser.error("--workers and --ray: Ray runs replicas (--replicas) instead")
-        share_metrics_between_processes()
-    from app.api.auth import TokenFileError, configured_tokens
+    if settings.workers != 1 and ray_options is not None:
+        args.command_parser.error("--workers and --ray: Ray runs replicas (--replicas) instead")
     from app.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    if settings.workers == "auto":
+        settings = with_auto_workers(settings)
+    if settings.workers > 1:
+        share_metrics_between_processes()
+    from app.api.auth import TokenFileError, configured_tokens
+
     try:  # what can be checked before the port is bound fails here, in one line
         configured_tokens(settings)
     except TokenFileError as exc:
@@ -80,6 +84,16 @@ def run(args: argparse.Namespace) -> int:
     from app.api.server import run_server
 
     return run_server(settings)
+
+
+def with_auto_workers(settings: ServerSettings) -> ServerSettings:
+    import logging
+
+    from app.runtime.apply_tuning import auto_workers
+
+    count, why = auto_workers(settings)
+    logging.getLogger("app.cli.serve").info("mvit: --workers auto: %d (%s)", count, why)
+    return settings.model_copy(update={"workers": count})
 
 
 def share_metrics_between_processes() -> None:

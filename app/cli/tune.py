@@ -18,6 +18,7 @@ from app.cli._common import (
 )
 
 if TYPE_CHECKING:
+    from app.config import ServerSettings
     from app.repository import ModelDir
     from app.repository.tuning import TuningRecord
     from app.runtime.measure_tuning import Measurement
@@ -61,6 +62,17 @@ def register(sub: Subcommands) -> None:
         help="also try spinning ONNX Runtime threads: faster raw, but they hold the cores the decode threads "
         "need, so measure the service (benchmarks/bench.py) before keeping it",
     )
+    workers = tune.add_argument_group(
+        "worker counts",
+        "with --workers: measure whole servers over HTTP instead (`mvit serve --workers N` for each count, "
+        "on loopback) and record the best for `mvit serve --workers auto`",
+    )
+    workers.add_argument("--workers", dest="worker_counts", type=sizes, metavar="N,N,...", help="e.g. 1,2,4")
+    workers.add_argument(
+        "--concurrency",
+        type=int,
+        help="connections sending requests (default: 8 per worker of the largest count)",
+    )
     tune.set_defaults(func=run)
 
 
@@ -73,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     from app.runtime.measure_tuning import Plan, instance_counts_for, tune
 
     settings = tool_settings(args)
+    if args.worker_counts:
+        return run_workers(args, settings)
     instance_counts = args.instance_counts or instance_counts_for(settings.inference_threads)
     model_dir = resolve(args.model, settings.model_repository)
     input_size = Preprocessing.from_hf_config(model_dir.preprocessor_config).fixed_input_size
@@ -91,6 +105,31 @@ def run(args: argparse.Namespace) -> int:
     recorded = write_record(model_dir.path, record)
     report(record, best, model_dir)
     print(f"recorded in {recorded}; `mvit serve` applies it on this machine")
+    return 0
+
+
+def run_workers(args: argparse.Namespace, settings: ServerSettings) -> int:
+    from app.cpus import cpu_model
+    from app.repository import resolve
+    from app.repository.tuning import write_record
+    from app.tools.measure_workers import WorkerPlan, measure_workers
+
+    model_dir = resolve(args.model, settings.model_repository)
+    counts = sorted(set(args.worker_counts))
+    plan = WorkerPlan(counts, args.concurrency or 8 * max(counts), args.seconds, args.rounds)
+    command = shlex.join(["mvit", *args.argv])
+    print(f"$ {command}\nCPU: {cpu_model()}, {settings.inference_threads} inference threads", file=sys.stderr)
+    record = measure_workers(model_dir, settings, plan, command, lambda line: print(line, file=sys.stderr))
+    recorded = write_record(model_dir.path, record)
+    print(f"machine: {record.key.describe()}")
+    for row in record.measured:
+        low, high = row["requests_per_s_range"]
+        print(
+            f"  {row['workers']} worker(s), concurrency {row['concurrency']}: {row['requests_per_s']} req/s "
+            f"({low}-{high}), p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms"
+        )
+    print(f"chosen: {record.chosen}")
+    print(f"recorded in {recorded}; `mvit serve --workers auto` applies it on this machine")
     return 0
 
 

@@ -16,7 +16,7 @@ from app.errors import CheckpointError
 
 TUNING_FILE = "tuning.json"
 # The settings a record may choose; whatever the operator sets explicitly wins over it.
-TUNED_SETTINGS = ("max_batch_size", "instances", "onnx_allow_spinning")
+TUNED_SETTINGS = ("max_batch_size", "instances", "onnx_allow_spinning", "workers")
 BATCH_SIZES = (1, 2, 4, 8)  # tried unless `mvit tune --batch-sizes` says otherwise
 
 
@@ -32,10 +32,17 @@ class MachineKey:
     # Where the model runs: "cpu", or an accelerator and its name ("cuda:0 NVIDIA H200"). Records written
     # before it was recorded were all measured on the CPU.
     device: str = "cpu"
+    # What was measured: "backend", the backend alone on preprocessed batches (batch size, instances,
+    # spinning); "service", whole servers over HTTP on loopback (`mvit tune --workers`: the worker count,
+    # `threads` then being the server's, divided among its workers).
+    scope: str = "backend"
 
     def describe(self) -> str:
         on = "" if self.device == "cpu" else f" on {self.device}"
-        return f"{self.cpu}, {self.threads} threads, {self.backend} {self.precision}{on}, {self.runtime}"
+        over = ", the service over HTTP" if self.scope == "service" else ""
+        return (
+            f"{self.cpu}, {self.threads} threads, {self.backend} {self.precision}{on}, {self.runtime}{over}"
+        )
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Apply a model folder's `mvit tune` record for this machine, where the operator left the setting alone."""
+"""Apply a model folder's `mvit tune` record for this machine, where the operator left the setting alone;
+and choose `--workers auto`."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from app.backends import device_label, runtime_version
-from app.config import ModelOptions
-from app.cpus import cpu_model
-from app.repository import ModelDir, file_sha256
+from app.config import ModelOptions, ServerSettings
+from app.cpus import available_cpus, cpu_model
+from app.repository import ModelDir, file_sha256, resolve
+from app.repository.models_yaml import served_models
+from app.repository.resolve import local_folder
 from app.repository.tuning import MachineKey, TuningRecord, find_record
+
+# `--workers auto` where no measurement says otherwise: each worker gets 4 CPUs, one for its Python
+# (HTTP, decoding, post-processing) and three for inference (docs/performance.md, several workers).
+CPUS_PER_WORKER = 4
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,43 @@ def machine_key(options: ModelOptions) -> MachineKey:
         precision,
         runtime_version(options.backend),
         device_label(options),
+    )
+
+
+def service_key(options: ModelOptions) -> MachineKey:
+    """The key of a `mvit tune --workers` record: whole servers measured over HTTP."""
+    return replace(machine_key(options), scope="service")
+
+
+def auto_workers(settings: ServerSettings) -> tuple[int, str]:
+    """`--workers auto`: the count `mvit tune --workers` measured best on this machine for every served
+    model (the smallest where they differ: each worker holds them all); else one per CPUS_PER_WORKER
+    usable CPUs. Returns the count and why, for the start-up line."""
+    counts, unmeasured = [], []
+    for entry in served_models(settings):
+        folder = local_folder(entry.name, settings.model_repository)
+        record = None
+        if folder is not None:  # a model still to fetch has no record yet
+            model_dir, options = (
+                resolve(entry.name, settings.model_repository),
+                entry.options(settings.model_options()),
+            )
+            record = find_record(model_dir.path, service_key(options))
+            if record is not None and record.artifact_sha256 not in (
+                "",
+                served_file_sha256(model_dir, options),
+            ):
+                record = None
+        if record is None or "workers" not in record.chosen:
+            unmeasured.append(entry.name)
+        else:
+            counts.append(int(record.chosen["workers"]))
+    if counts and not unmeasured:
+        return min(counts), "measured best on this machine by `mvit tune --workers`"
+    cpus = available_cpus()
+    return max(1, cpus // CPUS_PER_WORKER), (
+        f"{cpus} usable CPUs, one worker per {CPUS_PER_WORKER}; not measured for {', '.join(unmeasured)}: "
+        "`mvit tune FOLDER --workers 1,2,4` measures it here"
     )
 
 

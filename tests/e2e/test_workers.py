@@ -15,6 +15,8 @@ import pytest
 
 from app.api.workers import worker_settings
 from app.config import ServerSettings
+from app.repository.tuning import read_records
+from app.tools.measure_workers import photos
 from benchmarks.stop_time import alive, descendants
 from tests.support import copy_model, mvit, serving, start_server, wait_for, wait_until_ready
 
@@ -150,6 +152,45 @@ def test_a_model_that_cannot_load_stops_every_worker(model_dir: Path, tmp_path: 
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 1 and "Traceback" not in output, output
     assert "is not a readable safetensors file" in output and "before it served: stopping" in output
+
+
+def test_mvit_tune_measures_worker_counts_over_http_and_workers_auto_applies_its_choice(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    folder = copy_model(model_dir, tmp_path)
+    tuned = mvit(
+        "tune", str(folder), "--workers", "2,1", "--inference-threads", "2",
+        "--seconds", "1", "--rounds", "2", "--concurrency", "4",
+    )  # fmt: skip
+    assert tuned.returncode == 0, tuned.stderr
+    [record] = read_records(folder)
+    assert record.key.scope == "service" and record.key.threads == 2
+    assert [row["workers"] for row in record.measured] == [1, 2]
+    assert all(row["requests_per_s"] > 0 and row["concurrency"] == 4 for row in record.measured)
+    chosen = record.chosen["workers"]
+    assert chosen in (1, 2) and f"chosen: {{'workers': {chosen}}}" in tuned.stdout
+    # Two rounds, each over both servers, in an order that rotates.
+    rounds = re.findall(r"round (\d)/2: (\d) worker\(s\): [\d.]+ req/s", tuned.stderr)
+    assert rounds == [("1", "1"), ("1", "2"), ("2", "2"), ("2", "1")], tuned.stderr
+
+    process, url = start_server("--model", str(folder), "--workers", "auto", "--log-format", "text")
+    try:
+        wait_until_ready(process, url, timeout=120)
+        answer = httpx.post(f"{url}/classify", content=photos(1)[0], timeout=30)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert answer.status_code == 200 and process.returncode == 0, output
+    assert f"--workers auto: {chosen} (measured best on this machine by `mvit tune --workers`)" in output
+
+
+def test_mvit_tune_says_which_server_failed_to_start(model_dir: Path, tmp_path: Path) -> None:
+    broken = copy_model(model_dir, tmp_path)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    tuned = mvit("tune", str(broken), "--workers", "1", "--seconds", "1", "--rounds", "1")
+    assert tuned.returncode == 1 and "Traceback" not in tuned.stderr
+    assert "mvit tune: `mvit serve --workers 1` exited with 1:" in tuned.stderr
+    assert "is not a readable safetensors file" in tuned.stderr
 
 
 def test_threads_are_divided_among_the_workers() -> None:

@@ -56,6 +56,20 @@ def test_flags_become_settings() -> None:
         build_parser().parse_args(["serve", "--api-tokens", "secret"])  # never a flag: `ps` shows it
 
 
+def test_workers_are_a_count_or_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.cli._common import settings_from
+
+    for given, expected in (("auto", "auto"), ("AUTO", "auto"), ("3", 3)):
+        assert settings_from(build_parser().parse_args(["serve", "--workers", given])).workers == expected
+    monkeypatch.setenv("MVIT_WORKERS", "auto")
+    assert ServerSettings().workers == "auto"
+    for wrong in ("0", "two", "-1", "1.5"):
+        with pytest.raises(
+            ValidationError, match=f"give a number of processes \\(1 or more\\) or auto, not '{wrong}'"
+        ):
+            ServerSettings(workers=wrong)
+
+
 def test_the_model_options_are_the_servers_defaults_and_remember_what_the_operator_set() -> None:
     settings = ServerSettings(models=[], backend="onnx", max_batch_size=4, port=9000)
     options = settings.model_options()

@@ -21,8 +21,11 @@ from app.repository.tuning import (
     read_records,
     write_record,
 )
-from app.runtime.apply_tuning import apply_tuning, machine_key, served_file_sha256
+from app.runtime import apply_tuning as apply_tuning_module
+from app.runtime.apply_tuning import apply_tuning, auto_workers, machine_key, served_file_sha256, service_key
 from app.runtime.measure_tuning import Configuration, Measurement, choose
+from app.tools.measure_workers import choose as choose_workers
+from app.tools.measure_workers import server_environment
 from tests.support import make_settings
 
 KEY = MachineKey("Some CPU", 2, "onnx", "fp32", "onnxruntime 1.0")
@@ -201,3 +204,60 @@ def test_records_name_the_device_they_were_measured_on(
     data = {"records": [{"key": {k: v for k, v in asdict(KEY).items() if k != "device"}, "chosen": {}}]}
     (tmp_path / TUNING_FILE).write_text(json.dumps(data))
     assert read_records(tmp_path)[0].key == KEY and KEY.device == "cpu"
+
+
+def service_record(folder: Path, workers: int, **settings: object) -> TuningRecord:
+    options = make_settings(folder, **settings)
+    sha = served_file_sha256(read_model_dir(folder), options)
+    return TuningRecord(service_key(options), {"workers": workers}, artifact_sha256=sha)
+
+
+def test_workers_auto_without_a_measurement_is_one_per_4_cpus(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for cpus, expected in ((2, 1), (7, 1), (16, 4), (64, 16)):
+        monkeypatch.setattr(apply_tuning_module, "available_cpus", lambda cpus=cpus: cpus)
+        count, why = auto_workers(make_settings(folder, workers="auto"))
+        assert count == expected
+        assert f"{cpus} usable CPUs, one worker per 4; not measured for {folder}" in why
+
+
+def test_workers_auto_takes_the_count_mvit_tune_measured_for_every_served_model(
+    folder: Path, tmp_path: Path
+) -> None:
+    other = shutil.copytree(folder, tmp_path / "other")
+    write_record(folder, service_record(folder, 3))
+    settings = make_settings(folder, workers="auto", models=[str(folder), str(other)])
+    assert auto_workers(settings)[0] == 1  # the other model was never measured: the CPU rule
+    write_record(other, service_record(other, 2))
+    assert auto_workers(settings) == (2, "measured best on this machine by `mvit tune --workers`")
+
+    # Measured for another backend, or on another file: not this configuration's.
+    assert auto_workers(make_settings(folder, workers="auto", backend="onnx"))[0] == 1
+    (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes() + b" ")
+    assert auto_workers(make_settings(folder, workers="auto"))[0] == 1
+
+
+def test_a_worker_count_record_is_not_a_backend_record(folder: Path) -> None:
+    write_record(folder, service_record(folder, 2))
+    tuned, tuning = apply_tuning(read_model_dir(folder), make_settings(folder))
+    assert tuning.record is None and tuned.max_batch_size == make_settings(folder).max_batch_size
+    [record] = read_records(folder)
+    assert record.key.scope == "service" and record.key.describe().endswith(", the service over HTTP")
+
+
+def test_the_worker_count_chosen_is_the_fewest_within_the_noise_of_the_best() -> None:
+    def rows(*throughputs: float) -> list[dict[str, object]]:
+        return [{"workers": 2**i, "requests_per_s": t} for i, t in enumerate(throughputs)]
+
+    assert choose_workers(rows(100, 102, 90)) == 1  # 2 workers within 3 %: not worth a second copy
+    assert choose_workers(rows(100, 151, 155)) == 2
+    assert choose_workers(rows(100, 150, 160)) == 4
+
+
+def test_the_servers_measured_get_the_options_given_to_mvit_tune(folder: Path) -> None:
+    settings = make_settings(folder, backend="onnx", inference_threads=4, onnx_allow_spinning=False)
+    environment = server_environment(settings)
+    assert environment["MVIT_BACKEND"] == "onnx" and environment["MVIT_INFERENCE_THREADS"] == "4"
+    assert environment["MVIT_ONNX_ALLOW_SPINNING"] == "false"
+    assert not {"MVIT_MODELS", "MVIT_PORT", "MVIT_WORKERS"} & environment.keys()

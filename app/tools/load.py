@@ -1,4 +1,5 @@
-"""A closed-loop HTTP/1.1 load generator on asyncio streams: cheap enough to share 2 cores with a server.
+"""A closed-loop HTTP/1.1 load generator on asyncio streams: cheap enough to share 2 cores with a server
+(`mvit tune --workers` and the benchmarks).
 
 Each of `concurrency` connections sends one POST, reads the whole answer, and sends the next, until
 `max_requests` are done or `duration_s` has passed. Keep-alive; a connection the server closes is
@@ -62,8 +63,9 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
 
 
 def check_loopback(host: str) -> None:
+    """ValueError unless `host` is this machine: load generation targets loopback only."""
     if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
-        raise SystemExit(f"refusing to load {host}: load generation targets loopback only")
+        raise ValueError(f"refusing to load {host}: load generation targets loopback only")
 
 
 async def closed_loop(
