@@ -68,19 +68,23 @@ async def serve(settings: ServerSettings) -> int:
 
 
 async def serve_loaded(
-    app: FastAPI, settings: ServerSettings, sock: socket.socket, on_ready: Callable[[], None]
+    app: FastAPI, settings: ServerSettings, listen: Callable[[], socket.socket], on_ready: Callable[[], None]
 ) -> int:
-    """One worker of several (app/api/workers.py): its models loaded before it accepts on the shared
-    socket, so that the workers already serving answer meanwhile. 1 when a model cannot be loaded, or when
-    a batcher died (the worker stopped so as to be replaced)."""
+    """One worker of several (app/api/workers.py): its models loaded before it listens (`listen` gives
+    its socket), so that the workers already serving answer meanwhile; `on_ready` once it accepts. 1 when a
+    model cannot be loaded, or when a batcher died (the worker stopped so as to be replaced)."""
     manager = app.state.manager
     await manager.load_all()
     if manager.error:
         log.error("mvit: stopping, a model could not be loaded: %s", manager.error)
         return 1
-    on_ready()
     server = DrainingServer(uvicorn_config(app, settings), app.state.lifecycle, settings.drain_timeout_s)
-    await server.serve(sockets=[sock])
+    serving = asyncio.create_task(server.serve(sockets=[listen()]))
+    while not server.started and not serving.done():  # uvicorn has no event for it
+        await asyncio.sleep(0.01)
+    if server.started:
+        on_ready()
+    await serving
     return 1 if manager.failures() else 0
 
 

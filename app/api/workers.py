@@ -1,10 +1,12 @@
 """`mvit serve --workers N`: N server processes on one port, each with its own models, under a supervisor.
 
 One Python process cannot keep a many-core CPU or a GPU busy: the GIL holds HTTP, decoding and
-post-processing to about one core. The supervisor binds the port once and starts N workers (spawned, so
-nothing of its state is shared) that accept on that one listening socket: the kernel hands each new
-connection to a worker that is waiting in accept. Each worker loads its models before it accepts, so a
-replaced worker never answers "loading" while the others can serve.
+post-processing to about one core. The supervisor claims the port and starts N workers (spawned, so
+nothing of its state is shared). Each loads its models, then listens on the port with a socket of its
+own (SO_REUSEPORT): the kernel spreads new connections over the listening workers, so a proxy's pool of
+keep-alive connections is shared among them, and none waits on a worker that is loading or dead.
+
+- /ready is ready only when every worker is (app/api/peers.py).
 
 - The inference and decode threads are divided among the workers, so that N of them never ask for
   more cores than one would.
@@ -18,13 +20,15 @@ replaced worker never answers "loading" while the others can serve.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
-from collections.abc import MutableSequence
+from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from multiprocessing.context import SpawnProcess
@@ -55,17 +59,34 @@ def worker_settings(settings: ServerSettings) -> ServerSettings:
     )
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
+# Linux balances new connections among the listening sockets that share a port (SO_REUSEPORT) by a hash
+# of each connection's addresses, whatever the workers are doing. Where it does not (other systems), the
+# workers accept on one socket instead.
+OWN_SOCKETS = sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")
+BACKLOG = 2048
+
+
+def port_socket(host: str, port: int, *, listen: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if OWN_SOCKETS:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(2048)
+    if listen:
+        sock.listen(BACKLOG)
     sock.set_inheritable(True)
     return sock
 
 
-def run_worker(settings: ServerSettings, sock: socket.socket, slot: Slot) -> None:
+def supervisor_socket(host: str, port: int) -> socket.socket:
+    """Claims the port for the workers (a port in use fails here, once). On Linux it is bound, not
+    listening: connections go only to the workers' own sockets, each opened once its models are loaded,
+    so that none waits on a worker that is loading, or dead. Elsewhere, the one socket all workers share."""
+    return port_socket(host, port, listen=not OWN_SOCKETS)
+
+
+def run_worker(settings: ServerSettings, shared: socket.socket | None, slot: Slot) -> None:
     """A worker process: the server on the shared socket, once its models are loaded."""
     import asyncio
 
@@ -78,13 +99,19 @@ def run_worker(settings: ServerSettings, sock: socket.socket, slot: Slot) -> Non
     os.setpgrp()
     stop_with_parent()
     configure_logging(settings.log_level, settings.log_format, worker=slot.number)
+    if shared is not None:
+        share_connections()
+
+    def listen() -> socket.socket:
+        return shared if shared is not None else port_socket(settings.host, settings.port, listen=True)
+
     peers = Peers(slot.number, slot.ready, slot.heartbeats)
 
     async def main() -> int:
         app = create_app(settings, peers=peers)
-        beating = asyncio.create_task(beat(app, peers))
+        beating = asyncio.create_task(beat(app, peers, slot.served.is_set))
         try:
-            return await serve_loaded(app, settings, sock, slot.served.set)
+            return await serve_loaded(app, settings, listen, slot.served.set)
         finally:
             beating.cancel()
 
@@ -92,10 +119,10 @@ def run_worker(settings: ServerSettings, sock: socket.socket, slot: Slot) -> Non
         raise SystemExit(runner.run(main()))
 
 
-async def beat(app: FastAPI, peers: Peers) -> None:
-    """From the worker's event loop, once a second: its heartbeat and its own readiness (loading runs in a
-    thread, so a loop that stops beating is stuck). A worker whose batcher died cannot recover: it drains
-    and exits, to be replaced."""
+async def beat(app: FastAPI, peers: Peers, accepting: Callable[[], bool]) -> None:
+    """From the worker's event loop, once a second: its heartbeat and its own readiness, its models loaded
+    and its server accepting (loading runs in a thread, so a loop that stops beating is stuck). A worker
+    whose batcher died cannot recover: it drains and exits, to be replaced."""
     import asyncio
 
     from app.api.ops import own_readiness
@@ -103,11 +130,21 @@ async def beat(app: FastAPI, peers: Peers) -> None:
     manager, lifecycle = app.state.manager, app.state.lifecycle
     while True:
         status, _, _ = own_readiness(manager, lifecycle)
-        peers.mark(status == 200)
+        peers.mark(status == 200 and accepting())
         if manager.failures() and not lifecycle.draining:
             log.error("a batcher died (%s): this worker stops and is replaced", manager.failures())
             os.kill(os.getpid(), signal.SIGTERM)  # the drain a stop runs; the exit status says it failed
         await asyncio.sleep(HEARTBEAT_S)
+
+
+def share_connections() -> None:
+    """On one shared socket, the first worker that wakes takes every connection waiting (libuv, under uvloop,
+    accepts until none is left), so a burst of keep-alive connections, a proxy's pool, all land on one
+    worker and the others idle (docs/performance.md has the figures). libuv's UV_TCP_SINGLE_ACCEPT makes each worker accept one connection at a time and yield, so the others
+    take their share. Plain asyncio has no such switch: hence the warning."""
+    os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
+    if importlib.util.find_spec("uvloop") is None:
+        log.warning("uvloop is not installed: connections may gather on one worker (pip install uvloop)")
 
 
 def stop_with_parent() -> None:
@@ -146,6 +183,8 @@ class Worker:
 
 class Supervisor:
     def __init__(self, settings: ServerSettings, sock: socket.socket) -> None:
+        # The port as bound (port 0 asks the system for one), for the workers' own sockets.
+        settings = settings.model_copy(update={"port": sock.getsockname()[1]})
         self.settings = settings
         self.each = worker_settings(settings)
         self.sock = sock
@@ -161,7 +200,9 @@ class Supervisor:
         self.ready[number], self.heartbeats[number] = 0, 0.0
         slot = Slot(number, self.context.Event(), self.ready, self.heartbeats)
         process = self.context.Process(
-            target=run_worker, args=(self.each, self.sock, slot), name=f"mvit-worker-{number}"
+            target=run_worker,
+            args=(self.each, None if OWN_SOCKETS else self.sock, slot),
+            name=f"mvit-worker-{number}",
         )
         process.start()
         self.workers[number] = Worker(slot, process)
@@ -256,7 +297,7 @@ class Supervisor:
 def run_workers(settings: ServerSettings) -> int:
     """Serve with `settings.workers` processes until SIGTERM or SIGINT (0 after every worker has drained),
     or until one fails before serving (1)."""
-    sock = listening_socket(settings.host, settings.port)
+    sock = supervisor_socket(settings.host, settings.port)
     supervisor = Supervisor(settings, sock)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: supervisor.stop())
@@ -264,7 +305,7 @@ def run_workers(settings: ServerSettings) -> int:
         "mvit: %d workers on http://%s:%d, %d inference and %d decode threads each",
         settings.workers,
         settings.host,
-        settings.port,
+        supervisor.settings.port,
         supervisor.each.inference_threads,
         supervisor.each.decode_threads,
     )

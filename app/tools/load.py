@@ -78,9 +78,11 @@ async def closed_loop(
     max_requests: int,
     content_type: str = "image/jpeg",
     headers: list[dict[str, str]] | None = None,
+    request_timeout_s: float = 60.0,
 ) -> LoadResult:
     """Run the load; bodies (each with its `headers`, if given) are taken in turn. Bounded by both
-    `duration_s` and `max_requests`."""
+    `duration_s` and `max_requests`; a request unanswered after `request_timeout_s` counts as "timeout"
+    and its connection is dropped."""
     check_loopback(url_host)
     requests = [
         http_request(url_host, port, path, body, content_type, headers[i] if headers else None)
@@ -99,12 +101,14 @@ async def closed_loop(
                 break
             sent = time.perf_counter()
             try:
-                if writer is None:
-                    reader, writer = await asyncio.open_connection(url_host, port)
-                writer.write(requests[n % len(requests)])
-                status, keep_alive = await read_response(reader)
-            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
-                result.statuses["connection error"] = result.statuses.get("connection error", 0) + 1
+                async with asyncio.timeout(request_timeout_s):
+                    if writer is None:
+                        reader, writer = await asyncio.open_connection(url_host, port)
+                    writer.write(requests[n % len(requests)])
+                    status, keep_alive = await read_response(reader)
+            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
+                failure = "timeout" if isinstance(exc, TimeoutError) else "connection error"
+                result.statuses[failure] = result.statuses.get(failure, 0) + 1
                 if writer is not None:
                     writer.close()
                 reader = writer = None

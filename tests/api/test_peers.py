@@ -56,7 +56,7 @@ def test_a_worker_whose_batcher_died_marks_itself_not_ready_and_stops(
     monkeypatch.setattr(workers_module.os, "kill", lambda pid, sig: signals.append((pid, sig)))
 
     async def one_beat() -> None:
-        task = asyncio.create_task(beat(app, peers))
+        task = asyncio.create_task(beat(app, peers, lambda: True))
         await asyncio.sleep(0.2)
         task.cancel()
 

@@ -4,10 +4,13 @@ a model that cannot load stops them all with status 1."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
+import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -16,7 +19,9 @@ import pytest
 from app.api.workers import worker_settings
 from app.config import ServerSettings
 from app.repository.tuning import read_records
+from app.tools.load import closed_loop
 from app.tools.measure_workers import photos
+from app.tools.serving import free_port, loopback_url, mvit_serve
 from benchmarks.stop_time import alive, descendants
 from tests.support import copy_model, mvit, serving, start_server, wait_for, wait_until_ready
 
@@ -73,6 +78,26 @@ def test_two_workers_share_the_port_answer_as_one_server_and_sum_their_metrics(
     assert count(metrics, CLASSIFY_200) == 24  # from whichever worker answered /metrics: the sum
     assert count(metrics, "mvit_models_ready ") == 1 and count(metrics, "mvit_worker_restarts_total ") == 0
     assert "drained in" in output and not workers_of(process.pid)
+
+
+def test_a_burst_of_keep_alive_connections_is_shared_by_the_workers(model_dir: Path, tmp_path: Path) -> None:
+    """A proxy's connection pool opens its connections at once and keeps them: the first worker to wake
+    must not take them all."""
+    port, log = free_port(), tmp_path / "server.log"
+    with log.open("w") as output:  # a file, not a pipe: the access lines must never block the workers
+        command = mvit_serve("--model", str(model_dir), "--workers", "2", "--log-format", "text", port=port)
+        process = subprocess.Popen(command, stdout=output, stderr=output)
+        try:
+            wait_until_ready(process, loopback_url(port), timeout=120)
+            result = asyncio.run(
+                closed_loop("127.0.0.1", port, "/classify", photos(2), 16, 3.0, 400, request_timeout_s=30)
+            )
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+    served_by = Counter(int(number) for number in WORKER.findall(log.read_text()))
+    assert result.statuses == {"200": result.ok} and sum(served_by.values()) == result.ok
+    assert min(served_by[0], served_by[1]) >= result.ok / 10, served_by
 
 
 def test_a_killed_worker_is_replaced_while_the_other_serves(model_dir: Path, jpeg_bytes: bytes) -> None:
