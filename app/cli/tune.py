@@ -122,11 +122,19 @@ def run_workers(args: argparse.Namespace, settings: ServerSettings) -> int:
     record = measure_workers(model_dir, settings, plan, command, lambda line: print(line, file=sys.stderr))
     recorded = write_record(model_dir.path, record)
     print(f"machine: {record.key.describe()}")
+    fewest = record.measured[0]["workers"]
     for row in record.measured:
         low, high = row["requests_per_s_range"]
+        paired = (
+            ""
+            if row["workers"] == fewest
+            else " = {:.2f} ({:.2f}-{:.2f}) x {} worker(s)".format(
+                row["relative"], *row["relative_range"], fewest
+            )
+        )
         print(
             f"  {row['workers']} worker(s), concurrency {row['concurrency']}: {row['requests_per_s']} req/s "
-            f"({low}-{high}), p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms"
+            f"({low}-{high}){paired}, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms"
         )
     print(f"chosen: {record.chosen}")
     print(f"recorded in {recorded}; `mvit serve --workers auto` applies it on this machine")

@@ -9,8 +9,8 @@ JPEGs. Every server starts once and stays up; in each round each is loaded in tu
 rotates by round, so that a noisy neighbour's spell falls on all of them. The load generator runs in this
 process, on the same CPUs as the servers, as a co-located proxy would.
 
-The choice: the fewest workers within TIE_MARGIN of the best median throughput (each worker holds its own
-copy of the models).
+The choice: the fewest workers within TIE_MARGIN of the best throughput, compared round by round with
+the fewest workers measured (each worker holds its own copy of the models).
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ def measure_workers(
                     f"round {round_number + 1}/{plan.rounds}: {count} worker(s): {result.throughput:.1f} req/s, "
                     f"p50 {result.percentile(50) * 1000:.1f} ms"
                 )
-    measured = [row(count, results[count], plan.concurrency) for count in plan.counts]
+    fewest = results[plan.counts[0]]
+    measured = [row(count, results[count], fewest, plan.concurrency) for count in plan.counts]
     options = settings.model_options()
     return TuningRecord(
         service_key(options),
@@ -187,8 +188,11 @@ def measure_workers(
     )
 
 
-def row(count: int, rounds: list[LoadResult], concurrency: int) -> dict[str, Any]:
+def row(count: int, rounds: list[LoadResult], fewest: list[LoadResult], concurrency: int) -> dict[str, Any]:
+    """One count's figures. `relative`: its throughput over the fewest workers', round by round (the two
+    ran minutes apart at most, so a slow spell of the machine weighs on both), median and range."""
     throughputs = [result.throughput for result in rounds]
+    ratios = [mine.throughput / theirs.throughput for mine, theirs in zip(rounds, fewest, strict=True)]
     every = LoadResult(latencies=[latency for result in rounds for latency in result.latencies])
 
     def percentile_ms(q: float) -> float:
@@ -199,12 +203,14 @@ def row(count: int, rounds: list[LoadResult], concurrency: int) -> dict[str, Any
         "concurrency": concurrency,
         "requests_per_s": round(statistics.median(throughputs), 1),
         "requests_per_s_range": [round(min(throughputs), 1), round(max(throughputs), 1)],
+        "relative": round(statistics.median(ratios), 3),
+        "relative_range": [round(min(ratios), 3), round(max(ratios), 3)],
         "p50_ms": percentile_ms(50),
         "p99_ms": percentile_ms(99),
     }
 
 
 def choose(rows: list[dict[str, Any]]) -> int:
-    """The fewest workers whose median throughput is within TIE_MARGIN of the best."""
-    best = max(r["requests_per_s"] for r in rows)
-    return min(r["workers"] for r in rows if r["requests_per_s"] >= best * (1 - TIE_MARGIN))
+    """The fewest workers whose paired throughput (`relative`) is within TIE_MARGIN of the best."""
+    best = max(r["relative"] for r in rows)
+    return min(r["workers"] for r in rows if r["relative"] >= best * (1 - TIE_MARGIN))

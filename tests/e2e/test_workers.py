@@ -192,6 +192,7 @@ def test_mvit_tune_measures_worker_counts_over_http_and_workers_auto_applies_its
     assert record.key.scope == "service" and record.key.threads == 2
     assert [row["workers"] for row in record.measured] == [1, 2]
     assert all(row["requests_per_s"] > 0 and row["concurrency"] == 4 for row in record.measured)
+    assert record.measured[0]["relative"] == 1.0 and record.measured[1]["relative"] > 0  # paired with 1
     chosen = record.chosen["workers"]
     assert chosen in (1, 2) and f"chosen: {{'workers': {chosen}}}" in tuned.stdout
     # Two rounds, each over both servers, in an order that rotates.
