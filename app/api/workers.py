@@ -20,6 +20,7 @@ keep-alive connections is shared among them, and none waits on a worker that is 
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import logging
 import multiprocessing
@@ -69,25 +70,48 @@ BACKLOG = 2048
 def port_socket(host: str, port: int, *, listen: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if OWN_SOCKETS:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    if listen:
-        sock.listen(BACKLOG)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if OWN_SOCKETS:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        if listen:
+            sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
     sock.set_inheritable(True)
     return sock
 
 
-def supervisor_socket(host: str, port: int) -> socket.socket:
-    """Claims the port for the workers (a port in use fails here, once). On Linux it is bound, not
+def claim_port(host: str, port: int) -> tuple[socket.socket, socket.socket | None]:
+    """The supervisor's socket, and on Linux a guard held while it runs. There, the socket is bound, not
     listening: connections go only to the workers' own sockets, each opened once its models are loaded,
-    so that none waits on a worker that is loading, or dead. Elsewhere, the one socket all workers share."""
-    return port_socket(host, port, listen=not OWN_SOCKETS)
+    so that none waits on a worker that is loading, or dead. Elsewhere, the one socket all workers share.
+
+    The guard: sockets of one user that all ask for SO_REUSEPORT may share a port, so a second `--workers`
+    server on the same port would start and split the first one's traffic, silently. Each claims the port
+    with a name in the abstract socket namespace, which (like the port) belongs to the network namespace
+    and is released when the process ends."""
+    sock = port_socket(host, port, listen=not OWN_SOCKETS)
+    if not OWN_SOCKETS:
+        return sock, None
+    port = sock.getsockname()[1]  # port 0 asks the system for one
+    guard = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        guard.bind(f"\0mvit-serve-workers-port-{port}")
+    except OSError:
+        sock.close()
+        guard.close()
+        raise OSError(
+            errno.EADDRINUSE, f"cannot listen on {host}:{port}: another `mvit serve --workers` has it"
+        ) from None
+    return sock, guard
 
 
 def run_worker(settings: ServerSettings, shared: socket.socket | None, slot: Slot) -> None:
-    """A worker process: the server on the shared socket, once its models are loaded."""
+    """A worker process: the server, listening once its models are loaded (on the `shared` socket where
+    workers cannot have their own)."""
     import asyncio
 
     from app.api.app import create_app
@@ -297,7 +321,7 @@ class Supervisor:
 def run_workers(settings: ServerSettings) -> int:
     """Serve with `settings.workers` processes until SIGTERM or SIGINT (0 after every worker has drained),
     or until one fails before serving (1)."""
-    sock = supervisor_socket(settings.host, settings.port)
+    sock, guard = claim_port(settings.host, settings.port)
     supervisor = Supervisor(settings, sock)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: supervisor.stop())
@@ -313,3 +337,5 @@ def run_workers(settings: ServerSettings) -> int:
         return supervisor.supervise()
     finally:
         sock.close()
+        if guard is not None:
+            guard.close()

@@ -8,6 +8,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -16,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.api.workers import worker_settings
+from app.api.workers import claim_port, worker_settings
 from app.config import ServerSettings
 from app.repository.tuning import read_records
 from app.tools.load import closed_loop
@@ -217,6 +218,26 @@ def test_mvit_tune_says_which_server_failed_to_start(model_dir: Path, tmp_path: 
     assert tuned.returncode == 1 and "Traceback" not in tuned.stderr
     assert "mvit tune: `mvit serve --workers 1` exited with 1:" in tuned.stderr
     assert "is not a readable safetensors file" in tuned.stderr
+
+
+def test_a_port_in_use_is_refused_even_by_another_workers_server_still_loading() -> None:
+    port = free_port()
+    first, guard = claim_port("127.0.0.1", port)  # bound, not listening: its workers are loading
+    try:
+        with pytest.raises(
+            OSError, match=f"cannot listen on 0.0.0.0:{port}: another `mvit serve --workers` has it"
+        ):
+            claim_port("0.0.0.0", port)
+    finally:
+        first.close()
+        if guard is not None:
+            guard.close()
+    with socket.create_server(("127.0.0.1", port)), pytest.raises(OSError, match="Address already in use"):
+        claim_port("127.0.0.1", port)  # any other server listening there
+    second, guard = claim_port("127.0.0.1", port)  # released with the first
+    second.close()
+    if guard is not None:
+        guard.close()
 
 
 def test_threads_are_divided_among_the_workers() -> None:
