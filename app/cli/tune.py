@@ -67,7 +67,22 @@ def register(sub: Subcommands) -> None:
         "with --workers: measure whole servers over HTTP instead (`mvit serve --workers N` for each count, "
         "on loopback) and record the best for `mvit serve --workers auto`",
     )
-    workers.add_argument("--workers", dest="worker_counts", type=sizes, metavar="N,N,...", help="e.g. 1,2,4")
+
+    def worker_counts(text: str) -> list[int]:
+        if text.strip().lower() != "auto":
+            return sizes(text)
+        from app.cpus import available_cpus
+
+        cpus = available_cpus()
+        return sorted({1, cpus} | {2**power for power in range(1, cpus.bit_length()) if 2**power <= cpus})
+
+    workers.add_argument(
+        "--workers",
+        dest="worker_counts",
+        type=worker_counts,
+        metavar="N,N,...|auto",
+        help="e.g. 1,2,4; auto: 1, 2, 4, ... up to the usable CPUs",
+    )
     workers.add_argument(
         "--concurrency",
         type=int,

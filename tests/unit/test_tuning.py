@@ -261,3 +261,19 @@ def test_the_servers_measured_get_the_options_given_to_mvit_tune(folder: Path) -
     assert environment["MVIT_BACKEND"] == "onnx" and environment["MVIT_INFERENCE_THREADS"] == "4"
     assert environment["MVIT_ONNX_ALLOW_SPINNING"] == "false"
     assert not {"MVIT_MODELS", "MVIT_PORT", "MVIT_WORKERS"} & environment.keys()
+
+
+def test_mvit_tune_workers_auto_tries_1_2_4_up_to_the_usable_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app import cpus as cpus_module
+    from app.cli import build_parser
+
+    for cpus, expected in (
+        (1, [1]),
+        (2, [1, 2]),
+        (3, [1, 2, 3]),
+        (12, [1, 2, 4, 8, 12]),
+        (16, [1, 2, 4, 8, 16]),
+    ):
+        monkeypatch.setattr(cpus_module, "available_cpus", lambda cpus=cpus: cpus)
+        assert build_parser().parse_args(["tune", "m", "--workers", "auto"]).worker_counts == expected
+    assert build_parser().parse_args(["tune", "m", "--workers", "4,1"]).worker_counts == [4, 1]
