@@ -47,8 +47,8 @@ import httpx
 import numpy as np
 
 from app.api.oip_body import serialize_bytes
-from benchmarks._common import BENCH_SETS, bench_set, command_line, start_listening, start_server
 from app.tools.load import LoadResult, closed_loop
+from benchmarks._common import BENCH_SETS, bench_set, command_line, start_listening, start_server
 
 if TYPE_CHECKING:
     from app.runtime.models import ServedModel

@@ -30,8 +30,8 @@ import numpy as np
 from PIL import Image
 
 from app.cpus import cpu_model
-from benchmarks._common import command_line, start_listening
 from app.tools.load import closed_loop
+from benchmarks._common import command_line, start_listening
 
 PROBE_PERIOD_S = 0.01
 

@@ -20,8 +20,8 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks._common import bench_set, command_line, start_server
 from app.tools.load import closed_loop
+from benchmarks._common import bench_set, command_line, start_server
 
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:

@@ -27,8 +27,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from benchmarks._common import command_line, photo_jpeg
 from app.tools.load import check_loopback, http_request, read_response
+from benchmarks._common import command_line, photo_jpeg
 from benchmarks.hostile_images import hostile_corpus
 
 ROUTES = {

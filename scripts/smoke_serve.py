@@ -25,7 +25,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app.tools.serving import LOOPBACK, NotReady, free_port, loopback_url, mvit_serve, request, stop, wait_ready
+from app.tools.serving import (
+    LOOPBACK,
+    NotReady,
+    free_port,
+    loopback_url,
+    mvit_serve,
+    request,
+    stop,
+    wait_ready,
+)
 
 EXPECTED_KEY = {"/classify": "score", "/segment": "mask", "/detect": "box"}
 
