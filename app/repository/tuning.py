@@ -60,10 +60,10 @@ class TuningRecord:
     latency_slack: float = 0.25
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TuningRecord:
+    def from_dict(cls, data: dict[str, Any], scope: str = "backend") -> TuningRecord:
         chosen = {k: v for k, v in data["chosen"].items() if k in TUNED_SETTINGS}
         return cls(
-            MachineKey(**data["key"]),
+            MachineKey(**{**data["key"], "scope": scope}),
             chosen,
             list(data.get("measured", [])),
             str(data.get("tuned_at", "")),
@@ -73,17 +73,33 @@ class TuningRecord:
         )
 
 
+# Where each scope's records are kept in the file. The key's scope is the list's, not a field of its own:
+# a version that knows only "records" then still reads the file (an image rolled back, say).
+SCOPE_LISTS = {"backend": "records", "service": "service_records"}
+
+
 def read_records(folder: Path) -> list[TuningRecord]:
     path = folder / TUNING_FILE
     if not path.is_file():
         return []
     try:
-        return [TuningRecord.from_dict(r) for r in json.loads(path.read_text(encoding="utf-8"))["records"]]
+        content = json.loads(path.read_text(encoding="utf-8"))
+        return [
+            TuningRecord.from_dict(data, scope)
+            for scope, name in SCOPE_LISTS.items()
+            for data in content.get(name, [])
+        ]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(
             f"{path} is not a tuning file `mvit tune` wrote ({type(exc).__name__}: {exc}); "
             "delete it or run `mvit tune` again"
         ) from None
+
+
+def stored(record: TuningRecord) -> dict[str, Any]:
+    data = asdict(record)
+    del data["key"]["scope"]
+    return data
 
 
 def find_record(folder: Path, key: MachineKey) -> TuningRecord | None:
@@ -95,8 +111,9 @@ def write_record(folder: Path, record: TuningRecord) -> Path:
     records = [r for r in read_records(folder) if r.key != record.key] + [record]
     path = folder / TUNING_FILE
     temporary = path.with_suffix(".json.partial")
-    temporary.write_text(
-        json.dumps({"records": [asdict(r) for r in records]}, indent=2) + "\n", encoding="utf-8"
-    )
+    content = {
+        name: [stored(r) for r in records if r.key.scope == scope] for scope, name in SCOPE_LISTS.items()
+    }
+    temporary.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
     temporary.replace(path)
     return path

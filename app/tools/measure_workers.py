@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
-import numpy as np
 from PIL import Image
 
 from app.config import ServerSettings
@@ -35,6 +34,8 @@ from app.errors import CheckpointError
 from app.repository import ModelDir
 from app.repository.tuning import TuningRecord
 from app.runtime.apply_tuning import served_file_sha256, service_key
+from app.runtime.measure_tuning import rotated
+from app.tools.calibrate import procedural_photos
 from app.tools.load import LoadResult, closed_loop
 from app.tools.serving import LOOPBACK, NotReady, free_port, loopback_url, mvit_serve, stop, wait_ready
 
@@ -42,8 +43,11 @@ from app.tools.serving import LOOPBACK, NotReady, free_port, loopback_url, mvit_
 TIE_MARGIN = 0.03
 PHOTO_SIZE = (640, 480)  # a phone photo scaled for upload; decoding it is part of what is measured
 START_TIMEOUT_S = 300.0
-# Settings the servers do not take from the tune command: each is given its own.
-NOT_PASSED_ON = {"models", "model_repository", "host", "port", "workers"}
+# Settings the servers do not take from the tune command: each is given its own (server_environment).
+NOT_PASSED_ON = {
+    "models", "model_repository", "host", "port", "workers",
+    "api_tokens", "api_tokens_file", "tune_at_start_s", "max_queue_size",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -56,64 +60,62 @@ class WorkerPlan:
 
 
 def photos(count: int = 4, seed: int = 0) -> list[bytes]:
-    """Photo-like JPEGs (smooth shapes and grain, quality 90): their decoding costs what a photo's does."""
-    rng = np.random.default_rng(seed)
-    width, height = PHOTO_SIZE
-    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    """Photo-like JPEGs at PHOTO_SIZE, quality 90: their decoding costs what a photo's does."""
     bodies = []
-    for _ in range(count):
-        channels = [
-            np.sin(x * rng.uniform(2, 12) + rng.uniform(0, 6)) * np.cos(y * rng.uniform(2, 12))
-            for _ in range(3)
-        ]
-        image = (np.stack(channels, axis=-1) * 90 + 128 + rng.normal(0, 12, (height, width, 3))).clip(0, 255)
+    for photo in procedural_photos(count, seed):
         buffer = io.BytesIO()
-        Image.fromarray(image.astype(np.uint8)).save(buffer, "JPEG", quality=90)
+        photo.resize(PHOTO_SIZE, Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
         bodies.append(buffer.getvalue())
     return bodies
 
 
-def server_environment(settings: ServerSettings) -> dict[str, str]:
-    """MVIT_ variables for what the operator set on the tune command (backend, precision, threads...)."""
+def server_environment(settings: ServerSettings, concurrency: int) -> dict[str, str]:
+    """The measured servers' environment: this one's, with what the operator gave the tune command
+    (backend, precision, threads...). They serve the load generator alone: no API tokens (it sends none),
+    no tuning at start (every worker of every server would measure at once), and a queue that holds a
+    request from every connection (a 429 would end the measurement)."""
+    environment = {
+        name: value for name, value in os.environ.items() if not name.startswith("MVIT_API_TOKENS")
+    }
     chosen = settings.model_dump(mode="json", include=settings.model_fields_set - NOT_PASSED_ON)
-    environment = {}
     for name, value in chosen.items():
         if isinstance(value, list):
             value = ",".join(str(part) for part in value)
         elif isinstance(value, bool):
             value = str(value).lower()
         environment[f"MVIT_{name.upper()}"] = str(value)
+    environment["MVIT_TUNE_AT_START_S"] = "0"
+    environment["MVIT_MAX_QUEUE_SIZE"] = str(max(settings.max_queue_size, concurrency))
     return environment
 
 
 class Servers:
-    """One `mvit serve --workers N` per count, on loopback ports; stopped (SIGTERM, drained) on exit."""
+    """One `mvit serve --workers N` per count, on loopback ports, all up at once (the sum of the counts
+    in processes, each with its copy of the model); stopped (SIGTERM, drained) on exit."""
 
-    def __init__(self, model_dir: ModelDir, settings: ServerSettings, counts: list[int]) -> None:
-        self.model_dir, self.settings, self.counts = model_dir, settings, counts
+    def __init__(self, model_dir: ModelDir, environment: dict[str, str], counts: list[int]) -> None:
+        self.model_dir, self.environment, self.counts = model_dir, environment, counts
         self.ports: dict[int, int] = {}
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.logs: dict[int, IO[bytes]] = {}
         self.stack = contextlib.ExitStack()
 
     def __enter__(self) -> Servers:
-        environment = {**os.environ, **server_environment(self.settings)}
         self.stack.callback(self.stop)
-        for count in self.counts:
-            self.ports[count] = port = free_port()
-            self.logs[count] = self.stack.enter_context(tempfile.TemporaryFile())
-            command = mvit_serve(
-                "--model",
-                str(self.model_dir.path),
-                "--workers",
-                str(count),
-                "--log-level",
-                "warning",
-                port=port,
-            )
-            self.processes[count] = subprocess.Popen(
-                command, env=environment, stdout=self.logs[count], stderr=subprocess.STDOUT
-            )
+        try:
+            for count in self.counts:
+                self.ports[count] = port = free_port()
+                self.logs[count] = self.stack.enter_context(tempfile.TemporaryFile())
+                command = mvit_serve(
+                    "--model", str(self.model_dir.path), "--workers", str(count), "--log-level", "warning",
+                    port=port,
+                )  # fmt: skip
+                self.processes[count] = subprocess.Popen(
+                    command, env=self.environment, stdout=self.logs[count], stderr=subprocess.STDOUT
+                )
+        except BaseException:  # those already started are stopped
+            self.stack.close()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -158,13 +160,12 @@ def measure_workers(
 ) -> TuningRecord:
     bodies = photos()
     results: dict[int, list[LoadResult]] = {count: [] for count in plan.counts}
-    with Servers(model_dir, settings, plan.counts) as servers:
+    with Servers(model_dir, server_environment(settings, plan.concurrency), plan.counts) as servers:
         servers.wait_ready()
         for count in plan.counts:
             load(servers.ports[count], bodies, plan, plan.warmup_s)
         for round_number in range(plan.rounds):
-            shift = round_number % len(plan.counts)
-            for count in plan.counts[shift:] + plan.counts[:shift]:
+            for count in rotated(plan.counts, round_number):
                 result = load(servers.ports[count], bodies, plan, plan.seconds)
                 if result.errors or not result.ok:
                     raise CheckpointError(

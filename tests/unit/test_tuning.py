@@ -245,6 +245,15 @@ def test_a_worker_count_record_is_not_a_backend_record(folder: Path) -> None:
     [record] = read_records(folder)
     assert record.key.scope == "service" and record.key.describe().endswith(", the service over HTTP")
 
+    # Kept apart in the file, so that a version which knows only "records" still reads it.
+    backend = TuningRecord(machine_key(make_settings(folder)), {"max_batch_size": 4})
+    write_record(folder, backend)
+    content = json.loads((folder / TUNING_FILE).read_text())
+    assert [r["chosen"] for r in content["records"]] == [{"max_batch_size": 4}]
+    assert [r["chosen"] for r in content["service_records"]] == [{"workers": 2}]
+    assert all(set(r["key"]) == set(asdict(KEY)) - {"scope"} for r in content["records"])
+    assert read_records(folder) == [backend, record]
+
 
 def test_the_worker_count_chosen_is_the_fewest_within_the_noise_of_the_best() -> None:
     def rows(*throughputs: float) -> list[dict[str, object]]:
@@ -255,12 +264,23 @@ def test_the_worker_count_chosen_is_the_fewest_within_the_noise_of_the_best() ->
     assert choose_workers(rows(100, 150, 160)) == 4
 
 
-def test_the_servers_measured_get_the_options_given_to_mvit_tune(folder: Path) -> None:
-    settings = make_settings(folder, backend="onnx", inference_threads=4, onnx_allow_spinning=False)
-    environment = server_environment(settings)
+def test_the_servers_measured_get_the_options_given_to_mvit_tune(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MVIT_API_TOKENS", "secret")
+    monkeypatch.setenv("MVIT_TUNE_AT_START_S", "30")
+    settings = make_settings(
+        folder, backend="onnx", inference_threads=4, onnx_allow_spinning=False, api_tokens_file="/run/tokens"
+    )
+    environment = server_environment(settings, concurrency=128)
     assert environment["MVIT_BACKEND"] == "onnx" and environment["MVIT_INFERENCE_THREADS"] == "4"
     assert environment["MVIT_ONNX_ALLOW_SPINNING"] == "false"
-    assert not {"MVIT_MODELS", "MVIT_PORT", "MVIT_WORKERS"} & environment.keys()
+    assert not {"MVIT_MODELS", "MVIT_PORT", "MVIT_WORKERS", "MVIT_API_TOKENS", "MVIT_API_TOKENS_FILE"} & (
+        environment.keys()
+    )  # the load generator sends no token
+    assert environment["MVIT_TUNE_AT_START_S"] == "0"  # measured, not tuning at start
+    assert environment["MVIT_MAX_QUEUE_SIZE"] == "128"  # every connection's request fits: no 429
+    assert server_environment(settings, concurrency=8)["MVIT_MAX_QUEUE_SIZE"] == "64"
 
 
 def test_mvit_tune_workers_auto_tries_1_2_4_up_to_the_usable_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
