@@ -13,8 +13,8 @@ from collections.abc import MutableSequence
 # How often each worker marks its heartbeat and its readiness.
 HEARTBEAT_S = 1.0
 # A worker whose last mark is older than this counts as not ready (hung, or stopped), long before the
-# supervisor's heartbeat timeout kills it.
-STALE_AFTER_S = 3 * HEARTBEAT_S
+# supervisor's heartbeat timeout kills it; long enough that a loop slowed by a busy machine does not.
+STALE_AFTER_S = 5 * HEARTBEAT_S
 
 
 class Peers:

@@ -52,9 +52,13 @@ def uvicorn_config(app: FastAPI, settings: ServerSettings) -> uvicorn.Config:
     )
 
 
+def draining_server(app: FastAPI, settings: ServerSettings) -> DrainingServer:
+    return DrainingServer(uvicorn_config(app, settings), app.state.lifecycle, settings.drain_timeout_s)
+
+
 async def serve(settings: ServerSettings) -> int:
     app = create_app(settings)
-    server = DrainingServer(uvicorn_config(app, settings), app.state.lifecycle, settings.drain_timeout_s)
+    server = draining_server(app, settings)
     manager = app.state.manager
     serving = asyncio.create_task(server.serve())
     loaded = asyncio.create_task(manager.loaded.wait())
@@ -68,7 +72,7 @@ async def serve(settings: ServerSettings) -> int:
 
 
 async def serve_loaded(
-    app: FastAPI, settings: ServerSettings, listen: Callable[[], socket.socket], on_ready: Callable[[], None]
+    app: FastAPI, server: DrainingServer, listen: Callable[[], socket.socket], on_ready: Callable[[], None]
 ) -> int:
     """One worker of several (app/api/workers.py): its models loaded before it listens (`listen` gives
     its socket), so that the workers already serving answer meanwhile; `on_ready` once it accepts. 1 when a
@@ -78,7 +82,6 @@ async def serve_loaded(
     if manager.error:
         log.error("mvit: stopping, a model could not be loaded: %s", manager.error)
         return 1
-    server = DrainingServer(uvicorn_config(app, settings), app.state.lifecycle, settings.drain_timeout_s)
     serving = asyncio.create_task(server.serve(sockets=[listen()]))
     while not server.started and not serving.done():  # uvicorn has no event for it
         await asyncio.sleep(0.01)

@@ -29,8 +29,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, MutableSequence
-from dataclasses import dataclass
+from collections.abc import MutableSequence
+from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event
@@ -40,6 +40,7 @@ from app.api.peers import HEARTBEAT_S, Peers
 from app.config import ServerSettings
 
 if TYPE_CHECKING:
+    import uvicorn
     from fastapi import FastAPI
     from prometheus_client import Counter
 
@@ -47,6 +48,11 @@ log = logging.getLogger(__name__)
 
 # After the drain timeout, how long a stopping worker may take to close before it is killed.
 STOP_MARGIN_S = 10.0
+# A worker that dies within this long of its start dies "quickly"; after the second quick death in a row,
+# its replacement waits 1, 2, 4, ... up to MAX_RESTART_DELAY_S, so that a crash loop does not reload the
+# models without pause.
+QUICK_DEATH_S = 60.0
+MAX_RESTART_DELAY_S = 30.0
 
 
 def worker_settings(settings: ServerSettings) -> ServerSettings:
@@ -115,7 +121,7 @@ def run_worker(settings: ServerSettings, shared: socket.socket | None, slot: Slo
     import asyncio
 
     from app.api.app import create_app
-    from app.api.server import event_loop_factory, serve_loaded
+    from app.api.server import draining_server, event_loop_factory, serve_loaded
     from app.logs import configure_logging
 
     # Only the supervisor gets a terminal's Ctrl-C, and stops each worker once (a second signal would cut
@@ -133,9 +139,10 @@ def run_worker(settings: ServerSettings, shared: socket.socket | None, slot: Slo
 
     async def main() -> int:
         app = create_app(settings, peers=peers)
-        beating = asyncio.create_task(beat(app, peers, slot.served.is_set))
+        server = draining_server(app, settings)
+        beating = asyncio.create_task(beat(app, peers, server))
         try:
-            return await serve_loaded(app, settings, listen, slot.served.set)
+            return await serve_loaded(app, server, listen, slot.served.set)
         finally:
             beating.cancel()
 
@@ -143,10 +150,11 @@ def run_worker(settings: ServerSettings, shared: socket.socket | None, slot: Slo
         raise SystemExit(runner.run(main()))
 
 
-async def beat(app: FastAPI, peers: Peers, accepting: Callable[[], bool]) -> None:
+async def beat(app: FastAPI, peers: Peers, server: uvicorn.Server) -> None:
     """From the worker's event loop, once a second: its heartbeat and its own readiness, its models loaded
     and its server accepting (loading runs in a thread, so a loop that stops beating is stuck). A worker
-    whose batcher died cannot recover: it drains and exits, to be replaced."""
+    whose batcher died cannot recover: it stops listening (new connections go to the other workers),
+    drains and exits, to be replaced."""
     import asyncio
 
     from app.api.ops import own_readiness
@@ -154,9 +162,11 @@ async def beat(app: FastAPI, peers: Peers, accepting: Callable[[], bool]) -> Non
     manager, lifecycle = app.state.manager, app.state.lifecycle
     while True:
         status, _, _ = own_readiness(manager, lifecycle)
-        peers.mark(status == 200 and accepting())
+        peers.mark(status == 200 and server.started)
         if manager.failures() and not lifecycle.draining:
             log.error("a batcher died (%s): this worker stops and is replaced", manager.failures())
+            for listening in server.servers:
+                listening.close()
             os.kill(os.getpid(), signal.SIGTERM)  # the drain a stop runs; the exit status says it failed
         await asyncio.sleep(HEARTBEAT_S)
 
@@ -195,6 +205,8 @@ class Slot:
 class Worker:
     slot: Slot
     process: SpawnProcess
+    replacement: bool  # started after another died, not with the server
+    started_at: float = field(default_factory=time.monotonic)
 
     @property
     def number(self) -> int:
@@ -209,18 +221,22 @@ class Supervisor:
     def __init__(self, settings: ServerSettings, sock: socket.socket) -> None:
         # The port as bound (port 0 asks the system for one), for the workers' own sockets.
         settings = settings.model_copy(update={"port": sock.getsockname()[1]})
+        if not isinstance(settings.workers, int):
+            raise TypeError("resolve --workers auto to a count before starting the workers")
         self.settings = settings
         self.each = worker_settings(settings)
         self.sock = sock
         self.context = multiprocessing.get_context("spawn")
         self.workers: dict[int, Worker] = {}
+        self.quick_deaths: dict[int, int] = {}  # in a row, by worker number
+        self.restart_at: dict[int, float] = {}  # replacements that wait (time.monotonic())
         # One place per worker, shared with all of them (written without a lock: one writer per place).
         self.ready = self.context.Array("b", settings.workers, lock=False)
         self.heartbeats = self.context.Array("d", settings.workers, lock=False)
         self.stopping = False
         self.failed = False
 
-    def start(self, number: int) -> None:
+    def start(self, number: int, replacement: bool = False) -> None:
         self.ready[number], self.heartbeats[number] = 0, 0.0
         slot = Slot(number, self.context.Event(), self.ready, self.heartbeats)
         process = self.context.Process(
@@ -229,7 +245,7 @@ class Supervisor:
             name=f"mvit-worker-{number}",
         )
         process.start()
-        self.workers[number] = Worker(slot, process)
+        self.workers[number] = Worker(slot, process, replacement)
         if self.stopping and process.pid is not None:  # a stop that came while it was starting
             os.kill(process.pid, signal.SIGTERM)
 
@@ -252,11 +268,13 @@ class Supervisor:
         for number in range(self.settings.workers):
             self.start(number)
         deadline: float | None = None
-        while self.workers:
+        while self.workers or (self.restart_at and not self.stopping):
             if self.stopping and deadline is None:
                 deadline = time.monotonic() + self.settings.drain_timeout_s + STOP_MARGIN_S
             sentinels = {worker.process.sentinel: worker for worker in self.workers.values()}
-            for sentinel in wait(list(sentinels), timeout=0.5):
+            if not sentinels:  # every worker waits to be restarted
+                time.sleep(0.5)
+            for sentinel in wait(list(sentinels), timeout=0.5) if sentinels else []:
                 worker = sentinels[sentinel]  # type: ignore[index]
                 del self.workers[worker.number]
                 self.ready[worker.number] = 0
@@ -266,6 +284,7 @@ class Supervisor:
                 self.ended(worker, restarts)
             if not self.stopping:
                 self.kill_the_stuck()
+                self.restart_the_due()
             if deadline is not None and time.monotonic() > deadline:
                 log.error("workers still running %g s after the drain timeout: killing them", STOP_MARGIN_S)
                 self.stop(signal.SIGKILL)
@@ -288,7 +307,8 @@ class Supervisor:
                     silent,
                 )
                 os.kill(worker.process.pid, signal.SIGKILL)
-                self.heartbeats[worker.number] = float("inf")  # once
+                self.ready[worker.number] = 0
+                self.heartbeats[worker.number] = float("inf")  # once (peers read it as silent: not ready)
 
     def ended(self, worker: Worker, restarts: Counter) -> None:
         code = worker.process.exitcode
@@ -299,7 +319,7 @@ class Supervisor:
                 )
                 self.failed = True
             return
-        if not worker.slot.served.is_set():
+        if not worker.slot.served.is_set() and not worker.replacement:
             log.error(
                 "worker %d (pid %s) exited with status %s before it served: stopping",
                 worker.number,
@@ -309,13 +329,32 @@ class Supervisor:
             self.failed = True
             self.stop()
             return
-        if code is not None and code < 0:  # killed by a signal: no drain
-            how = "died (exit status %s): starting another; its requests in flight were cut off"
+        delay = self.restart_delay(worker)
+        later = f" in {delay:g} s ({self.quick_deaths[worker.number]} quick deaths in a row)" if delay else ""
+        if not worker.slot.served.is_set():  # a replacement that could not load
+            how = "exited with status %s before it served: starting another" + later
+        elif code is not None and code < 0:  # killed by a signal: no drain
+            how = "died (exit status %s): starting another" + later + "; its requests in flight were cut off"
         else:  # it stopped itself after a drain (a batcher died)
-            how = "stopped (exit status %s): starting another"
+            how = "stopped (exit status %s): starting another" + later
         log.error("worker %d (pid %s) " + how, worker.number, worker.process.pid, code)
         restarts.inc()
-        self.start(worker.number)
+        self.restart_at[worker.number] = time.monotonic() + delay
+        self.restart_the_due()
+
+    def restart_delay(self, worker: Worker) -> float:
+        if time.monotonic() - worker.started_at >= QUICK_DEATH_S:
+            self.quick_deaths[worker.number] = 0
+            return 0.0
+        count = self.quick_deaths[worker.number] = self.quick_deaths.get(worker.number, 0) + 1
+        return 0.0 if count == 1 else min(MAX_RESTART_DELAY_S, 2.0 ** (count - 2))
+
+    def restart_the_due(self) -> None:
+        now = time.monotonic()
+        for number, when in list(self.restart_at.items()):
+            if when <= now:
+                del self.restart_at[number]
+                self.start(number, replacement=True)
 
 
 def run_workers(settings: ServerSettings) -> int:

@@ -1,5 +1,6 @@
 """With workers, `/ready` answers for all of them, and a worker whose batcher died stops itself so that
-the supervisor replaces it (the processes themselves: tests/e2e/test_workers.py)."""
+the supervisor replaces it. In one process: a batcher cannot be made to die inside a real worker from
+outside; tests/e2e/test_workers.py has the processes (replacement, readiness while replacing)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -54,18 +56,21 @@ def test_a_worker_whose_batcher_died_marks_itself_not_ready_and_stops(
     app = create_app(make_settings(model_dir), peers=peers)
     signals: list[tuple[int, int]] = []
     monkeypatch.setattr(workers_module.os, "kill", lambda pid, sig: signals.append((pid, sig)))
+    listening = asyncio.Event()  # stands for the worker's listening socket: set once it is closed
+    server = SimpleNamespace(started=True, servers=[SimpleNamespace(close=listening.set)])  # uvicorn's
 
     async def one_beat() -> None:
-        task = asyncio.create_task(beat(app, peers, lambda: True))
+        task = asyncio.create_task(beat(app, peers, server))
         await asyncio.sleep(0.2)
         task.cancel()
 
     with TestClient(app) as client:
         wait_ready(client)
         asyncio.run(one_beat())
-        assert peers.ready[1] == 1 and signals == []  # healthy: ready, and it keeps running
+        assert peers.ready[1] == 1 and signals == [] and not listening.is_set()  # healthy: keeps running
         before = peers.heartbeats[1]
         app.state.manager.models[MODEL_ID].batcher.failure = "RuntimeError: injected bug"
         asyncio.run(one_beat())
     assert peers.ready[1] == 0 and peers.heartbeats[1] > before
+    assert listening.is_set()  # new connections go to the other workers
     assert [sig for _, sig in signals] == [signal.SIGTERM]  # the drain a stop runs, then replaced

@@ -5,6 +5,7 @@ a model that cannot load stops them all with status 1."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import re
 import signal
@@ -17,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.api.workers import claim_port, worker_settings
+from app.api.workers import QUICK_DEATH_S, Slot, Supervisor, Worker, claim_port, worker_settings
 from app.config import ServerSettings
 from app.repository.tuning import read_records
 from app.tools.load import closed_loop
@@ -112,11 +113,16 @@ def test_a_killed_worker_is_replaced_while_the_other_serves(model_dir: Path, jpe
         wait_for(lambda: not alive(victim), "the killed worker to be gone")  # what it held is reset
         # Until the replacement is ready, /ready says so (whichever worker answers), and the survivor
         # answers every request: nothing is accepted by a worker still loading.
-        readiness, statuses = [], []
+        readiness, statuses = (
+            [],
+            [],
+        )  # /ready: the first 503 (once the supervisor has seen the death), then 200
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            readiness.append(httpx.get(f"{url}/ready", timeout=30))
-            if readiness[-1].status_code == 200:
+            answer = httpx.get(f"{url}/ready", timeout=30)
+            if answer.status_code == 503 or readiness:
+                readiness.append(answer)
+            if readiness and answer.status_code == 200:
                 break
             statuses.append(httpx.post(f"{url}/classify", content=jpeg_bytes, timeout=30).status_code)
         assert survivor in workers_of(process.pid) and victim not in workers_of(process.pid)
@@ -238,6 +244,19 @@ def test_a_port_in_use_is_refused_even_by_another_workers_server_still_loading()
     second.close()
     if guard is not None:
         guard.close()
+
+
+def test_a_worker_that_keeps_dying_is_restarted_ever_later() -> None:
+    with socket.socket() as sock:
+        supervisor = Supervisor(ServerSettings(models=[], workers=2), sock)
+    slot = Slot(0, multiprocessing.get_context("spawn").Event(), supervisor.ready, supervisor.heartbeats)
+    now = time.monotonic()
+    quick = [supervisor.restart_delay(Worker(slot, None, True, started_at=now)) for _ in range(8)]  # type: ignore[arg-type]
+    assert quick == [0, 1, 2, 4, 8, 16, 30, 30]
+    assert supervisor.restart_delay(Worker(slot, None, True, started_at=now - QUICK_DEATH_S)) == 0  # type: ignore[arg-type]
+    assert supervisor.restart_delay(Worker(slot, None, True, started_at=now)) == 0  # the count starts over
+    with pytest.raises(TypeError, match="resolve --workers auto"), socket.socket() as sock:
+        Supervisor(ServerSettings(models=[], workers="auto"), sock)
 
 
 def test_threads_are_divided_among_the_workers() -> None:
