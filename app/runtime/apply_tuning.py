@@ -15,8 +15,9 @@ from app.repository.models_yaml import served_models
 from app.repository.resolve import local_folder
 from app.repository.tuning import MachineKey, TuningRecord, find_record
 
-# `--workers auto` where no measurement says otherwise: each worker gets 4 CPUs, one for its Python
-# (HTTP, decoding, post-processing) and three for inference (docs/performance.md, several workers).
+# `--workers auto` where no measurement says otherwise, a rule of thumb: each worker gets 4 CPUs, about one
+# for its Python (HTTP, decoding, post-processing, which the GIL holds to one core) and the rest for
+# inference. On 2 cores one worker measured as fast as two; no many-core machine has measured it yet.
 CPUS_PER_WORKER = 4
 
 
