@@ -84,6 +84,12 @@ def register(sub: Subcommands) -> None:
         help="e.g. 1,2,4; auto: 1, 2, 4, ... up to the usable CPUs",
     )
     workers.add_argument(
+        "--tune-each-share",
+        action="store_true",
+        help="first measure the batch size and instances for each count's share of the threads, where this "
+        "machine has no record (the grid flags above apply)",
+    )
+    workers.add_argument(
         "--concurrency",
         type=int,
         help="connections sending requests (default: 8 per worker of the largest count)",
@@ -93,22 +99,33 @@ def register(sub: Subcommands) -> None:
 
 @one_line_errors("tune")
 def run(args: argparse.Namespace) -> int:
-    from app.errors import CheckpointError
-    from app.intake.preprocess import Preprocessing
     from app.repository import resolve
     from app.repository.tuning import write_record
-    from app.runtime.measure_tuning import Plan, instance_counts_for, tune
 
     settings = tool_settings(args)
-    if args.worker_counts:
-        return run_workers(args, settings)
-    instance_counts = args.instance_counts or instance_counts_for(settings.inference_threads)
     model_dir = resolve(args.model, settings.model_repository)
+    if args.worker_counts:
+        return run_workers(args, settings, model_dir)
+    record, best = tune_backend(args, settings, model_dir)
+    recorded = write_record(model_dir.path, record)
+    report(record, best, model_dir)
+    print(f"recorded in {recorded}; `mvit serve` applies it on this machine")
+    return 0
+
+
+def tune_backend(
+    args: argparse.Namespace, settings: ServerSettings, model_dir: ModelDir
+) -> tuple[TuningRecord, Measurement]:
+    from app.errors import CheckpointError
+    from app.intake.preprocess import Preprocessing
+    from app.runtime.measure_tuning import Plan, instance_counts_for, tune
+
+    instance_counts = args.instance_counts or instance_counts_for(settings.inference_threads)
     input_size = Preprocessing.from_hf_config(model_dir.preprocessor_config).fixed_input_size
     if input_size is None:
         raise CheckpointError(f"{model_dir.path}: preprocessing must produce a fixed input size (crop)")
     plan = Plan(args.batch_sizes, instance_counts, args.seconds, args.rounds, try_spinning=args.try_spinning)
-    record, best = tune(
+    return tune(
         model_dir,
         settings.model_options(),
         input_size,
@@ -117,23 +134,42 @@ def run(args: argparse.Namespace) -> int:
         command=shlex.join(["mvit", *args.argv]),
         progress=lambda line: print(line, file=sys.stderr),
     )
-    recorded = write_record(model_dir.path, record)
-    report(record, best, model_dir)
-    print(f"recorded in {recorded}; `mvit serve` applies it on this machine")
-    return 0
 
 
-def run_workers(args: argparse.Namespace, settings: ServerSettings) -> int:
+def tune_each_share(args: argparse.Namespace, settings: ServerSettings, model_dir: ModelDir) -> None:
+    """Each count's workers run with their share of the threads, which a batch-size record measured with
+    all of them does not cover: measure the shares that have no record (--tune-each-share), or say which."""
+    from app.repository.tuning import write_record
+    from app.runtime.apply_tuning import apply_tuning
+
+    for count in sorted(set(args.worker_counts)):
+        share = max(1, settings.inference_threads // count)
+        each = settings.model_copy(update={"inference_threads": share})
+        if apply_tuning(model_dir, each.model_options())[1].record is not None:
+            continue
+        if not args.tune_each_share:
+            print(
+                f"no batch-size record for {share} inference thread(s): {count} worker(s) run the defaults; "
+                f"--tune-each-share (or `mvit tune FOLDER --inference-threads {share}`) measures it",
+                file=sys.stderr,
+            )
+            continue
+        print(f"batch sizes for {count} worker(s), {share} inference thread(s) each:", file=sys.stderr)
+        record, _ = tune_backend(args, each, model_dir)
+        write_record(model_dir.path, record)
+        print(f"  chosen: {record.chosen}", file=sys.stderr)
+
+
+def run_workers(args: argparse.Namespace, settings: ServerSettings, model_dir: ModelDir) -> int:
     from app.cpus import cpu_model
-    from app.repository import resolve
     from app.repository.tuning import write_record
     from app.tools.measure_workers import WorkerPlan, measure_workers
 
-    model_dir = resolve(args.model, settings.model_repository)
     counts = sorted(set(args.worker_counts))
     plan = WorkerPlan(counts, args.concurrency or 8 * max(counts), args.seconds, args.rounds)
     command = shlex.join(["mvit", *args.argv])
     print(f"$ {command}\nCPU: {cpu_model()}, {settings.inference_threads} inference threads", file=sys.stderr)
+    tune_each_share(args, settings, model_dir)
     record = measure_workers(model_dir, settings, plan, command, lambda line: print(line, file=sys.stderr))
     recorded = write_record(model_dir.path, record)
     print(f"machine: {record.key.describe()}")

@@ -92,7 +92,7 @@ def test_a_burst_of_keep_alive_connections_is_shared_by_the_workers(model_dir: P
         try:
             wait_until_ready(process, loopback_url(port), timeout=120)
             result = asyncio.run(
-                closed_loop("127.0.0.1", port, "/classify", photos(2), 16, 3.0, 400, request_timeout_s=30)
+                closed_loop("127.0.0.1", port, "/classify", photos(2), 32, 3.0, 400, request_timeout_s=30)
             )
         finally:
             process.send_signal(signal.SIGTERM)
@@ -191,11 +191,14 @@ def test_mvit_tune_measures_worker_counts_over_http_and_workers_auto_applies_its
 ) -> None:
     folder = copy_model(model_dir, tmp_path)
     tuned = mvit(
-        "tune", str(folder), "--workers", "2,1", "--inference-threads", "2",
-        "--seconds", "1", "--rounds", "2", "--concurrency", "4",
+        "tune", str(folder), "--workers", "2,1", "--inference-threads", "2", "--tune-each-share",
+        "--batch-sizes", "1,4", "--seconds", "1", "--rounds", "2", "--concurrency", "4",
     )  # fmt: skip
     assert tuned.returncode == 0, tuned.stderr
-    [record] = read_records(folder)
+    *shares, record = read_records(folder)
+    # First the batch sizes for each count's share of the two threads, then the servers.
+    assert [(r.key.scope, r.key.threads) for r in shares] == [("backend", 2), ("backend", 1)]
+    assert "batch sizes for 2 worker(s), 1 inference thread(s) each:" in tuned.stderr
     assert record.key.scope == "service" and record.key.threads == 2
     assert [row["workers"] for row in record.measured] == [1, 2]
     assert all(row["requests_per_s"] > 0 and row["concurrency"] == 4 for row in record.measured)
@@ -220,10 +223,14 @@ def test_mvit_tune_measures_worker_counts_over_http_and_workers_auto_applies_its
 def test_mvit_tune_says_which_server_failed_to_start(model_dir: Path, tmp_path: Path) -> None:
     broken = copy_model(model_dir, tmp_path)
     (broken / "model.safetensors").write_bytes(b"not safetensors")
-    tuned = mvit("tune", str(broken), "--workers", "1", "--seconds", "1", "--rounds", "1")
+    tuned = mvit(
+        "tune", str(broken), "--workers", "1", "--inference-threads", "2", "--seconds", "1", "--rounds", "1"
+    )
     assert tuned.returncode == 1 and "Traceback" not in tuned.stderr
     assert "mvit tune: `mvit serve --workers 1` exited with 1:" in tuned.stderr
     assert "is not a readable safetensors file" in tuned.stderr
+    # Without --tune-each-share, what the servers run untuned is said first.
+    assert "no batch-size record for 2 inference thread(s): 1 worker(s) run the defaults" in tuned.stderr
 
 
 def test_a_port_in_use_is_refused_even_by_another_workers_server_still_loading() -> None:
