@@ -192,7 +192,7 @@ def test_mvit_tune_measures_worker_counts_over_http_and_workers_auto_applies_its
     folder = copy_model(model_dir, tmp_path)
     tuned = mvit(
         "tune", str(folder), "--workers", "2,1", "--inference-threads", "2", "--tune-each-share",
-        "--batch-sizes", "1,4", "--seconds", "1", "--rounds", "2", "--concurrency", "4",
+        "--batch-sizes", "1,4", "--seconds", "0.5", "--rounds", "2", "--concurrency", "4",
     )  # fmt: skip
     assert tuned.returncode == 0, tuned.stderr
     *shares, record = read_records(folder)
