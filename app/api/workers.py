@@ -7,7 +7,6 @@ own (SO_REUSEPORT): the kernel spreads new connections over the listening worker
 keep-alive connections is shared among them, and none waits on a worker that is loading or dead.
 
 - /ready is ready only when every worker is (app/api/peers.py).
-
 - The inference and decode threads are divided among the workers, so that N of them never ask for
   more cores than one would.
 - A worker that dies is logged once, counted (`mvit_worker_restarts_total`) and replaced. Requests it
@@ -172,10 +171,11 @@ async def beat(app: FastAPI, peers: Peers, server: uvicorn.Server) -> None:
 
 
 def share_connections() -> None:
-    """On one shared socket, the first worker that wakes takes every connection waiting (libuv, under uvloop,
-    accepts until none is left), so a burst of keep-alive connections, a proxy's pool, all land on one
-    worker and the others idle (docs/performance.md has the figures). libuv's UV_TCP_SINGLE_ACCEPT makes each worker accept one connection at a time and yield, so the others
-    take their share. Plain asyncio has no such switch: hence the warning."""
+    """On one shared socket, the first worker that wakes takes every connection waiting (libuv, under
+    uvloop, accepts until none is left), so a burst of keep-alive connections, a proxy's pool, all land
+    on one worker and the others idle (docs/performance.md has the figures). libuv's UV_TCP_SINGLE_ACCEPT
+    makes each worker accept one connection at a time and yield, so the others take their share. Plain
+    asyncio has no such switch: hence the warning."""
     os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
     if importlib.util.find_spec("uvloop") is None:
         log.warning("uvloop is not installed: connections may gather on one worker (pip install uvloop)")
@@ -272,9 +272,12 @@ class Supervisor:
             if self.stopping and deadline is None:
                 deadline = time.monotonic() + self.settings.drain_timeout_s + STOP_MARGIN_S
             sentinels = {worker.process.sentinel: worker for worker in self.workers.values()}
-            if not sentinels:  # every worker waits to be restarted
+            if sentinels:
+                exited = wait(list(sentinels), timeout=0.5)
+            else:  # every worker waits to be restarted
+                exited = []
                 time.sleep(0.5)
-            for sentinel in wait(list(sentinels), timeout=0.5) if sentinels else []:
+            for sentinel in exited:
                 worker = sentinels[sentinel]  # type: ignore[index]
                 del self.workers[worker.number]
                 self.ready[worker.number] = 0

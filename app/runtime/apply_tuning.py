@@ -89,19 +89,11 @@ def auto_workers(settings: ServerSettings) -> tuple[int, str]:
     usable CPUs. Returns the count and why, for the start-up line."""
     counts, unmeasured = [], []
     for entry in served_models(settings):
-        folder = local_folder(entry.name, settings.model_repository)
         record = None
-        if folder is not None:  # a model still to fetch has no record yet
-            model_dir, options = (
-                resolve(entry.name, settings.model_repository),
-                entry.options(settings.model_options()),
-            )
-            record = find_record(model_dir.path, service_key(options))
-            if record is not None and record.artifact_sha256 not in (
-                "",
-                served_file_sha256(model_dir, options),
-            ):
-                record = None
+        if local_folder(entry.name, settings.model_repository) is not None:  # one still to fetch has none
+            options = entry.options(settings.model_options())
+            model_dir = resolve(entry.name, settings.model_repository)
+            record, _ = current_record(model_dir, options, service_key(options))
         if record is None or "workers" not in record.chosen:
             unmeasured.append(entry.name)
         else:
@@ -125,17 +117,25 @@ def served_file_sha256(model_dir: ModelDir, options: ModelOptions) -> str:
     return file_sha256(path) if path is not None and path.is_file() else ""
 
 
+def current_record(
+    model_dir: ModelDir, options: ModelOptions, key: MachineKey
+) -> tuple[TuningRecord | None, str]:
+    """The folder's record for `key`, if it was measured on the file `options` serve; else None, and why
+    not when a record exists ("" when none does)."""
+    record = find_record(model_dir.path, key)
+    if record is None or not record.artifact_sha256:
+        return record, ""
+    if record.artifact_sha256 == served_file_sha256(model_dir, options):
+        return record, ""
+    path = served_file(model_dir, options)
+    return None, f"this machine's tuning record was measured on another {path.name if path else 'file'}"
+
+
 def apply_tuning(model_dir: ModelDir, options: ModelOptions) -> tuple[ModelOptions, Tuning]:
     key = machine_key(options)
-    record = find_record(model_dir.path, key)
+    record, outdated = current_record(model_dir, options, key)
     if record is None:
-        return options, Tuning(key, None, {})
-    if record.artifact_sha256 and record.artifact_sha256 != served_file_sha256(model_dir, options):
-        path = served_file(model_dir, options)
-        name = path.name if path is not None else "file"
-        return options, Tuning(
-            key, None, {}, outdated=f"this machine's tuning record was measured on another {name}"
-        )
+        return options, Tuning(key, None, {}, outdated=outdated or None)
     return apply_record(model_dir, options, record)
 
 
