@@ -102,11 +102,12 @@ def start_listening(
 
 
 def start_server(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """`mvit serve ARGS` on 127.0.0.1 and a free port; returns once /ready answers 200."""
+    """`mvit serve ARGS` on 127.0.0.1 and a free port, run in `cwd` (whose `app` it imports); returns
+    once /ready answers 200."""
     command = [sys.executable, "-m", "app.cli", "serve", "--host", LOOPBACK, *args]
-    return start_listening(command, "/ready", {**os.environ, **(env or {})}, timeout)
+    return start_listening(command, "/ready", {**os.environ, **(env or {})}, timeout, cwd)
 
 
 def command_line() -> str:

@@ -181,9 +181,10 @@ def main() -> None:
         "--mvit",
         nargs="+",
         default=["mvit"],
-        metavar="LABEL[:NAME=VALUE,...]",
-        help="one mvit server per item, with these environment settings (A/B runs in one go), "
-        "e.g. mvit mvit-b1:MVIT_MAX_BATCH_SIZE=1; targets are checked for the first",
+        metavar="LABEL[@DIR][:NAME=VALUE,...]",
+        help="one mvit server per item, with these environment settings (A/B runs in one go), served "
+        "from the source tree DIR if given (a worktree of another commit), e.g. mvit "
+        "mvit-b1:MVIT_MAX_BATCH_SIZE=1 before@/tmp/before; targets are checked for the first",
     )
     args = parser.parse_args()
     # The same thread budget everywhere: torch's OpenMP threads must not spin beside the decode pool.
@@ -225,13 +226,17 @@ def main() -> None:
     references = [c for c in every_configuration if c[0] in {best, best_single, "batch 1"}]
 
     servers = {}
-    mvit_labels = [item.partition(":")[0] for item in args.mvit]
+    mvit_labels = [item.partition(":")[0].partition("@")[0] for item in args.mvit]
     for item in args.mvit:
-        label, _, settings_text = item.partition(":")
+        name, _, settings_text = item.partition(":")
+        label, _, checkout = name.partition("@")
         # The backend goes by environment, so that an item's MVIT_BACKEND can override it (a flag would win).
         env = {"MVIT_BACKEND": args.backend}
         env |= dict(pair.split("=", 1) for pair in settings_text.split(",") if pair)
-        servers[label] = start_server("--model", args.model, env=env)
+        # `-m app.cli` imports the package from the server's working directory: DIR's code is what runs.
+        servers[label] = start_server(
+            "--model", str(Path(args.model).resolve()), env=env, cwd=Path(checkout) if checkout else None
+        )
         served = httpx.get(f"{servers[label][1]}/models", timeout=10).json()[0]
         print(
             f"server {label}: {served['backend']} {served['precision']} ({served['artifact']}) on {served['device']}, "

@@ -42,10 +42,13 @@ class Detector:
         )
         return cls(config, anchors)
 
-    def detect(self, logits: np.ndarray, regression: np.ndarray, threshold: float) -> Detections:
+    def detect(
+        self, logits: np.ndarray, regression: np.ndarray, threshold: float, min_score: float = 0.0
+    ) -> Detections:
+        """cvnets' detections, down to its candidate floor (0.01) or `threshold` where that is lower;
+        with `min_score`, only those scoring at least that, the same ones (see `postprocess`)."""
         c = self.config
         boxes = decode_boxes(regression, self.anchors, c.center_variance, c.size_variance)
-        # Candidates use cvnets' floor (0.01) unless the caller asks for less.
         return postprocess(
             softmax(logits),
             boxes,
@@ -53,7 +56,12 @@ class Detector:
             c.top_k_per_class,
             c.nms_iou_threshold,
             c.objects_per_image,
+            min_score,
         )
+
+    def answer(self, logits: np.ndarray, regression: np.ndarray, threshold: float) -> Detections:
+        """`detect(...).above(threshold)`: what a caller sees, without computing what it would drop."""
+        return self.detect(logits, regression, threshold, min_score=threshold)
 
 
 def feature_map_sizes(height: int, width: int, output_strides: Sequence[int]) -> list[tuple[int, int]]:
@@ -129,6 +137,7 @@ def postprocess(
     top_k: int = 400,
     iou_threshold: float = 0.5,
     max_objects: int = 200,
+    min_score: float = 0.0,
 ) -> Detections:
     """cvnets' SSD post-processing on softmax scores (anchors, classes) and decoded boxes (anchors, 4).
 
@@ -137,8 +146,15 @@ def postprocess(
     class keeps a queue of its candidates, best first, and a heap holds every queue's head: the best head
     is the next survivor, and it suppresses what overlaps it in its own queue only. That is one step per
     survivor (at most `max_objects`), however many candidates pass the confidence floor.
+
+    `min_score` returns only the detections scoring at least that, and the very same ones: a box's rank
+    in its class's top_k, its fate in NMS and its place among the `max_objects` depend only on boxes
+    that score higher, so candidates below `min_score` change nothing above it and are left out at once.
     """
-    anchor_index, class_index = np.nonzero(scores[:, 1:] > conf_threshold)
+    class_scores = scores[:, 1:]
+    # p > conf_threshold and p >= min_score, in one comparison: whichever bound is higher decides.
+    passing = class_scores >= min_score if min_score > conf_threshold else class_scores > conf_threshold
+    anchor_index, class_index = np.nonzero(passing)
     class_index += 1
     candidate_scores = scores[anchor_index, class_index]
     candidate_boxes = boxes[anchor_index].astype(np.float64)
@@ -239,7 +255,7 @@ class Detection(Task[float]):
     def postprocess(
         self, outputs: Outputs, size: tuple[int, int], model: ModelContext, params: float
     ) -> list[dict[str, Any]]:
-        found = model.detector.detect(outputs["logits"], outputs["box_regression"], params)
+        found = model.detector.answer(outputs["logits"], outputs["box_regression"], params)
         return to_hf(found, size, model.labels, params)
 
     def tensors(

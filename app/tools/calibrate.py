@@ -244,7 +244,7 @@ def calibrate_detector(
         raised = logits.copy()
         raised[..., 0] += background
         found = [
-            len(detector.detect(one, boxes, DEFAULT_THRESHOLD).above(DEFAULT_THRESHOLD).scores)
+            len(detector.answer(one, boxes, DEFAULT_THRESHOLD).scores)
             for one, boxes in zip(raised, regression, strict=True)
         ]
         return float(np.mean(found))

@@ -98,10 +98,7 @@ def detection_agreement(
     agreeing = found = expected = 0
     for i in range(len(ref["logits"])):
         mine, theirs = (
-            detector.detect(o["logits"][i], o["box_regression"][i], DEFAULT_THRESHOLD).above(
-                DEFAULT_THRESHOLD
-            )
-            for o in (outs, ref)
+            detector.answer(o["logits"][i], o["box_regression"][i], DEFAULT_THRESHOLD) for o in (outs, ref)
         )
         taken = np.zeros(len(theirs.scores), bool)
         for box, label in zip(mine.boxes, mine.labels, strict=True):

@@ -185,6 +185,52 @@ def test_postprocess_is_the_definition(
     assert np.array_equal(found.boxes, boxes[[a for a, _ in expected]].reshape(-1, 4))
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    anchors=st.integers(1, 60),
+    top_k=st.integers(1, 20),
+    max_objects=st.integers(1, 30),
+    min_score=st.sampled_from([0.125, 0.375, 0.5, 0.6, 0.875, 1.0]),
+)
+def test_min_score_answers_the_definitions_detections_above_it(
+    seed: int, anchors: int, top_k: int, max_objects: int, min_score: float
+) -> None:
+    """What the service answers (`Detector.answer`): only the detections scoring at least `min_score`, and
+    the very ones the whole post-processing keeps, where top_k, NMS and max_objects all bite, with ties
+    at and around `min_score` (scores on the same coarse grid)."""
+    rng = np.random.default_rng(seed)
+    scores = (rng.integers(0, 9, (anchors, 4)) / 8).astype(np.float32)
+    centres = rng.uniform(0, 1, (anchors, 2)).round(1)
+    sizes = rng.choice([0.0, 0.1, 0.3], (anchors, 2))
+    boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1).astype(np.float32)
+    found = postprocess(scores, boxes, 0.1, top_k, 0.5, max_objects, min_score=min_score)
+    expected = [
+        pair for pair in definition(scores, boxes, 0.1, top_k, 0.5, max_objects) if scores[pair] >= min_score
+    ]
+    assert found.labels.tolist() == [cls for _, cls in expected]
+    assert found.scores.tolist() == [scores[pair] for pair in expected]
+    assert np.array_equal(found.boxes, boxes[[a for a, _ in expected]].reshape(-1, 4))
+
+
+def test_the_answer_is_every_detection_above_the_threshold(det_model_dir: Path) -> None:
+    """On the demo detector's outputs for photos, at the thresholds a caller sends (0 keeps everything)."""
+    model = load_served(det_model_dir)
+    from app.intake.preprocess import preprocess
+
+    for seed in range(3):
+        image = photo_with_shapes(640, 480, seed=seed) if seed else photo_like(640, 480, seed=seed)
+        outputs = model.backend.infer(preprocess(image, model.preprocessing)[None])
+        logits, regression = outputs["logits"][0], outputs["box_regression"][0]
+        for threshold in (0.0, 0.005, 0.02, 0.3, 0.5, 0.9):
+            everything = model.detector.detect(logits, regression, threshold)
+            answer = model.detector.answer(logits, regression, threshold)
+            expected = everything.above(threshold)
+            assert answer.labels.tolist() == expected.labels.tolist()
+            assert answer.scores.tolist() == expected.scores.tolist()
+            assert np.array_equal(answer.boxes, expected.boxes)
+
+
 @pytest.mark.parametrize(("height", "width"), [(320, 320), (384, 512), (256, 256)])
 def test_anchor_count_follows_the_input_size(height: int, width: int) -> None:
     config = SSDConfig()
