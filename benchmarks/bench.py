@@ -35,6 +35,7 @@ import base64
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -187,6 +188,8 @@ def main() -> None:
         "mvit-b1:MVIT_MAX_BATCH_SIZE=1 before@/tmp/before; targets are checked for the first",
     )
     args = parser.parse_args()
+    # A time limit's SIGTERM (benchmarks/scale_up.sh) stops the servers in `finally`, waited for.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     # The same thread budget everywhere: torch's OpenMP threads must not spin beside the decode pool.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -304,6 +307,14 @@ def main() -> None:
                         )
                     )
                     cells.setdefault((image_set, concurrency, name), Cell()).rounds.append(result)
+                    # As it goes, so that a run cut short still shows what it measured.
+                    print(
+                        f"round {round_number + 1}: {image_set} c={concurrency} {name}: "
+                        f"{result.throughput:.1f} req/s, p50 {1000 * result.percentile(50):.1f} ms, "
+                        f"raw best {raw[(image_set, concurrency)][-1][best][0]:.1f} img/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             print(f"round {round_number + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         for process, _ in servers.values():

@@ -11,8 +11,9 @@ the GIL does not bound decoding and a process pool buys nothing over them; if th
   * shared:    the same K processes writing each tensor into a slot of one shared-memory block, and
     sending back only the slot's number: the design's transport, where the batcher would stack the
     batch straight from the slots;
-  * nvjpeg:    `torchvision.io.decode_jpeg(device="cuda")` on batches of 32, decode alone (no resize:
-    the GPU's resize filters differ from Pillow's, so the answers would change), with --device cuda.
+  * full-size: Pillow decoding every pixel and nothing more on as many threads as the table's largest K,
+    and with --device cuda `torchvision.io.decode_jpeg(device="cuda")` (nvJPEG) on batches of 32, the
+    same work (no resize: the GPU's resize filters differ from Pillow's, so the answers would change).
 
 Each figure is images per second over `--seconds`, best of `--rounds` (the machine's neighbours only
 slow it down). The K's default to 1, 2, 4, ... up to the usable CPUs.
@@ -104,6 +105,13 @@ def parallel_counts(cpus: int) -> list[int]:
     return [*counts, cpus]
 
 
+def full_decode(body: bytes) -> object:
+    """Every pixel of a JPEG decoded by Pillow, as the service would without reduced decoding."""
+    from app.intake.decode import decode
+
+    return decode(body, MAX_PIXELS).image
+
+
 def nvjpeg_images_per_second(bodies: list[bytes], batch: int, seconds: float) -> float:
     """torchvision's GPU JPEG decoder on batches of `batch` files, timed with the device synchronised."""
     import torch
@@ -147,7 +155,7 @@ def measure(
 ) -> dict[str, float]:
     """Best img/s of each way to run `call` on `k` workers, the ways interleaved in every round."""
     spawn = multiprocessing.get_context("spawn")
-    slot_bytes = call(bodies[0]).nbytes
+    slot_bytes = call(bodies[0]).nbytes  # every tensor: the served models take one fixed input size
     block = shared_memory.SharedMemory(create=True, size=IN_FLIGHT_PER_SLOT * k * slot_bytes)
     try:
         with (
@@ -186,7 +194,7 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=3.0, help="per figure and round")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: also nvJPEG")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: nvJPEG too")
     args = parser.parse_args()
 
     from app.config import ServerSettings
@@ -215,13 +223,26 @@ def main() -> None:
                 f"| {best['shared'] / best['threads']:.2f} |",
                 flush=True,
             )
+    # nvJPEG decodes every pixel: its comparison is Pillow decoding every pixel, not the table's reduced
+    # decode plus preprocessing.
+    threads = max(args.parallel or parallel_counts(available_cpus()))
+    print("\nfull-size JPEG decode alone, img/s:")
+    for image_set in args.images:
+        bodies = bench_set(image_set)
+        with ThreadPoolExecutor(threads) as pool:
+            pillow = max(
+                images_per_second(
+                    lambda body, _: pool.submit(full_decode, body), threads, bodies, args.seconds
+                )
+                for _ in range(args.rounds)
+            )
+        line = f"  {image_set}: Pillow on {threads} threads {pillow:.1f}"
         if args.device == "cuda":
             import torch
 
-            rate = max(nvjpeg_images_per_second(bodies, 32, args.seconds) for _ in range(args.rounds))
-            print(
-                f"| {image_set} | nvJPEG, {torch.cuda.get_device_name()}, batches of 32 | {rate:.1f} (decode alone) | | | |"
-            )
+            nvjpeg = max(nvjpeg_images_per_second(bodies, 32, args.seconds) for _ in range(args.rounds))
+            line += f"; nvJPEG on {torch.cuda.get_device_name()}, batches of 32, {nvjpeg:.1f}"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

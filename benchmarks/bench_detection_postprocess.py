@@ -5,10 +5,14 @@ every detection down to cvnets' 0.01 floor (what evaluations use), and only thos
 service's default threshold (`min_score`, what `/detect` computes: the same detections above it).
 
     python -m benchmarks.bench_detection_postprocess
+    python -m benchmarks.bench_detection_postprocess --model models/mobilevitv2-0.5-coco-ssdlite-320-random
+
+With --model, a detector folder's own outputs on the 9 bench photos (640x480) instead of the scenes.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import time
@@ -16,7 +20,7 @@ import time
 import numpy as np
 
 from app.cpus import cpu_model
-from app.tasks.detection import DEFAULT_THRESHOLD, postprocess
+from app.tasks.detection import DEFAULT_THRESHOLD, postprocess, softmax
 from benchmarks._common import command_line
 
 ANCHORS, CLASSES, OBJECTS = 3232, 81, 20  # SSDLite at 320 px, COCO
@@ -41,9 +45,47 @@ def scene(anchors_per_object: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return scores, boxes
 
 
+def on_model(folder: str, repeats: int = 20) -> None:
+    """Per bench photo: the whole post-processing then the threshold, against `Detector.answer`."""
+    from app.config import ServerSettings
+    from app.runtime.models import load_source
+    from app.runtime.pipeline import prepare
+    from benchmarks._common import bench_set
+
+    model = load_source(folder, ServerSettings(models=[folder], backend="onnx", onnx_auto_export=False))
+    detector, threshold = model.detector, DEFAULT_THRESHOLD
+    full, answer, candidates = [], [], []
+    for photo in bench_set("640x480"):
+        outputs = model.backend.infer(prepare(model, photo, 10**8).tensor[None])
+        logits, regression = outputs["logits"][0], outputs["box_regression"][0]
+        candidates.append(int((softmax(logits)[:, 1:] > detector.config.conf_threshold).sum()))
+        for times, only_answer in ((full, False), (answer, True)):
+            started = time.perf_counter()
+            for _ in range(repeats):
+                if only_answer:
+                    detector.answer(logits, regression, threshold)
+                else:
+                    detector.detect(logits, regression, threshold).above(threshold)
+            times.append(1000 * (time.perf_counter() - started) / repeats)
+    print(
+        f"{model.id}: candidates > {detector.config.conf_threshold}: median {statistics.median(candidates)} a photo; "
+        f"ms per photo, median of 9 photos: all then >= {threshold} {statistics.median(full):.2f}, "
+        f"answer only {statistics.median(answer):.2f}"
+    )
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", action="append", help="a detector folder, exported (repeatable)")
+    args = parser.parse_args()
     print(f"$ {command_line()}")
     print(f"{time.strftime('%Y-%m-%d')}; {cpu_model()}, {os.cpu_count()} cores")
+    if args.model:
+        for folder in args.model:
+            on_model(folder)
+        return
     print(
         "| anchors per object | candidates > 0.01 | detections | ms, median of 3 scenes x 7 runs (min-max) "
         f"| detections >= {DEFAULT_THRESHOLD} | ms with min_score {DEFAULT_THRESHOLD} |"

@@ -152,8 +152,11 @@ def postprocess(
     that score higher, so candidates below `min_score` change nothing above it and are left out at once.
     """
     class_scores = scores[:, 1:]
-    # p > conf_threshold and p >= min_score, in one comparison: whichever bound is higher decides.
-    passing = class_scores >= min_score if min_score > conf_threshold else class_scores > conf_threshold
+    # Two comparisons, as the full path and `Detections.above` make them: choosing the higher bound in
+    # Python would differ where the two round to the same float32.
+    passing = class_scores > conf_threshold
+    if min_score > 0:
+        passing &= class_scores >= min_score
     anchor_index, class_index = np.nonzero(passing)
     class_index += 1
     candidate_scores = scores[anchor_index, class_index]

@@ -191,14 +191,15 @@ def test_postprocess_is_the_definition(
     anchors=st.integers(1, 60),
     top_k=st.integers(1, 20),
     max_objects=st.integers(1, 30),
-    min_score=st.sampled_from([0.125, 0.375, 0.5, 0.6, 0.875, 1.0]),
+    min_score=st.sampled_from([0.0, 0.05, 0.1, 0.125, 0.375, 0.5, 0.6, 0.875, 1.0]),
 )
 def test_min_score_answers_the_definitions_detections_above_it(
     seed: int, anchors: int, top_k: int, max_objects: int, min_score: float
 ) -> None:
-    """What the service answers (`Detector.answer`): only the detections scoring at least `min_score`, and
-    the very ones the whole post-processing keeps, where top_k, NMS and max_objects all bite, with ties
-    at and around `min_score` (scores on the same coarse grid)."""
+    """What the service answers (`postprocess`'s `min_score`, which `Detector.answer` passes): only the
+    detections scoring at least `min_score`, and the very ones the whole post-processing keeps, where
+    top_k, NMS and max_objects all bite, with ties at and around `min_score` (scores on the same coarse
+    grid) and `min_score` below, at and above the candidate floor (0.1 here)."""
     rng = np.random.default_rng(seed)
     scores = (rng.integers(0, 9, (anchors, 4)) / 8).astype(np.float32)
     centres = rng.uniform(0, 1, (anchors, 2)).round(1)
@@ -211,6 +212,18 @@ def test_min_score_answers_the_definitions_detections_above_it(
     assert found.labels.tolist() == [cls for _, cls in expected]
     assert found.scores.tolist() == [scores[pair] for pair in expected]
     assert np.array_equal(found.boxes, boxes[[a for a, _ in expected]].reshape(-1, 4))
+
+
+def test_a_threshold_just_above_the_floor_answers_what_the_full_path_does() -> None:
+    """0.01 + 1e-10 and 0.01 are the same float32: a score of exactly float32(0.01) is below the floor
+    (p > 0.01) for both paths, though it is >= the threshold as float32."""
+    scores = np.array([[0.5, 0.01, 0.3], [0.2, 0.5, 0.01]], dtype=np.float32)
+    boxes = np.array([[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]], dtype=np.float32)
+    threshold = 0.01 + 1e-10
+    full = postprocess(scores, boxes, min(0.01, threshold)).above(threshold)
+    answer = postprocess(scores, boxes, min(0.01, threshold), min_score=threshold)
+    assert answer.scores.tolist() == full.scores.tolist() == [np.float32(0.5), np.float32(0.3)]
+    assert answer.labels.tolist() == full.labels.tolist() == [1, 2]
 
 
 def test_the_answer_is_every_detection_above_the_threshold(det_model_dir: Path) -> None:
