@@ -38,6 +38,11 @@ def available_cpus() -> int:
 
 
 @functools.cache
+def doubling_up_to(limit: int) -> list[int]:
+    """1, 2, 4, ... and `limit` itself: the thread or process counts worth trying on `limit` CPUs."""
+    return sorted({1, limit} | {2**power for power in range(limit.bit_length()) if 2**power <= limit})
+
+
 def cpu_model() -> str:
     """The CPU's model name, as lscpu gives it ("AMD EPYC", "Intel(R) Xeon(R) ...", "Cortex-A76")."""
     try:

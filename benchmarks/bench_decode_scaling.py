@@ -61,11 +61,15 @@ class PrepareTensor:
 
     def into_slot(self, body: bytes, slot: int) -> int:
         """In a pool process: the tensor written into shared-memory slot `slot`; returns the slot."""
-        assert _block is not None, "the pool's initializer attaches the block"
-        tensor = self(body)
-        target = np.ndarray(tensor.shape, np.float32, buffer=_block.buf, offset=slot * tensor.nbytes)
-        target[...] = tensor
-        return slot
+        return write_slot(self(body), slot)
+
+
+def write_slot(tensor: np.ndarray, slot: int) -> int:
+    """In a pool process: `tensor` copied into slot `slot` of the shared block; returns the slot."""
+    assert _block is not None, "the pool's initializer attaches the block"
+    target = np.ndarray(tensor.shape, np.float32, buffer=_block.buf, offset=slot * tensor.nbytes)
+    target[...] = tensor
+    return slot
 
 
 def attach_block(name: str) -> None:
@@ -95,14 +99,6 @@ def images_per_second(
                 pending[start(bodies[turn % len(bodies)], index)] = index
                 turn += 1
     return done / (time.perf_counter() - started)
-
-
-def parallel_counts(cpus: int) -> list[int]:
-    counts, k = [], 1
-    while k < cpus:
-        counts.append(k)
-        k *= 2
-    return [*counts, cpus]
 
 
 def full_decode(body: bytes) -> object:
@@ -198,7 +194,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from app.config import ServerSettings
-    from app.cpus import available_cpus, cpu_model
+    from app.cpus import available_cpus, cpu_model, doubling_up_to
     from app.runtime.models import load_source
 
     model = load_source(
@@ -214,9 +210,10 @@ def main() -> None:
         "| images | K | threads img/s | processes (pipe) img/s | processes (shared memory) img/s | shared / threads |"
     )
     print("|---|---:|---:|---:|---:|---:|")
-    for image_set in args.images:
-        bodies = bench_set(image_set)
-        for k in args.parallel or parallel_counts(available_cpus()):
+    sets = {image_set: bench_set(image_set) for image_set in args.images}
+    counts = args.parallel or doubling_up_to(available_cpus())
+    for image_set, bodies in sets.items():
+        for k in counts:
             best = measure(call, k, bodies, args.seconds, args.rounds)
             print(
                 f"| {image_set} | {k} | {best['threads']:.1f} | {best['processes']:.1f} | {best['shared']:.1f} "
@@ -225,10 +222,9 @@ def main() -> None:
             )
     # nvJPEG decodes every pixel: its comparison is Pillow decoding every pixel, not the table's reduced
     # decode plus preprocessing.
-    threads = max(args.parallel or parallel_counts(available_cpus()))
+    threads = max(counts)
     print("\nfull-size JPEG decode alone, img/s:")
-    for image_set in args.images:
-        bodies = bench_set(image_set)
+    for image_set, bodies in sets.items():
         with ThreadPoolExecutor(threads) as pool:
             pillow = max(
                 images_per_second(

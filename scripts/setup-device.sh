@@ -2,7 +2,7 @@
 # The Python packages the service needs that a lent GPU machine lacks, as wheels in .whl/ (git-ignored),
 # for benchmarks/scale_up.sh to install there: that machine reaches no package registry, and its image
 # already holds torch (CUDA), torchvision, numpy, Pillow, ONNX Runtime, uvloop, httpx, scikit-image,
-# PyYAML and prometheus-client (/work/.library/device/KINDS.md). The versions are this checkout's
+# PyYAML and prometheus-client (the device tool's notes list them). The versions are this checkout's
 # venv's, for that machine's Python (3.12, x86-64). Run it here, then call the device with carry [".whl"].
 #   bash scripts/setup-device.sh [PYTHON_VERSION]
 set -euo pipefail

@@ -71,10 +71,9 @@ def register(sub: Subcommands) -> None:
     def worker_counts(text: str) -> list[int]:
         if text.strip().lower() != "auto":
             return sizes(text)
-        from app.cpus import available_cpus
+        from app.cpus import available_cpus, doubling_up_to
 
-        cpus = available_cpus()
-        return sorted({1, cpus} | {2**power for power in range(1, cpus.bit_length()) if 2**power <= cpus})
+        return doubling_up_to(available_cpus())
 
     workers.add_argument(
         "--workers",

@@ -1,6 +1,6 @@
 """A server as a subprocess on a loopback port, and waiting until it answers: the one copy that
-`mvit tune --workers`, the tests, the benchmarks and CI's smoke check (scripts/smoke_serve.py) share. Standard library only, like the smoke
-check, which runs it beside installs that have nothing else."""
+`mvit tune --workers`, the tests, the benchmarks and CI's smoke check (scripts/smoke_serve.py) share.
+Standard library only, like the smoke check, which runs it beside installs that have nothing else."""
 
 from __future__ import annotations
 

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from app.config import ServerSettings
 from app.runtime.models import load_source
-from benchmarks import bench_decode_scaling
-from benchmarks.bench_decode_scaling import PrepareTensor, measure
+from benchmarks.bench_decode_scaling import PrepareTensor, measure, write_slot
 from tests.support import encode, photo_like
 
 
@@ -20,13 +18,7 @@ class OffByOne(PrepareTensor):
     """A transport that changes what it carries: each tensor lands in its slot plus one."""
 
     def into_slot(self, body: bytes, slot: int) -> int:
-        assert bench_decode_scaling._block is not None
-        tensor = self(body) + 1
-        target = np.ndarray(
-            tensor.shape, np.float32, buffer=bench_decode_scaling._block.buf, offset=slot * tensor.nbytes
-        )
-        target[...] = tensor
-        return slot
+        return write_slot(self(body) + 1, slot)
 
 
 @pytest.fixture(scope="module")

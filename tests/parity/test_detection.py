@@ -19,6 +19,7 @@ from app.labels import read_labels
 from app.nn.build import build_network
 from app.repository import read_model_dir
 from app.tasks.detection import (
+    Detections,
     Detector,
     SSDConfig,
     decode_boxes,
@@ -160,6 +161,26 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / union if union > 0 else float("nan")
 
 
+def random_scene(seed: int, anchors: int, classes: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores on the coarse grid 0, 1/8, ... (grid - 1)/8, so with ties; boxes at few distinct places, so
+    overlapping, some without area."""
+    rng = np.random.default_rng(seed)
+    scores = (rng.integers(0, grid, (anchors, classes)) / 8).astype(np.float32)
+    centres = rng.uniform(0, 1, (anchors, 2)).round(1)
+    sizes = rng.choice([0.0, 0.1, 0.3], (anchors, 2))
+    boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1).astype(np.float32)
+    return scores, boxes
+
+
+def assert_found(
+    found: Detections, expected: list[tuple[int, int]], scores: np.ndarray, boxes: np.ndarray
+) -> None:
+    """`found` is the (anchor, class) pairs `expected`, in that order."""
+    assert found.labels.tolist() == [cls for _, cls in expected]
+    assert found.scores.tolist() == [scores[pair] for pair in expected]
+    assert np.array_equal(found.boxes, boxes[[a for a, _ in expected]].reshape(-1, 4))
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
@@ -173,16 +194,10 @@ def test_postprocess_is_the_definition(
     seed: int, anchors: int, classes: int, top_k: int, max_objects: int, iou_threshold: float
 ) -> None:
     """On random scenes with ties (scores on a coarse grid), clusters of overlapping boxes and empty boxes."""
-    rng = np.random.default_rng(seed)
-    scores = (rng.integers(0, 8, (anchors, classes)) / 8).astype(np.float32)
-    centres = rng.uniform(0, 1, (anchors, 2)).round(1)  # few distinct places: boxes overlap
-    sizes = rng.choice([0.0, 0.1, 0.3], (anchors, 2))  # some boxes without area
-    boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1).astype(np.float32)
+    scores, boxes = random_scene(seed, anchors, classes, grid=8)
     found = postprocess(scores, boxes, 0.1, top_k, iou_threshold, max_objects)
     expected = definition(scores, boxes, 0.1, top_k, iou_threshold, max_objects)
-    assert found.labels.tolist() == [cls for _, cls in expected]
-    assert found.scores.tolist() == [scores[pair] for pair in expected]
-    assert np.array_equal(found.boxes, boxes[[a for a, _ in expected]].reshape(-1, 4))
+    assert_found(found, expected, scores, boxes)
 
 
 @settings(max_examples=150, deadline=None)
@@ -200,18 +215,12 @@ def test_min_score_answers_the_definitions_detections_above_it(
     detections scoring at least `min_score`, and the very ones the whole post-processing keeps, where
     top_k, NMS and max_objects all bite, with ties at and around `min_score` (scores on the same coarse
     grid) and `min_score` below, at and above the candidate floor (0.1 here)."""
-    rng = np.random.default_rng(seed)
-    scores = (rng.integers(0, 9, (anchors, 4)) / 8).astype(np.float32)
-    centres = rng.uniform(0, 1, (anchors, 2)).round(1)
-    sizes = rng.choice([0.0, 0.1, 0.3], (anchors, 2))
-    boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1).astype(np.float32)
+    scores, boxes = random_scene(seed, anchors, 4, grid=9)
     found = postprocess(scores, boxes, 0.1, top_k, 0.5, max_objects, min_score=min_score)
     expected = [
         pair for pair in definition(scores, boxes, 0.1, top_k, 0.5, max_objects) if scores[pair] >= min_score
     ]
-    assert found.labels.tolist() == [cls for _, cls in expected]
-    assert found.scores.tolist() == [scores[pair] for pair in expected]
-    assert np.array_equal(found.boxes, boxes[[a for a, _ in expected]].reshape(-1, 4))
+    assert_found(found, expected, scores, boxes)
 
 
 def test_a_threshold_just_above_the_floor_answers_what_the_full_path_does() -> None:
